@@ -1,0 +1,196 @@
+"""The Qwen2/Llama decoder over the engine's paged KV cache.
+
+Weights come from a Hugging Face model loaded by transformers; projections are fused (QKV,
+gate+up) so a step is a few large GEMMs over every scheduled token of every request. Attention
+reads keys and values from the paged cache through per-request slot indices, so which tokens of
+which request sit in which block is decided by the scheduler alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's architecture is not one the paged runner implements."""
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor  # [hidden]
+    qkv_w: torch.Tensor  # [(heads + 2 * kv_heads) * head_dim, hidden]
+    qkv_b: torch.Tensor | None
+    o_w: torch.Tensor  # [hidden, heads * head_dim]
+    post_norm: torch.Tensor  # [hidden]
+    gate_up_w: torch.Tensor  # [2 * intermediate, hidden]
+    down_w: torch.Tensor  # [hidden, intermediate]
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """Requests whose queries are attended together as one padded batch.
+
+    `q_valid` marks real query rows of the padded `[batch, max_q]` grid (row-major order equals
+    the rows' order in the flat token batch); `kv_slots` lists each request's cache slots
+    `[batch, max_ctx]`; `mask` is `[batch, 1, max_q, max_ctx]` (True = may attend), or None
+    when plain causal attention over the whole context applies.
+    """
+
+    row_start: int
+    num_rows: int
+    q_valid: torch.Tensor
+    kv_slots: torch.Tensor
+    mask: torch.Tensor | None
+    is_causal: bool
+
+
+@dataclass(frozen=True)
+class ForwardBatch:
+    """Tensors of one step, built once and shared by every layer."""
+
+    input_ids: torch.Tensor  # [tokens]
+    positions: torch.Tensor  # [tokens]
+    slot_mapping: torch.Tensor  # [tokens]  flat cache slot of each new token
+    groups: tuple[AttentionGroup, ...]
+    logit_rows: torch.Tensor  # [rows to sample]  rows whose next-token logits are needed
+
+
+class PagedCausalLM:
+    """Decoder-only transformer with fused weights and a paged KV cache per layer."""
+
+    def __init__(self, hf_model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        cfg = hf_model.config
+        arch = (getattr(cfg, "architectures", None) or [type(hf_model).__name__])[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"architecture {arch} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        self.config = cfg
+        self.device = device
+        self.dtype = dtype
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
+        self.eps = cfg.rms_norm_eps
+        self.vocab_size = cfg.vocab_size
+        self.max_model_len_tokens = cfg.max_position_embeddings
+        inner = hf_model.model
+        rotary = inner.rotary_emb
+        self.inv_freq = rotary.inv_freq.to(device=device, dtype=torch.float32)
+        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+
+        def w(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(device=device, dtype=dtype).contiguous()
+
+        self.embed = w(inner.embed_tokens.weight)  # [vocab, hidden]
+        self.final_norm = w(inner.norm.weight)
+        self.lm_head = w(hf_model.lm_head.weight)  # [vocab, hidden]
+        self.layers: list[LayerWeights] = []
+        for layer in inner.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            biases = [p.bias for p in (att.q_proj, att.k_proj, att.v_proj)]
+            self.layers.append(
+                LayerWeights(
+                    input_norm=w(layer.input_layernorm.weight),
+                    qkv_w=w(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])),
+                    qkv_b=w(torch.cat(biases)) if biases[0] is not None else None,
+                    o_w=w(att.o_proj.weight),
+                    post_norm=w(layer.post_attention_layernorm.weight),
+                    gate_up_w=w(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                    down_w=w(mlp.down_proj.weight),
+                )
+            )
+        self.num_layers = len(self.layers)
+
+    @property
+    def weight_bytes(self) -> int:
+        tensors = [self.embed, self.final_norm]
+        if self.lm_head.data_ptr() != self.embed.data_ptr():
+            tensors.append(self.lm_head)
+        for lw in self.layers:
+            tensors += [t for t in vars(lw).values() if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> torch.Tensor:
+        """One tensor `[layers, 2, blocks, block_size, kv_heads, head_dim]`, indexed by block id."""
+        shape = (self.num_layers, 2, num_blocks, block_size, self.num_kv_heads, self.head_dim)
+        return torch.zeros(shape, device=self.device, dtype=self.dtype)
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # Same arithmetic as HF's Qwen2RMSNorm: normalise in fp32, then scale in the model dtype.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * xf.to(x.dtype)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None, :]  # [tokens, 1, head_dim]
+        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None, :]
+        return cos, sin
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
+        """Run one step; return logits `[len(logit_rows), vocab]` in fp32."""
+        h_dim, nh, nkv = self.head_dim, self.num_heads, self.num_kv_heads
+        x = F.embedding(batch.input_ids, self.embed)  # [tokens, hidden]
+        cos, sin = self._rope(batch.positions)
+        num_tokens = x.shape[0]
+        for li, lw in enumerate(self.layers):
+            residual = x
+            hs = self._rms_norm(x, lw.input_norm)
+            qkv = F.linear(hs, lw.qkv_w, lw.qkv_b)
+            q, k, v = qkv.split([nh * h_dim, nkv * h_dim, nkv * h_dim], dim=-1)
+            q = self._rotate(q.view(num_tokens, nh, h_dim), cos, sin)
+            k = self._rotate(k.view(num_tokens, nkv, h_dim), cos, sin)
+            k_cache = kv_cache[li, 0].view(-1, nkv, h_dim)  # [slots, kv_heads, head_dim]
+            v_cache = kv_cache[li, 1].view(-1, nkv, h_dim)
+            k_cache.index_copy_(0, batch.slot_mapping, k)
+            v_cache.index_copy_(0, batch.slot_mapping, v.view(num_tokens, nkv, h_dim))
+            attn = torch.empty_like(q)  # [tokens, heads, head_dim]
+            for g in batch.groups:
+                attn[g.row_start : g.row_start + g.num_rows] = self._attend(
+                    q[g.row_start : g.row_start + g.num_rows], g, k_cache, v_cache
+                )
+            x = residual + F.linear(attn.view(num_tokens, nh * h_dim), lw.o_w)
+            residual = x
+            hs = self._rms_norm(x, lw.post_norm)
+            gate, up = F.linear(hs, lw.gate_up_w).chunk(2, dim=-1)
+            x = residual + F.linear(F.silu(gate) * up, lw.down_w)
+        x = self._rms_norm(x[batch.logit_rows], self.final_norm)
+        return F.linear(x, self.lm_head).float()
+
+    def _attend(
+        self, q: torch.Tensor, g: AttentionGroup, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> torch.Tensor:
+        batch, max_q = g.q_valid.shape
+        if max_q * batch == q.shape[0]:
+            qp = q.view(batch, max_q, self.num_heads, self.head_dim)
+        else:
+            qp = q.new_zeros(batch, max_q, self.num_heads, self.head_dim)
+            qp[g.q_valid] = q
+        flat = g.kv_slots.view(-1)
+        shape = (batch, -1, self.num_kv_heads, self.head_dim)
+        k = k_cache.index_select(0, flat).view(shape).transpose(1, 2)  # [batch, kv, ctx, dim]
+        v = v_cache.index_select(0, flat).view(shape).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            qp.transpose(1, 2), k, v, attn_mask=g.mask, is_causal=g.is_causal, enable_gqa=True
+        )  # [batch, heads, max_q, head_dim]
+        out = out.transpose(1, 2)
+        if max_q * batch == q.shape[0]:
+            return out.reshape(q.shape)
+        return out[g.q_valid]

@@ -1,0 +1,213 @@
+"""ModelRunner: turns a scheduler plan into tensors, runs the model, samples, and returns tokens.
+
+It owns the model weights, the KV cache tensor and per-request random generators; it holds no
+scheduling state. Device choice is npu, then cuda, then cpu; `torch_npu` is imported only when
+it is installed (without Ascend's CANN toolkit it breaks `import torch`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from flexmesh.actors.runner.model import (
+    SUPPORTED_ARCHITECTURES,
+    AttentionGroup,
+    ForwardBatch,
+    PagedCausalLM,
+    UnsupportedModelError,
+)
+from flexmesh.actors.runner.sampler import sample_chunk
+from flexmesh.meshcore.config import EngineConfig
+from flexmesh.meshcore.scheduler import ScheduledChunk, SchedulerOutput
+
+SMALL_QUERY_TOKENS = 16
+"""Chunks with at most this many query tokens (decodes, draft verification) share one batch."""
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """npu, then cuda, then cpu (or the one asked for)."""
+    if requested in ("auto", "npu") and importlib.util.find_spec("torch_npu") is not None:
+        import torch_npu  # noqa: F401  (registers the "npu" device with torch)
+
+        if torch.npu.is_available():  # type: ignore[attr-defined]
+            return torch.device("npu", 0)
+    if requested == "npu":
+        raise RuntimeError("device npu requested but torch_npu is not installed or sees no NPU")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if requested == "cuda":
+        raise RuntimeError("device cuda requested but no CUDA device is visible")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        # No native bf16 on the development CPUs (5-7x slower); accelerators prefer bf16.
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    return getattr(torch, requested)  # type: ignore[no-any-return]
+
+
+def check_architecture(model_path: str | Path) -> None:
+    """Refuse an unsupported checkpoint before spending time loading its weights."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(model_path))
+    arch = (cfg.architectures or ["<none>"])[0]
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{model_path}: architecture {arch} is not supported; "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+
+
+class ModelRunner:
+    """Executes scheduler plans for one model on one device."""
+
+    def __init__(self, model_path: str | Path, config: EngineConfig) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
+        check_architecture(model_path)
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        hf = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=self.dtype)
+        self.model = PagedCausalLM(hf, self.device, self.dtype)
+        self.generation_config = hf.generation_config
+        del hf
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.block_size = config.block_size_tokens
+        self.num_blocks = config.num_kv_blocks or max(
+            1, config.kv_cache_bytes // (self.model.kv_bytes_per_token() * self.block_size)
+        )
+        self.kv_cache = self.model.allocate_kv_cache(self.num_blocks, self.block_size)
+        self._generators: dict[str, torch.Generator] = {}
+
+    # -- step ------------------------------------------------------------------------------
+
+    def execute(self, plan: SchedulerOutput) -> dict[str, list[int]]:
+        """Run one step; return, per sampling request, accepted draft tokens + one new token."""
+        if not plan.chunks:
+            return {}
+        batch, sample_rows = self.prepare(plan)
+        logits = self.model.forward(batch, self.kv_cache)
+        out: dict[str, list[int]] = {}
+        greedy_ids = logits.argmax(dim=-1).tolist()
+        for chunk, first_row in sample_rows:
+            rows = range(first_row, first_row + chunk.num_draft + 1)
+            req = chunk.request
+            drafts = req.spec_token_ids[: chunk.num_draft]
+            if req.sampling.greedy:
+                out[req.request_id] = accept_greedy(drafts, [greedy_ids[r] for r in rows])
+            else:
+                gen = self._generator(req.request_id, req.sampling.seed)
+                out[req.request_id] = sample_chunk(logits[first_row : rows.stop], drafts, req.sampling, gen)
+        return out
+
+    def release(self, request_id: str) -> None:
+        """Forget per-request state (its random generator) once the request ends."""
+        self._generators.pop(request_id, None)
+
+    def _generator(self, request_id: str, seed: int | None) -> torch.Generator:
+        gen = self._generators.get(request_id)
+        if gen is None:
+            gen = torch.Generator(device="cpu")
+            if seed is not None:
+                gen.manual_seed(seed)
+            else:
+                gen.seed()
+            self._generators[request_id] = gen
+        return gen
+
+    # -- turning a plan into tensors -------------------------------------------------------
+
+    def _slots(self, block_ids: list[int], start: int, stop: int) -> list[int]:
+        bs = self.block_size
+        return [block_ids[p // bs] * bs + p % bs for p in range(start, stop)]
+
+    def prepare(self, plan: SchedulerOutput) -> tuple[ForwardBatch, list[tuple[ScheduledChunk, int]]]:
+        """Order chunks (small queries first, as one padded group), build the step's tensors."""
+        small = [c for c in plan.chunks if c.num_tokens <= SMALL_QUERY_TOKENS]
+        large = [c for c in plan.chunks if c.num_tokens > SMALL_QUERY_TOKENS]
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logit_rows: list[int] = []
+        sample_rows: list[tuple[ScheduledChunk, int]] = []
+        for c in small + large:
+            req = c.request
+            n_real = c.num_tokens - c.num_draft
+            ids += req.all_token_ids[c.start : c.start + n_real] + req.spec_token_ids[: c.num_draft]
+            positions += range(c.start, c.start + c.num_tokens)
+            slots += self._slots(req.block_ids, c.start, c.start + c.num_tokens)
+            if c.samples:
+                first = len(ids) - c.num_draft - 1
+                sample_rows.append((c, len(logit_rows)))
+                logit_rows += range(first, len(ids))
+        groups: list[AttentionGroup] = []
+        row = 0
+        if small:
+            groups.append(self._small_group(small, row))
+            row += sum(c.num_tokens for c in small)
+        for c in large:
+            groups.append(self._large_group(c, row))
+            row += c.num_tokens
+        dev = self.device
+        batch = ForwardBatch(
+            input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
+            positions=torch.tensor(positions, dtype=torch.long, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            groups=tuple(groups),
+            logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=dev),
+        )
+        return batch, sample_rows
+
+    def _small_group(self, chunks: list[ScheduledChunk], row_start: int) -> AttentionGroup:
+        dev = self.device
+        max_q = max(c.num_tokens for c in chunks)
+        ctx = [c.start + c.num_tokens for c in chunks]
+        max_ctx = max(ctx)
+        kv_slots = torch.zeros(len(chunks), max_ctx, dtype=torch.long)
+        for b, c in enumerate(chunks):
+            kv_slots[b, : ctx[b]] = torch.tensor(self._slots(c.request.block_ids, 0, ctx[b]))
+        n_q = torch.tensor([c.num_tokens for c in chunks])
+        q_valid = torch.arange(max_q)[None, :] < n_q[:, None]  # [batch, max_q]
+        # Query i of chunk b sits at position start + i and sees keys up to it; padded query
+        # rows see key 0 only (their output is dropped, but a fully masked row gives NaN).
+        q_pos = torch.tensor([c.start for c in chunks])[:, None] + torch.arange(max_q)[None, :]
+        q_pos = torch.where(q_valid, q_pos, torch.zeros_like(q_pos))
+        mask = torch.arange(max_ctx)[None, None, :] <= q_pos[:, :, None]  # [batch, max_q, max_ctx]
+        return AttentionGroup(
+            row_start=row_start,
+            num_rows=int(n_q.sum()),
+            q_valid=q_valid.to(dev),
+            kv_slots=kv_slots.to(dev),
+            mask=mask[:, None].to(dev),
+            is_causal=False,
+        )
+
+    def _large_group(self, c: ScheduledChunk, row_start: int) -> AttentionGroup:
+        dev = self.device
+        ctx = c.start + c.num_tokens
+        kv_slots = torch.tensor([self._slots(c.request.block_ids, 0, ctx)], device=dev)
+        q_valid = torch.ones(1, c.num_tokens, dtype=torch.bool, device=dev)
+        if c.start == 0:
+            return AttentionGroup(row_start, c.num_tokens, q_valid, kv_slots, None, is_causal=True)
+        q_pos = torch.arange(c.start, ctx)[:, None]
+        mask = (torch.arange(ctx)[None, :] <= q_pos)[None, None].to(dev)  # [1, 1, q, ctx]
+        return AttentionGroup(row_start, c.num_tokens, q_valid, kv_slots, mask, is_causal=False)
+
+
+def accept_greedy(drafts: list[int], targets: list[int]) -> list[int]:
+    """Greedy verification: keep drafts while they equal the model's arg-max, then add its token."""
+    out: list[int] = []
+    for draft, target in zip(drafts, targets, strict=False):
+        if draft != target:
+            break
+        out.append(draft)
+    out.append(targets[len(out)])
+    return out

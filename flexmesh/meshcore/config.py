@@ -1,0 +1,183 @@
+"""Frozen configuration dataclasses composed into one `MeshConfig`, loaded from YAML.
+
+Every field has a default, its unit in its name and a one-line docstring. Validation raises
+`ValueError` naming the field and the value. Nothing below reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _check(cond: bool, name: str, value: object, rule: str) -> None:
+    if not cond:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one worker's engine batches requests and sizes its paged KV cache."""
+
+    block_size_tokens: int = 16
+    """Tokens held by one KV block."""
+    kv_cache_bytes: int = 256 * 1024 * 1024
+    """Device memory given to the KV cache when `num_kv_blocks` is 0."""
+    num_kv_blocks: int = 0
+    """Exact number of KV blocks (0 = derive from `kv_cache_bytes`)."""
+    max_num_seqs: int = 32
+    """Most requests decoded together in one step."""
+    max_batched_tokens: int = 512
+    """Token budget of one step (prompt chunks plus decode tokens)."""
+    chunked_prefill: bool = True
+    """Split prompts longer than the step budget across steps."""
+    dtype: str = "auto"
+    """Weight dtype: auto (fp32 on CPU, bf16 on NPU/CUDA), float32, float16 or bfloat16."""
+    device: str = "auto"
+    """Device: auto (npu, then cuda, then cpu), npu, cuda or cpu."""
+    num_threads: int = 0
+    """CPU threads for torch (0 = leave torch's default)."""
+    pld_ngram_tokens: int = 3
+    """Longest n-gram matched by prompt-lookup decoding."""
+    num_draft_tokens: int = 4
+    """Draft tokens proposed per step by PLD or a draft model."""
+
+    def __post_init__(self) -> None:
+        _check(self.block_size_tokens > 0, "engine.block_size_tokens", self.block_size_tokens, "> 0")
+        _check(self.kv_cache_bytes > 0, "engine.kv_cache_bytes", self.kv_cache_bytes, "> 0")
+        _check(self.num_kv_blocks >= 0, "engine.num_kv_blocks", self.num_kv_blocks, ">= 0")
+        _check(self.max_num_seqs > 0, "engine.max_num_seqs", self.max_num_seqs, "> 0")
+        _check(
+            self.max_batched_tokens >= self.max_num_seqs,
+            "engine.max_batched_tokens",
+            self.max_batched_tokens,
+            ">= engine.max_num_seqs",
+        )
+        dtypes = ("auto", "float32", "float16", "bfloat16")
+        _check(self.dtype in dtypes, "engine.dtype", self.dtype, f"one of {dtypes}")
+        devices = ("auto", "npu", "cuda", "cpu")
+        _check(self.device in devices, "engine.device", self.device, f"one of {devices}")
+        _check(self.num_draft_tokens > 0, "engine.num_draft_tokens", self.num_draft_tokens, "> 0")
+        _check(self.pld_ngram_tokens > 0, "engine.pld_ngram_tokens", self.pld_ngram_tokens, "> 0")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One resident model and how many workers serve it."""
+
+    name: str = "demo-small"
+    """Name clients use in `GenerateRequest.model`."""
+    path: str = ""
+    """Local Hugging Face folder; empty = `<models_dir>/<name>` (demo models are built there)."""
+    num_workers: int = 1
+    """Workers (one device each) holding this model."""
+    role: str = "mixed"
+    """Initial worker role: prefill, decode or mixed."""
+    draft_model: str = ""
+    """Name of a resident model used for draft-model speculation ("" = none)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "models[].name", self.name, "non-empty")
+        _check(self.num_workers > 0, "models[].num_workers", self.num_workers, "> 0")
+        roles = ("prefill", "decode", "mixed")
+        _check(self.role in roles, "models[].role", self.role, f"one of {roles}")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The gRPC front end."""
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds."""
+    port: int = 50051
+    """gRPC port (0 = pick a free one)."""
+    max_queue_len: int = 256
+    """Requests admitted but not finished before new ones get RESOURCE_EXHAUSTED."""
+    stream_interval_ms: float = 20.0
+    """Shortest gap between two streamed chunks after the first token."""
+    worker_timeout_s: float = 30.0
+    """Longest wait for a worker to answer one call before UNAVAILABLE."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port < 65536, "gateway.port", self.port, "in [0, 65535]")
+        _check(self.max_queue_len > 0, "gateway.max_queue_len", self.max_queue_len, "> 0")
+        _check(self.stream_interval_ms >= 0, "gateway.stream_interval_ms", self.stream_interval_ms, ">= 0")
+        _check(self.worker_timeout_s > 0, "gateway.worker_timeout_s", self.worker_timeout_s, "> 0")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Everything one mesh needs, passed down from the CLI."""
+
+    models: tuple[ModelSpec, ...] = (ModelSpec(),)
+    """Resident models, the first is the default."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Engine settings shared by every worker."""
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    """gRPC front end."""
+    models_dir: str = ""
+    """Folder holding model folders by name (empty = the user cache folder)."""
+    namespace: str = "flexmesh"
+    """Ray namespace of every actor."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.models) > 0, "models", self.models, "non-empty")
+        names = [m.name for m in self.models]
+        _check(len(set(names)) == len(names), "models[].name", names, "unique")
+        for m in self.models:
+            _check(not m.draft_model or m.draft_model in names, "models[].draft_model", m.draft_model, "a resident model")
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeshConfig:
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> MeshConfig:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(yaml.safe_load(f) or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type[T], data: Any, prefix: str) -> T:
+    """Build dataclass `cls` from plain YAML data, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(unknown)} in {prefix or 'config'}")
+    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, name + ".")  # type: ignore[arg-type]
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_convert(item, v, f"{name}[]") for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, int):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ValueError(f"{name} must be {hint.__name__}, got {value!r}")
+    return value

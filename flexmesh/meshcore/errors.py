@@ -1,0 +1,27 @@
+"""Typed errors raised by the core and mapped to gRPC status codes by `services/`."""
+
+from __future__ import annotations
+
+
+class FlexMeshError(Exception):
+    """Base class of every error FlexMesh raises on purpose."""
+
+
+class InvalidRequestError(FlexMeshError, ValueError):
+    """A request field holds a value the mesh cannot serve (maps to INVALID_ARGUMENT)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class UnknownModelError(FlexMeshError, LookupError):
+    """The request names a model no worker serves (maps to NOT_FOUND)."""
+
+
+class QueueFullError(FlexMeshError):
+    """The admission queue is at its bound (maps to RESOURCE_EXHAUSTED)."""
+
+
+class WorkerUnavailableError(FlexMeshError):
+    """The worker serving a request died or cannot be reached (maps to UNAVAILABLE)."""

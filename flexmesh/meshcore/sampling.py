@@ -1,0 +1,53 @@
+"""Per-request sampling parameters, validated once at the edge of the mesh."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from flexmesh.meshcore.errors import InvalidRequestError
+
+STRATEGIES = ("", "none", "pld", "spec")
+"""Decoding strategies a request may ask for ("" lets the router decide)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded. `temperature == 0` means greedy."""
+
+    max_tokens: int = 64
+    """Most new tokens to generate."""
+    temperature: float = 0.0
+    """Softmax temperature; 0 selects the arg-max token."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, in (0, 1]."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 keeps all."""
+    seed: int | None = None
+    """Seed of this request's own random generator (reproducible sampling)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end the request (the id itself is kept in the output)."""
+    stop: tuple[str, ...] = ()
+    """Strings that end the request; the returned text stops before them."""
+    ignore_eos: bool = False
+    """Keep generating past end-of-sequence tokens until `max_tokens` (benchmarks)."""
+    strategy: str = ""
+    """Acceleration: "" (router decides), "none", "pld" (prompt lookup) or "spec" (draft model)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+            raise InvalidRequestError("max_tokens", f"must be > 0, got {self.max_tokens}")
+        if math.isnan(self.temperature) or self.temperature < 0:
+            raise InvalidRequestError("temperature", f"must be >= 0, got {self.temperature}")
+        if math.isnan(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise InvalidRequestError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InvalidRequestError("top_k", f"must be >= 0, got {self.top_k}")
+        if any(not s for s in self.stop):
+            raise InvalidRequestError("stop", "stop strings must not be empty")
+        if self.strategy not in STRATEGIES:
+            raise InvalidRequestError("strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flexmesh.meshcore.config import EngineConfig, MeshConfig
+from flexmesh.meshcore.speculation import propose_prompt_lookup
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_deploy_configs_load() -> None:
+    for path in sorted((REPO / "deploy" / "configs").glob("*.yaml")):
+        cfg = MeshConfig.from_yaml(path)
+        assert cfg.models
+
+
+def test_from_dict_builds_nested_and_rejects_unknown_keys() -> None:
+    cfg = MeshConfig.from_dict({"models": [{"name": "a"}, {"name": "b"}], "engine": {"max_num_seqs": 4}})
+    assert [m.name for m in cfg.models] == ["a", "b"] and cfg.engine.max_num_seqs == 4
+    with pytest.raises(ValueError, match="unknown config key.*bogus"):
+        MeshConfig.from_dict({"engine": {"bogus": 1}})
+    with pytest.raises(ValueError, match="engine.max_num_seqs must be int"):
+        MeshConfig.from_dict({"engine": {"max_num_seqs": "x"}})
+
+
+def test_validation_names_field_and_value() -> None:
+    with pytest.raises(ValueError, match=r"engine.block_size_tokens must be > 0, got 0"):
+        EngineConfig(block_size_tokens=0)
+    with pytest.raises(ValueError, match="models\\[\\].name must be unique"):
+        MeshConfig.from_dict({"models": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_prompt_lookup_proposes_continuation_of_latest_match() -> None:
+    tokens = [1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 1, 2, 3]
+    assert propose_prompt_lookup(tokens, 3, 2) == [6, 7]
+    assert propose_prompt_lookup([1, 2, 3], 3, 4) == []
+    assert propose_prompt_lookup([5, 1, 5], 2, 3) == [1, 5]

@@ -1,0 +1,141 @@
+"""Scheduler and block pool with fake requests and hand-made step results (no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flexmesh.meshcore.block_pool import BlockPool, NoFreeBlocksError
+from flexmesh.meshcore.config import EngineConfig
+from flexmesh.meshcore.errors import InvalidRequestError
+from flexmesh.meshcore.request import Request, RequestStatus
+from flexmesh.meshcore.sampling import SamplingParams
+from flexmesh.meshcore.scheduler import Scheduler, SchedulerOutput
+
+
+def _sched(blocks: int = 64, budget: int = 64, seqs: int = 8, chunked: bool = True) -> Scheduler:
+    cfg = EngineConfig(block_size_tokens=4, max_batched_tokens=budget, max_num_seqs=seqs, chunked_prefill=chunked)
+    return Scheduler(cfg, blocks, max_model_len_tokens=1000)
+
+
+def _req(rid: str, n: int, max_tokens: int = 8) -> Request:
+    return Request(rid, list(range(1, n + 1)), SamplingParams(max_tokens=max_tokens))
+
+
+def _step(s: Scheduler, token: int = 7) -> SchedulerOutput:
+    """Plan a step and answer every sampling chunk with `token`."""
+    plan = s.schedule()
+    sampled = {c.request.request_id: [token] for c in plan.chunks if c.samples}
+    s.update_from_output(plan, sampled)
+    return plan
+
+
+def test_block_pool_refcounts() -> None:
+    pool = BlockPool(4)
+    a = pool.allocate(3)
+    pool.share(a[:1])
+    pool.free(a)
+    assert pool.num_free == 3 and pool.ref_count(a[0]) == 1
+    pool.free(a[:1])
+    assert pool.num_free == 4
+    with pytest.raises(ValueError, match="freed twice"):
+        pool.free(a[:1])
+    with pytest.raises(NoFreeBlocksError):
+        pool.allocate(5)
+
+
+def test_chunked_prefill_respects_token_budget() -> None:
+    s = _sched(budget=16)
+    s.add(_req("a", 40))
+    sizes = [c.num_tokens for c in _step(s).chunks]
+    assert sizes == [16]
+    assert s.requests["a"].num_computed_tokens == 16 and not s.requests["a"].output_token_ids
+    _step(s)
+    plan = _step(s)
+    assert [c.num_tokens for c in plan.chunks] == [8] and plan.chunks[0].samples
+    assert s.requests["a"].output_token_ids == [7]
+
+
+def test_without_chunking_a_long_prompt_waits_for_budget() -> None:
+    s = _sched(budget=16, chunked=False)
+    s.add(_req("a", 40))
+    assert _step(s).chunks == ()
+
+
+def test_decode_and_new_prompt_share_a_step() -> None:
+    s = _sched(budget=32)
+    s.add(_req("a", 10))
+    _step(s)
+    s.add(_req("b", 12))
+    plan = _step(s)
+    assert [(c.request.request_id, c.num_tokens) for c in plan.chunks] == [("a", 1), ("b", 12)]
+
+
+def test_preemption_frees_newest_and_recomputes() -> None:
+    s = _sched(blocks=6)  # 24 token slots; each request grows to 14 tokens (4 blocks)
+    a, b = _req("a", 8, max_tokens=6), _req("b", 8, max_tokens=6)
+    s.add(a)
+    s.add(b)
+    _step(s)
+    preempted: list[str] = []
+    for _ in range(6):
+        preempted += _step(s).preempted_ids
+    assert preempted and preempted[0] == "b" and b.num_preemptions >= 1
+    while s.has_unfinished():
+        _step(s)
+    assert a.output_token_ids == b.output_token_ids == [7] * 6
+    assert s.pool.num_free == 6
+
+
+def test_finish_on_max_tokens_frees_blocks() -> None:
+    s = _sched()
+    s.add(_req("a", 5, max_tokens=3))
+    for _ in range(3):
+        _step(s)
+    assert not s.has_unfinished() and s.pool.num_free == s.pool.num_blocks
+
+
+def test_drafts_accepted_advance_computed_tokens() -> None:
+    s = _sched()
+    req = _req("a", 5, max_tokens=10)
+    s.add(req)
+    _step(s)  # prompt -> first token
+    req.spec_token_ids[:] = [11, 12, 13]
+    plan = s.schedule()
+    (chunk,) = plan.chunks
+    assert chunk.num_tokens == 4 and chunk.num_draft == 3 and chunk.samples
+    s.update_from_output(plan, {"a": [11, 12, 99]})  # two drafts accepted, then a new token
+    assert req.output_token_ids == [7, 11, 12, 99]
+    assert req.num_computed_tokens == req.num_tokens - 1
+    assert (req.draft_tokens_proposed, req.draft_tokens_accepted) == (3, 2)
+
+
+def test_abort_anywhere_frees_blocks() -> None:
+    s = _sched(seqs=1)
+    s.add(_req("a", 9))
+    s.add(_req("b", 9))
+    _step(s)
+    assert s.abort("b") is not None and s.abort("a") is not None
+    assert s.abort("a") is None
+    assert s.pool.num_free == s.pool.num_blocks
+
+
+def test_add_rejects_unservable_requests() -> None:
+    s = _sched(blocks=2)
+    with pytest.raises(InvalidRequestError, match="empty"):
+        s.add(_req("a", 0))
+    with pytest.raises(InvalidRequestError, match="KV cache"):
+        s.add(_req("b", 20))
+    s.add(_req("c", 3))
+    with pytest.raises(InvalidRequestError, match="request_id"):
+        s.add(_req("c", 3))
+
+
+def test_request_outgrowing_the_whole_cache_ends_with_length() -> None:
+    s = _sched(blocks=3)  # 12 token slots: KV for 12 tokens, the 13th needs none yet
+    s.add(_req("a", 8, max_tokens=20))
+    finished = []
+    for _ in range(20):
+        finished += _step(s).finished
+    assert [r.request_id for r in finished] == ["a"]
+    assert finished[0].status == RequestStatus.FINISHED_LENGTH and len(finished[0].output_token_ids) == 5
+    assert not s.has_unfinished() and s.pool.num_free == 3
