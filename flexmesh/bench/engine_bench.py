@@ -18,7 +18,7 @@ from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.sampling import SamplingParams
 
 BENCH_PROMPTS = (
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "Explain why the sky is blue in two sentences.",
     "Janet has 16 eggs and eats three for breakfast. How many are left?",
     "import numpy as np\n\nclass Matrix:\n    def __init__(self, rows):\n",
@@ -78,7 +78,9 @@ def hf_batch1_tok_s(model_path: str, prompts: list[list[int]], s: BenchSettings)
     return tokens / elapsed
 
 
-def engine_tok_s(engine: Any, prompts: list[list[int]], s: BenchSettings, concurrency: int) -> float:
+def engine_tok_s(
+    engine: Any, prompts: list[list[int]], s: BenchSettings, concurrency: int
+) -> float:
     sp = SamplingParams(max_tokens=s.new_tokens, ignore_eos=True)
     engine.generate([prompts[0]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
     if concurrency == 1:

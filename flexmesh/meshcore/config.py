@@ -51,7 +51,9 @@ class EngineConfig:
     """Draft tokens proposed per step by PLD or a draft model."""
 
     def __post_init__(self) -> None:
-        _check(self.block_size_tokens > 0, "engine.block_size_tokens", self.block_size_tokens, "> 0")
+        _check(
+            self.block_size_tokens > 0, "engine.block_size_tokens", self.block_size_tokens, "> 0"
+        )
         _check(self.kv_cache_bytes > 0, "engine.kv_cache_bytes", self.kv_cache_bytes, "> 0")
         _check(self.num_kv_blocks >= 0, "engine.num_kv_blocks", self.num_kv_blocks, ">= 0")
         _check(self.max_num_seqs > 0, "engine.max_num_seqs", self.max_num_seqs, "> 0")
@@ -83,10 +85,13 @@ class ModelSpec:
     """Initial worker role: prefill, decode or mixed."""
     draft_model: str = ""
     """Name of a resident model used for draft-model speculation ("" = none)."""
+    num_cpus: float = 1.0
+    """CPUs reserved per worker when it runs on CPU (also its torch thread count)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "models[].name", self.name, "non-empty")
         _check(self.num_workers > 0, "models[].num_workers", self.num_workers, "> 0")
+        _check(self.num_cpus > 0, "models[].num_cpus", self.num_cpus, "> 0")
         roles = ("prefill", "decode", "mixed")
         _check(self.role in roles, "models[].role", self.role, f"one of {roles}")
 
@@ -101,15 +106,28 @@ class GatewayConfig:
     """gRPC port (0 = pick a free one)."""
     max_queue_len: int = 256
     """Requests admitted but not finished before new ones get RESOURCE_EXHAUSTED."""
-    stream_interval_ms: float = 20.0
-    """Shortest gap between two streamed chunks after the first token."""
+    stream_interval_ms: float = 100.0
+    """Longest a streamed chunk waits for more tokens (the first token leaves at once)."""
+    stream_chunk_tokens: int = 8
+    """A streamed chunk leaves as soon as it holds this many tokens."""
     worker_timeout_s: float = 30.0
     """Longest wait for a worker to answer one call before UNAVAILABLE."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.port < 65536, "gateway.port", self.port, "in [0, 65535]")
         _check(self.max_queue_len > 0, "gateway.max_queue_len", self.max_queue_len, "> 0")
-        _check(self.stream_interval_ms >= 0, "gateway.stream_interval_ms", self.stream_interval_ms, ">= 0")
+        _check(
+            self.stream_interval_ms >= 0,
+            "gateway.stream_interval_ms",
+            self.stream_interval_ms,
+            ">= 0",
+        )
+        _check(
+            self.stream_chunk_tokens > 0,
+            "gateway.stream_chunk_tokens",
+            self.stream_chunk_tokens,
+            "> 0",
+        )
         _check(self.worker_timeout_s > 0, "gateway.worker_timeout_s", self.worker_timeout_s, "> 0")
 
 
@@ -127,13 +145,20 @@ class MeshConfig:
     """Folder holding model folders by name (empty = the user cache folder)."""
     namespace: str = "flexmesh"
     """Ray namespace of every actor."""
+    worker_max_restarts: int = 3
+    """Times Ray restarts a dead worker (its in-flight requests fail with UNAVAILABLE)."""
 
     def __post_init__(self) -> None:
         _check(len(self.models) > 0, "models", self.models, "non-empty")
         names = [m.name for m in self.models]
         _check(len(set(names)) == len(names), "models[].name", names, "unique")
         for m in self.models:
-            _check(not m.draft_model or m.draft_model in names, "models[].draft_model", m.draft_model, "a resident model")
+            _check(
+                not m.draft_model or m.draft_model in names,
+                "models[].draft_model",
+                m.draft_model,
+                "a resident model",
+            )
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:

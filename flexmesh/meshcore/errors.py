@@ -13,6 +13,11 @@ class InvalidRequestError(FlexMeshError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[InvalidRequestError], tuple[str, str]]:
+        # Crosses Ray actor boundaries: rebuild from both arguments, not the formatted text.
+        return (type(self), (self.field, self.message))
 
 
 class UnknownModelError(FlexMeshError, LookupError):
@@ -25,3 +30,7 @@ class QueueFullError(FlexMeshError):
 
 class WorkerUnavailableError(FlexMeshError):
     """The worker serving a request died or cannot be reached (maps to UNAVAILABLE)."""
+
+
+class DeadlineExceededError(FlexMeshError, TimeoutError):
+    """The caller's deadline passed before the request finished (maps to DEADLINE_EXCEEDED)."""

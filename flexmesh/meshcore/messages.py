@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -24,3 +24,35 @@ class RequestOutput:
     draft_tokens_accepted: int = 0
     strategy: str = "none"
     """Decoding strategy the engine applied."""
+
+
+def merge_outputs(outputs: list[RequestOutput]) -> RequestOutput:
+    """Coalesce consecutive outputs of one request into one chunk (the last one's metadata)."""
+    last = outputs[-1]
+    if len(outputs) == 1:
+        return last
+    return replace(
+        last,
+        token_ids=tuple(t for o in outputs for t in o.token_ids),
+        text="".join(o.text for o in outputs),
+    )
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A worker's load and identity, as `Admin/GetStatus` and the router read it."""
+
+    name: str
+    model: str
+    model_path: str
+    role: str
+    device: str
+    queue_length: int
+    running_requests: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    uptime_s: float
+    tokens_generated: int
+    queue_delay_ms: float = 0.0
+    """Age of the oldest request waiting for admission."""
+    alive: bool = True

@@ -46,7 +46,9 @@ class SamplingParams:
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop", "stop strings must not be empty")
         if self.strategy not in STRATEGIES:
-            raise InvalidRequestError("strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise InvalidRequestError(
+                "strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}"
+            )
 
     @property
     def greedy(self) -> bool:

@@ -31,9 +31,14 @@ def test_seeded_sampling_is_reproducible_across_batches(engine: Engine) -> None:
     sp = SamplingParams(max_tokens=20, temperature=1.0, top_p=0.9, top_k=50, seed=7)
     alone = engine.add_request(PROMPTS[0], sampling=sp)
     first = _collect(engine)[alone][0]
-    crowd = [engine.add_request(p, sampling=SamplingParams(max_tokens=20, temperature=1.0)) for p in PROMPTS[1:]]
+    crowd = [
+        engine.add_request(p, sampling=SamplingParams(max_tokens=20, temperature=1.0))
+        for p in PROMPTS[1:]
+    ]
     again = engine.add_request(PROMPTS[0], sampling=sp)
-    other = engine.add_request(PROMPTS[0], sampling=SamplingParams(max_tokens=20, temperature=1.0, seed=8))
+    other = engine.add_request(
+        PROMPTS[0], sampling=SamplingParams(max_tokens=20, temperature=1.0, seed=8)
+    )
     res = _collect(engine)
     assert res[again][0] == first
     assert res[other][0] != first
@@ -45,7 +50,9 @@ def test_max_tokens_and_stop_token_ids_end_exactly(engine: Engine, small_path: s
     ref = hf_greedy(small_path, tuple(ids), 24)
     stop_id = ref[10]
     cut = ref.index(stop_id) + 1
-    a = engine.add_request(prompt_token_ids=ids, sampling=SamplingParams(max_tokens=24, stop_token_ids=(stop_id,)))
+    a = engine.add_request(
+        prompt_token_ids=ids, sampling=SamplingParams(max_tokens=24, stop_token_ids=(stop_id,))
+    )
     b = engine.add_request(prompt_token_ids=ids, sampling=SamplingParams(max_tokens=7))
     res = _collect(engine)
     assert res[a][0] == ref[:cut] and res[a][2] == "stop"
@@ -58,7 +65,9 @@ def test_stop_string_truncates_text_before_it(engine: Engine, small_path: str) -
     full = engine.tokenizer.decode(ref, skip_special_tokens=True)
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), "need a visible stop string"
-    rid = engine.add_request(prompt_token_ids=ids, sampling=SamplingParams(max_tokens=24, stop=(stop,)))
+    rid = engine.add_request(
+        prompt_token_ids=ids, sampling=SamplingParams(max_tokens=24, stop=(stop,))
+    )
     tokens, text, reason = _collect(engine)[rid]
     assert reason == "stop"
     assert text == full[: full.index(stop)]

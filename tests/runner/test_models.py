@@ -14,7 +14,11 @@ from flexmesh.actors.runner.demo_models import build_demo_models
 from flexmesh.actors.runner.model import UnsupportedModelError
 from flexmesh.actors.runner.runner import check_architecture
 
-TEXTS = ("def f(x):\n    return x ** 2  # square\n", "你好，世界！这是一个测试。", "  spaces\tand\nlines  ")
+TEXTS = (
+    "def f(x):\n    return x ** 2  # square\n",
+    "你好，世界！这是一个测试。",
+    "  spaces\tand\nlines  ",
+)
 
 
 def test_tokenizer_round_trips_and_is_shared(models_dir: Path) -> None:

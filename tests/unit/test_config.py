@@ -17,7 +17,9 @@ def test_deploy_configs_load() -> None:
 
 
 def test_from_dict_builds_nested_and_rejects_unknown_keys() -> None:
-    cfg = MeshConfig.from_dict({"models": [{"name": "a"}, {"name": "b"}], "engine": {"max_num_seqs": 4}})
+    cfg = MeshConfig.from_dict(
+        {"models": [{"name": "a"}, {"name": "b"}], "engine": {"max_num_seqs": 4}}
+    )
     assert [m.name for m in cfg.models] == ["a", "b"] and cfg.engine.max_num_seqs == 4
     with pytest.raises(ValueError, match="unknown config key.*bogus"):
         MeshConfig.from_dict({"engine": {"bogus": 1}})

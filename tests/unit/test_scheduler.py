@@ -13,7 +13,9 @@ from flexmesh.meshcore.scheduler import Scheduler, SchedulerOutput
 
 
 def _sched(blocks: int = 64, budget: int = 64, seqs: int = 8, chunked: bool = True) -> Scheduler:
-    cfg = EngineConfig(block_size_tokens=4, max_batched_tokens=budget, max_num_seqs=seqs, chunked_prefill=chunked)
+    cfg = EngineConfig(
+        block_size_tokens=4, max_batched_tokens=budget, max_num_seqs=seqs, chunked_prefill=chunked
+    )
     return Scheduler(cfg, blocks, max_model_len_tokens=1000)
 
 
@@ -137,5 +139,8 @@ def test_request_outgrowing_the_whole_cache_ends_with_length() -> None:
     for _ in range(20):
         finished += _step(s).finished
     assert [r.request_id for r in finished] == ["a"]
-    assert finished[0].status == RequestStatus.FINISHED_LENGTH and len(finished[0].output_token_ids) == 5
+    assert (
+        finished[0].status == RequestStatus.FINISHED_LENGTH
+        and len(finished[0].output_token_ids) == 5
+    )
     assert not s.has_unfinished() and s.pool.num_free == 3

@@ -67,8 +67,16 @@ def _corpus() -> list[str]:
 
 def build_tokenizer(out_dir: Path) -> None:
     """Train the shared byte-level BPE and save it as a Hugging Face tokenizer folder."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
@@ -154,7 +162,9 @@ def build_demo_models(root: str | Path, force: bool = False) -> dict[str, Path]:
             log.info("demo.model.build", model=shape.name, hidden=shape.hidden_size)
             staging = Path(tmp) / shape.name
             _build_model(shape, tok_dir, staging)
-            (staging / MARKER).write_text(json.dumps({"version": BUILD_VERSION, "shape": shape.name}))
+            (staging / MARKER).write_text(
+                json.dumps({"version": BUILD_VERSION, "shape": shape.name})
+            )
             if paths[shape.name].exists():
                 shutil.rmtree(paths[shape.name])
             staging.rename(paths[shape.name])  # atomic: a half-built folder never looks built

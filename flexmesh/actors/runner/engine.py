@@ -7,8 +7,7 @@ worker runs it in a background thread (`AsyncEngine`); tests and benchmarks call
 from __future__ import annotations
 
 import itertools
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from flexmesh.actors.runner.detok import IncrementalDetokenizer
@@ -74,7 +73,9 @@ class Engine:
         rid = request_id or f"req-{next(self._ids)}"
         request = Request(rid, ids, sampling, eos_token_ids=self.eos_token_ids)
         self.scheduler.add(request)
-        self._tracked[rid] = _Tracked(request, IncrementalDetokenizer(self.tokenizer, sampling.stop))
+        self._tracked[rid] = _Tracked(
+            request, IncrementalDetokenizer(self.tokenizer, sampling.stop)
+        )
         return rid
 
     def abort(self, request_id: str) -> bool:
@@ -176,5 +177,3 @@ def _eos_ids(generation_config: object, tokenizer: object) -> frozenset[int]:
     if tok_eos is not None:
         ids.add(tok_eos)
     return frozenset(ids)
-
-

@@ -68,7 +68,8 @@ class PagedCausalLM:
         arch = (getattr(cfg, "architectures", None) or [type(hf_model).__name__])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
-                f"architecture {arch} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+                f"architecture {arch} is not supported; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
         self.config = cfg
         self.device = device

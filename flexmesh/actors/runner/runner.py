@@ -68,6 +68,7 @@ class ModelRunner:
 
     def __init__(self, model_path: str | Path, config: EngineConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
@@ -75,6 +76,7 @@ class ModelRunner:
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
+        hf_logging.disable_progress_bar()
         hf = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=self.dtype)
         self.model = PagedCausalLM(hf, self.device, self.dtype)
         self.generation_config = hf.generation_config
@@ -105,8 +107,27 @@ class ModelRunner:
                 out[req.request_id] = accept_greedy(drafts, [greedy_ids[r] for r in rows])
             else:
                 gen = self._generator(req.request_id, req.sampling.seed)
-                out[req.request_id] = sample_chunk(logits[first_row : rows.stop], drafts, req.sampling, gen)
+                out[req.request_id] = sample_chunk(
+                    logits[first_row : rows.stop], drafts, req.sampling, gen
+                )
         return out
+
+    def next_token_logits(self, token_ids: list[int]) -> list[float]:
+        """One stand-alone forward pass (own scratch KV, outside any batch): last row's logits."""
+        n = len(token_ids)
+        scratch = self.model.allocate_kv_cache(-(-n // self.block_size), self.block_size)
+        slots = torch.arange(n, device=self.device)
+        group = AttentionGroup(
+            0, n, torch.ones(1, n, dtype=torch.bool, device=self.device), slots[None], None, True
+        )
+        batch = ForwardBatch(
+            input_ids=torch.tensor(token_ids, dtype=torch.long, device=self.device),
+            positions=slots,
+            slot_mapping=slots,
+            groups=(group,),
+            logit_rows=torch.tensor([n - 1], device=self.device),
+        )
+        return self.model.forward(batch, scratch)[0].tolist()  # type: ignore[no-any-return]
 
     def release(self, request_id: str) -> None:
         """Forget per-request state (its random generator) once the request ends."""
@@ -129,7 +150,9 @@ class ModelRunner:
         bs = self.block_size
         return [block_ids[p // bs] * bs + p % bs for p in range(start, stop)]
 
-    def prepare(self, plan: SchedulerOutput) -> tuple[ForwardBatch, list[tuple[ScheduledChunk, int]]]:
+    def prepare(
+        self, plan: SchedulerOutput
+    ) -> tuple[ForwardBatch, list[tuple[ScheduledChunk, int]]]:
         """Order chunks (small queries first, as one padded group), build the step's tensors."""
         small = [c for c in plan.chunks if c.num_tokens <= SMALL_QUERY_TOKENS]
         large = [c for c in plan.chunks if c.num_tokens > SMALL_QUERY_TOKENS]

@@ -1,0 +1,91 @@
+"""Small clients over actor handles, so services and tests can swap in fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+from flexmesh.meshcore.errors import FlexMeshError, WorkerUnavailableError
+from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+from flexmesh.meshcore.sampling import SamplingParams
+
+_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+class WorkerClientProtocol(Protocol):
+    name: str
+    model: str
+
+    def stream(
+        self, request_id: str, prompt: str, prompt_token_ids: list[int], sampling: SamplingParams
+    ) -> AsyncIterator[RequestOutput]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def status(self) -> WorkerStatus: ...
+
+    async def next_token_logits(self, token_ids: list[int]) -> list[float]: ...
+
+
+class WorkerClient:
+    """Talks to one named worker actor; every wait is bounded by `timeout_s`."""
+
+    def __init__(self, handle: Any, name: str, model: str, timeout_s: float) -> None:
+        self.handle, self.name, self.model, self.timeout_s = handle, name, model, timeout_s
+
+    async def stream(
+        self, request_id: str, prompt: str, prompt_token_ids: list[int], sampling: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        gen = self.handle.generate.options(num_returns="streaming").remote(
+            request_id, prompt, prompt_token_ids, sampling
+        )
+        finished = False
+        try:
+            while True:
+                try:
+                    ref = await asyncio.wait_for(gen.__anext__(), self.timeout_s)
+                    out: RequestOutput = await ref
+                except StopAsyncIteration:
+                    return
+                except _DEAD as exc:
+                    raise WorkerUnavailableError(
+                        f"worker {self.name} is unavailable: {exc}"
+                    ) from exc
+                except RayTaskError as exc:
+                    if isinstance(exc.cause, FlexMeshError):
+                        raise exc.cause from None  # the worker's typed error, message intact
+                    raise
+                except TimeoutError as exc:
+                    raise WorkerUnavailableError(
+                        f"worker {self.name} sent nothing for {self.timeout_s:.0f} s"
+                    ) from exc
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:
+                # Cancelled or failed mid-stream: stop the worker's generator so it frees KV.
+                ray.cancel(gen)
+                await self.abort(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        try:
+            await asyncio.wait_for(self.handle.abort.remote(request_id), self.timeout_s)
+        except (*_DEAD, TimeoutError):
+            pass  # a dead or stuck worker holds no KV we could free
+
+    async def status(self) -> WorkerStatus:
+        try:
+            return await asyncio.wait_for(self.handle.status.remote(), self.timeout_s)  # type: ignore[no-any-return]
+        except (*_DEAD, TimeoutError) as exc:
+            raise WorkerUnavailableError(f"worker {self.name} is unavailable: {exc}") from exc
+
+    async def next_token_logits(self, token_ids: list[int]) -> list[float]:
+        try:
+            ref = self.handle.next_token_logits.remote(token_ids)
+            return await asyncio.wait_for(ref, self.timeout_s)  # type: ignore[no-any-return]
+        except (*_DEAD, TimeoutError) as exc:
+            raise WorkerUnavailableError(f"worker {self.name} is unavailable: {exc}") from exc

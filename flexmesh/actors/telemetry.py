@@ -1,0 +1,68 @@
+"""Ray metrics (Prometheus / Ray dashboard) of workers and the gateway."""
+
+from __future__ import annotations
+
+from ray.util import metrics
+
+from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+
+_MS_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+
+
+class WorkerMetrics:
+    """Per-worker gauges and counters, tagged with worker and model."""
+
+    def __init__(self, worker: str, model: str) -> None:
+        self.tags = {"worker": worker, "model": model}
+        keys = ("worker", "model")
+        self.tokens = metrics.Counter("flexmesh_worker_tokens", "Tokens generated", tag_keys=keys)
+        self.requests = metrics.Counter(
+            "flexmesh_worker_requests", "Requests finished", tag_keys=(*keys, "reason")
+        )
+        self.queue = metrics.Gauge(
+            "flexmesh_worker_queue_length", "Waiting requests", tag_keys=keys
+        )
+        self.running = metrics.Gauge("flexmesh_worker_running", "Running requests", tag_keys=keys)
+        self.kv_used = metrics.Gauge(
+            "flexmesh_worker_kv_blocks_used", "KV blocks in use", tag_keys=keys
+        )
+        self.drafts = metrics.Counter(
+            "flexmesh_worker_draft_tokens", "Draft tokens", tag_keys=(*keys, "outcome")
+        )
+
+    def finished(self, out: RequestOutput) -> None:
+        self.tokens.inc(max(out.completion_tokens, 0) or 0.0, self.tags)
+        self.requests.inc(1.0, {**self.tags, "reason": out.finish_reason or "unknown"})
+        if out.draft_tokens_proposed:
+            self.drafts.inc(out.draft_tokens_accepted, {**self.tags, "outcome": "accepted"})
+            self.drafts.inc(out.draft_tokens_proposed, {**self.tags, "outcome": "proposed"})
+
+    def observe_status(self, s: WorkerStatus) -> None:
+        self.queue.set(s.queue_length, self.tags)
+        self.running.set(s.running_requests, self.tags)
+        self.kv_used.set(s.kv_blocks_used, self.tags)
+
+
+class GatewayMetrics:
+    """Request-level latency histograms as clients see them."""
+
+    def __init__(self) -> None:
+        keys = ("model", "code")
+        self.requests = metrics.Counter("flexmesh_requests", "gRPC Generate calls", tag_keys=keys)
+        self.ttft = metrics.Histogram(
+            "flexmesh_ttft_ms", "Time to first token", boundaries=_MS_BUCKETS, tag_keys=("model",)
+        )
+        self.tpot = metrics.Histogram(
+            "flexmesh_tpot_ms",
+            "Time per output token",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500],
+            tag_keys=("model",),
+        )
+        self.in_flight = metrics.Gauge("flexmesh_in_flight", "Requests admitted, not finished")
+
+    def done(self, model: str, code: str, ttft_ms: float, total_ms: float, tokens: int) -> None:
+        self.requests.inc(1.0, {"model": model or "none", "code": code})
+        if tokens > 0:
+            self.ttft.observe(ttft_ms, {"model": model})
+        if tokens > 1:
+            self.tpot.observe((total_ms - ttft_ms) / (tokens - 1), {"model": model})

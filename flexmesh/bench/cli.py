@@ -1,0 +1,120 @@
+"""`flexmesh bench engine`: in-process columns, then the same streams through gRPC + Ray."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from flexmesh.bench.engine_bench import BENCH_PROMPTS, BenchSettings, run_engine_bench
+
+BENCH_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "configs" / "bench-large.yaml"
+
+
+async def _grpc_tok_s(address: str, s: BenchSettings, concurrency: int) -> float:
+    import grpc
+
+    from flexmesh.services.client import stream_generate
+    from flexmesh.v1 import flexmesh_pb2 as pb
+    from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+    def req(i: int, n: int) -> pb.GenerateRequest:
+        prompt = BENCH_PROMPTS[i % len(BENCH_PROMPTS)]
+        return pb.GenerateRequest(prompt=prompt, max_tokens=n, ignore_eos=True, model="demo-large")
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        await stream_generate(stub, req(0, 4))  # warm-up
+        t0 = time.perf_counter()
+        if concurrency == 1:
+            results = [
+                await stream_generate(stub, req(i, s.new_tokens)) for i in range(len(BENCH_PROMPTS))
+            ]
+        else:
+            results = await asyncio.gather(
+                *(stream_generate(stub, req(i, s.new_tokens)) for i in range(concurrency))
+            )
+        return sum(len(r.token_ids) for r in results) / (time.perf_counter() - t0)
+
+
+def grpc_columns(s: BenchSettings, models_dir: str | None) -> dict[str, float]:
+    """Start a one-worker mesh on demo-large and measure 1 and N concurrent gRPC streams."""
+    from flexmesh.meshcore.config import MeshConfig
+    from flexmesh.services.mesh import start_mesh
+
+    cfg = MeshConfig.from_yaml(BENCH_CONFIG)
+    model = replace(cfg.models[0], path=s.model_path)
+    cfg = replace(cfg, models=(model,), models_dir=models_dir or cfg.models_dir)
+    mesh = start_mesh(cfg)
+    try:
+        b1 = asyncio.run(_grpc_tok_s(mesh.address, s, 1))
+        cn = asyncio.run(_grpc_tok_s(mesh.address, s, s.concurrency))
+    finally:
+        mesh.shutdown()
+    return {"grpc_b1_tok_s": round(b1, 2), f"grpc_c{s.concurrency}_tok_s": round(cn, 2)}
+
+
+def bench_engine(args: argparse.Namespace) -> int:
+    from flexmesh.services.mesh import resolve_model_paths
+
+    if args.model:
+        model_path = args.model
+    else:
+        from flexmesh.meshcore.config import MeshConfig
+
+        cfg = MeshConfig.from_dict(
+            {"models": [{"name": "demo-large"}], "models_dir": args.models_dir or ""}
+        )
+        model_path = resolve_model_paths(cfg)["demo-large"]
+    s = BenchSettings(model_path, new_tokens=args.new_tokens, concurrency=args.concurrency)
+    report: dict[str, Any] = run_engine_bench(s)
+    if not args.no_grpc:
+        report.update(grpc_columns(s, args.models_dir))
+        c = s.concurrency
+        report["ratio_grpc_b1_vs_engine"] = round(
+            report["grpc_b1_tok_s"] / report["engine_b1_tok_s"], 3
+        )
+        report[f"ratio_grpc_c{c}_vs_hf_b1"] = round(
+            report[f"grpc_c{c}_tok_s"] / report["hf_b1_tok_s"], 2
+        )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(report, s.concurrency)
+    return 0
+
+
+def _print_table(r: dict[str, Any], c: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    hf = r["hf_b1_tok_s"]
+    table = Table(
+        title=f"{r['model']}: {r['new_tokens']} new tokens, greedy, fp32, {r['threads']} threads"
+    )
+    table.add_column("configuration")
+    table.add_column("tokens/s", justify="right")
+    table.add_column("× HF batch 1", justify="right")
+    rows = [
+        ("HF generate, batch 1", hf),
+        ("engine, batch 1", r["engine_b1_tok_s"]),
+        (f"engine, {c} concurrent", r[f"engine_c{c}_tok_s"]),
+    ]
+    if "grpc_b1_tok_s" in r:
+        rows += [
+            ("gRPC + Ray, 1 stream", r["grpc_b1_tok_s"]),
+            (f"gRPC + Ray, {c} streams", r[f"grpc_c{c}_tok_s"]),
+        ]
+    for name, v in rows:
+        table.add_row(name, f"{v:.1f}", f"{v / hf:.2f}")
+    Console().print(table)
+    print(
+        f"roofline at batch 1: {r['roofline_b1_tok_s']} tok/s "
+        f"({r['weight_bytes'] / 1e6:.0f} MB weights per step at {r['bandwidth_gb_s']} GB/s)"
+    )
+    if "ratio_grpc_b1_vs_engine" in r:
+        print(f"gRPC single stream / in-process engine: {r['ratio_grpc_b1_vs_engine']}")

@@ -1,0 +1,318 @@
+"""Routing policy: which resident model serves a request and with which decoding acceleration.
+
+A-IO keeps a small and a large model of one family resident. Decode is memory-bound, so a
+request served by the small model streams ~1/5 of the bytes per token. The probe names the
+prompt's intent; `decide` maps it through the policy table, sends low-confidence prompts to the
+large model, spills spillable intents to the other model while the target's queue is long
+(hysteresis: spill above `spill_queue_ms`, return below `return_queue_ms`, held in
+`RouterState`) and lets explicit request fields override everything. Pure and stdlib only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flexmesh.meshcore.errors import InvalidRequestError, UnknownModelError
+
+INTENTS = ("code", "math", "knowledge_qa", "chinese_exam", "chat", "long_context")
+"""Intents the probe names, in a fixed order (score vectors and tables use it)."""
+ROLES = ("small", "large")
+"""Symbolic models a route names; the policy maps them to resident model names."""
+ROUTE_STRATEGIES = ("none", "pld", "spec")
+"""Decoding accelerations: none, prompt-lookup decoding, draft-model speculation."""
+
+
+class PolicyVersionError(InvalidRequestError):
+    """An update named a policy version that is no longer current (lost update avoided)."""
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__("expected_version", f"stale: expected {expected}, current is {current}")
+        self.expected = expected
+        self.current = current
+
+
+def _check(cond: bool, name: str, value: object, rule: str) -> None:
+    if not cond:
+        raise InvalidRequestError(f"routing.{name}", f"must be {rule}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What the probe sensed about one prompt."""
+
+    intent: str
+    """One of `INTENTS`."""
+    confidence: float
+    """Belief in `intent`, in [0, 1] (softmax margin or class probability)."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """Per-intent probabilities (or normalised scores) behind the decision."""
+    probe_ms: float = 0.0
+    """Wall time the probe spent on this prompt."""
+    backend: str = ""
+    """Backend that produced it: classifier, lm or rule."""
+
+    def __post_init__(self) -> None:
+        if self.intent not in INTENTS:
+            raise InvalidRequestError("intent", f"must be one of {INTENTS}, got {self.intent!r}")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one intent goes when nothing overrides it."""
+
+    model: str = "small"
+    """Symbolic model: small or large."""
+    strategy: str = "none"
+    """Decoding acceleration: none, pld or spec (spec drafts with the small model)."""
+    spillable: bool = False
+    """May move to the other resident model while the target's queue is long."""
+
+    def validate(self, name: str) -> None:
+        _check(self.model in ROLES, f"{name}.model", self.model, f"one of {ROLES}")
+        strategies = ROUTE_STRATEGIES
+        _check(
+            self.strategy in strategies, f"{name}.strategy", self.strategy, f"one of {strategies}"
+        )
+        # The small model is the draft model; speculating on it would need a third model.
+        ok = not (self.strategy == "spec" and self.model == "small")
+        _check(ok, f"{name}.strategy", self.strategy, "pld or none on the small model")
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """Default route per intent, argued in docs/routing.md."""
+
+    code: Route = Route("small", "pld", True)
+    """Code tolerates the small model; outputs copy identifiers from the prompt (PLD wins)."""
+    math: Route = Route("large", "spec", False)
+    """Multi-step arithmetic needs the large model; small-model drafts accept well."""
+    knowledge_qa: Route = Route("large", "spec", True)
+    """Recall grows with parameters; borderline, so it may spill when the large queue is long."""
+    chinese_exam: Route = Route("large", "spec", False)
+    """Exam accuracy needs the large model."""
+    chat: Route = Route("small", "none", True)
+    """Open-ended chat tolerates the small model; little to copy from the prompt."""
+    long_context: Route = Route("small", "pld", False)
+    """KV of a long prompt is ~5x smaller on the small model; answers quote the prompt (PLD)."""
+    low_confidence: Route = Route("large", "spec", False)
+    """Used when the probe's confidence is below the threshold: trust the accurate model."""
+
+    def get(self, intent: str) -> Route:
+        route: Route = getattr(self, intent)
+        return route
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """The routing policy, composed into `MeshConfig` as `routing:` and changed via `Admin`."""
+
+    small_model: str = "demo-small"
+    """Resident model name behind the symbolic `small`."""
+    large_model: str = "demo-large"
+    """Resident model name behind the symbolic `large`."""
+    confidence_threshold: float = 0.5
+    """Probe confidence below which the `low_confidence` route (large model) is used."""
+    spill_queue_ms: float = 500.0
+    """Queue delay of the target model above which spillable intents go to the other model."""
+    return_queue_ms: float = 100.0
+    """Queue delay below which a spilling model takes its spillable intents back."""
+    long_context_tokens: int = 2048
+    """Prompts longer than this are long_context without a probe forward pass."""
+    routes: RouteTable = field(default_factory=RouteTable)
+    """Default route per intent (plus the low-confidence route)."""
+    version: int = 1
+    """Policy version; every accepted update adds exactly 1."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.small_model), "small_model", self.small_model, "non-empty")
+        _check(bool(self.large_model), "large_model", self.large_model, "non-empty")
+        _check(self.small_model != self.large_model, "large_model", self.large_model, "!= small")
+        thr = self.confidence_threshold
+        _check(0.0 <= thr <= 1.0, "confidence_threshold", thr, "in [0, 1]")
+        _check(self.spill_queue_ms > 0, "spill_queue_ms", self.spill_queue_ms, "> 0")
+        ret = self.return_queue_ms
+        _check(0 <= ret < self.spill_queue_ms, "return_queue_ms", ret, "in [0, spill_queue_ms)")
+        lct = self.long_context_tokens
+        _check(lct > 0, "long_context_tokens", lct, "> 0")
+        _check(self.version >= 1, "version", self.version, ">= 1")
+        for f in dataclasses.fields(RouteTable):
+            self.routes.get(f.name).validate(f"routes.{f.name}")
+
+    def model_name(self, role: str) -> str:
+        return self.small_model if role == "small" else self.large_model
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoutingConfig:
+        """Build from plain YAML/JSON data, rejecting unknown keys and wrong types by name."""
+        return _build(cls(), data, "")  # type: ignore[no-any-return]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Where one request goes and why."""
+
+    model: str
+    """Resident model name that serves the request."""
+    strategy: str
+    """Decoding acceleration: none, pld or spec."""
+    intent: str
+    """Intent the probe named."""
+    confidence: float
+    """Probe confidence in `intent`."""
+    reason: str
+    """table, low_confidence, spill or override."""
+    policy_version: int = 0
+    """Version of the policy that decided."""
+
+
+@dataclass(frozen=True)
+class RouterState:
+    """Hysteresis memory: models whose queue passed `spill_queue_ms` and has not yet returned."""
+
+    spilling: frozenset[str] = frozenset()
+    """Resident model names currently shedding spillable intents."""
+
+
+def update_state(
+    loads: Mapping[str, float], policy: RoutingConfig, state: RouterState
+) -> RouterState:
+    """Enter spilling above `spill_queue_ms`, leave below `return_queue_ms`, else keep."""
+    spilling = set(state.spilling)
+    for model, delay_ms in loads.items():
+        if delay_ms > policy.spill_queue_ms:
+            spilling.add(model)
+        elif delay_ms < policy.return_queue_ms:
+            spilling.discard(model)
+    return RouterState(frozenset(spilling))
+
+
+def decide(
+    probe: ProbeResult,
+    loads: Mapping[str, float],
+    policy: RoutingConfig,
+    state: RouterState,
+    model: str = "",
+    strategy: str = "",
+) -> tuple[RouteDecision, RouterState]:
+    """Route one request. `loads` maps model name to queue delay in ms (missing = idle).
+
+    `model` ("" or "auto" = router decides) and `strategy` ("" = router decides) are the
+    request's own fields; when set they win over the table, confidence and load.
+    """
+    if strategy not in ("", *ROUTE_STRATEGIES):
+        raise InvalidRequestError("strategy", f"must be '', none, pld or spec, got {strategy!r}")
+    if model not in ("", "auto", policy.small_model, policy.large_model):
+        raise UnknownModelError(
+            f"model {model!r} is not resident (router knows "
+            f"{policy.small_model!r}, {policy.large_model!r})"
+        )
+    state = update_state(loads, policy, state)
+    if probe.confidence < policy.confidence_threshold:
+        route, reason = policy.routes.low_confidence, "low_confidence"
+    else:
+        route, reason = policy.routes.get(probe.intent), "table"
+    role, strat = route.model, route.strategy
+    if route.spillable:
+        target, other = policy.model_name(role), policy.model_name(_other(role))
+        if target in state.spilling and other not in state.spilling:
+            role, reason = _other(role), "spill"
+    if model not in ("", "auto"):
+        role, reason = ("small" if model == policy.small_model else "large"), "override"
+    elif strategy == "spec":
+        role = "large"  # speculation drafts with the small model, so only the large one can use it
+    if strategy:
+        strat, reason = strategy, "override"
+    if strat == "spec" and role == "small":
+        if strategy:
+            raise InvalidRequestError("strategy", "spec needs the large model (small is the draft)")
+        strat = "none"  # a large-model route spilled to the small model loses its draft
+    decision = RouteDecision(
+        model=policy.model_name(role),
+        strategy=strat,
+        intent=probe.intent,
+        confidence=probe.confidence,
+        reason=reason,
+        policy_version=policy.version,
+    )
+    return decision, state
+
+
+def _other(role: str) -> str:
+    return "large" if role == "small" else "small"
+
+
+class Router:
+    """Holds the current policy and hysteresis state; the probe actor owns one."""
+
+    def __init__(self, policy: RoutingConfig | None = None) -> None:
+        self.policy = policy or RoutingConfig()
+        self.state = RouterState()
+
+    def route(
+        self, probe: ProbeResult, loads: Mapping[str, float], model: str = "", strategy: str = ""
+    ) -> RouteDecision:
+        decision, self.state = decide(probe, loads, self.policy, self.state, model, strategy)
+        return decision
+
+    def update(self, changes: Mapping[str, Any], expected_version: int) -> RoutingConfig:
+        self.policy = apply_update(self.policy, changes, expected_version)
+        return self.policy
+
+
+def apply_update(
+    policy: RoutingConfig, changes: Mapping[str, Any], expected_version: int
+) -> RoutingConfig:
+    """Return `policy` with `changes` (nested, partial) applied and `version` + 1.
+
+    Raises `PolicyVersionError` when `expected_version` is not the current version and
+    `InvalidRequestError` naming the field when a change is unknown or invalid.
+    """
+    if expected_version != policy.version:
+        raise PolicyVersionError(expected_version, policy.version)
+    if "version" in changes:
+        raise InvalidRequestError("routing.version", "is set by the policy, not by an update")
+    merged = _merge(policy.to_dict(), changes)
+    merged["version"] = policy.version + 1
+    return RoutingConfig.from_dict(merged)
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(default: Any, data: Mapping[str, Any], prefix: str) -> Any:
+    """Return `default` (a dataclass) with the keys of `data` replaced, recursing into nested
+    dataclasses so a partial mapping keeps the other fields' current values."""
+    if not isinstance(data, Mapping):
+        raise InvalidRequestError(
+            f"routing.{prefix}".rstrip("."), f"must be a mapping, got {data!r}"
+        )
+    names = {f.name for f in dataclasses.fields(default)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InvalidRequestError(f"routing.{prefix}{unknown[0]}", "unknown key")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name, current = f"{prefix}{key}", getattr(default, key)
+        if dataclasses.is_dataclass(current):
+            kwargs[key] = _build(current, value, name + ".")
+            continue
+        kind = type(current)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise InvalidRequestError(f"routing.{name}", f"must be {kind.__name__}, got {value!r}")
+        kwargs[key] = value
+    return dataclasses.replace(default, **kwargs)

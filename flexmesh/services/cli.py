@@ -1,0 +1,195 @@
+"""`flexmesh` command line: serve, demo, generate, classify, status, policy, models, loadgen, bench.
+
+Imports are local to each command so `flexmesh --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from flexmesh.logs import configure_logging
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "deploy" / "configs"
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _default_config() -> str:
+    return str(REPO_CONFIGS / "demo.yaml")
+
+
+def load_config(args: argparse.Namespace) -> Any:
+    from flexmesh.meshcore.config import MeshConfig
+
+    cfg = (
+        MeshConfig.from_yaml(args.config)
+        if Path(args.config).exists()
+        else MeshConfig.from_dict(_builtin_demo_config())
+    )
+    gateway = cfg.gateway
+    if getattr(args, "host", None):
+        gateway = replace(gateway, host=args.host)
+    if getattr(args, "port", None) is not None:
+        gateway = replace(gateway, port=args.port)
+    models_dir = getattr(args, "models_dir", None) or cfg.models_dir
+    return replace(cfg, gateway=gateway, models_dir=models_dir)
+
+
+def _builtin_demo_config() -> dict[str, Any]:
+    """Used when the package is installed without the repository's deploy/ folder."""
+    return {"models": [{"name": "demo-large"}, {"name": "demo-small"}]}
+
+
+def _add_mesh_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=_default_config(), help="mesh YAML (default: demo)")
+    p.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
+    p.add_argument("--models-dir", default=None, help="where models live / demo models are built")
+    p.add_argument("--host", default=None, help="gRPC bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="gRPC port (default 50051, 0 = any)")
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (~0.9 GB)")
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flexmesh.services.mesh import start_mesh
+
+    mesh = start_mesh(load_config(args), address=args.address, dashboard=args.dashboard)
+    print(f"FlexMesh serving gRPC on {mesh.address}  (Ctrl-C to stop)", flush=True)
+    stop = asyncio.Event()
+
+    async def wait() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+    try:
+        asyncio.run(wait())
+    finally:
+        print("shutting down", flush=True)
+        mesh.shutdown()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flexmesh.services.demo import run_demo
+    from flexmesh.services.mesh import start_mesh
+
+    cfg = load_config(args)
+    cfg = replace(cfg, gateway=replace(cfg.gateway, port=args.port if args.port is not None else 0))
+    print("starting the mesh (Ray, demo models, gateway) ...", flush=True)
+    mesh = start_mesh(cfg, address=args.address, dashboard=args.dashboard, log_to_driver=False)
+    try:
+        return run_demo(args, mesh.address)
+    finally:
+        mesh.shutdown()
+
+
+# -- client commands -----------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from flexmesh.services.client import generate_cli
+
+    return asyncio.run(generate_cli(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from flexmesh.services.client import status_cli
+
+    return asyncio.run(status_cli(args))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from flexmesh.actors.runner.demo_models import build_demo_models
+
+    for name, path in build_demo_models(args.dir, force=args.force).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_bench_engine(args: argparse.Namespace) -> int:
+    from flexmesh.bench.cli import bench_engine
+
+    return bench_engine(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flexmesh", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="start the mesh and serve gRPC until Ctrl-C")
+    _add_mesh_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="start the mesh, send a burst of mixed prompts, summarise")
+    _add_mesh_args(p)
+    p.add_argument("--requests", type=int, default=48, help="requests in the burst")
+    p.add_argument("--per-file", type=int, default=8, help="prompts taken per shared prompt file")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--prompts-dir", default=None, help="default: ../shared/data/prompts")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate", help="stream a completion from a running mesh")
+    p.add_argument("prompt")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--model", default="", help='"" or auto = let FlexMesh choose')
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[])
+    p.add_argument("--strategy", default="", choices=["", "none", "pld", "spec"])
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    p.add_argument("--json", action="store_true", help="print the final metadata as JSON")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("status", help="workers, roles and loads of a running mesh")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("models", help="model utilities")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    b = msub.add_parser("build-demo", help="write demo-small and demo-large into DIR")
+    b.add_argument("dir")
+    b.add_argument("--force", action="store_true", help="rebuild even if present")
+    b.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("bench", help="benchmarks that print measured ratios side by side")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    b = bsub.add_parser("engine", help="HF generate vs the engine (in-process and via gRPC)")
+    b.add_argument("--model", default=None, help="model folder (default: demo-large)")
+    b.add_argument("--models-dir", default=None)
+    b.add_argument("--new-tokens", type=int, default=64)
+    b.add_argument("--concurrency", type=int, default=16)
+    b.add_argument("--no-grpc", action="store_true", help="skip the gRPC columns")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_engine)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"flexmesh: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

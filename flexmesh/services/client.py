@@ -1,0 +1,134 @@
+"""gRPC client helpers used by the CLI and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from flexmesh.v1 import flexmesh_pb2 as pb
+from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+
+@dataclass
+class StreamResult:
+    """What one Generate stream delivered, as the client saw it."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    chunks: int = 0
+    final: pb.GenerateResponse | None = None
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+
+
+async def stream_generate(
+    stub: pb_grpc.GenerationStub, request: pb.GenerateRequest, timeout_s: float | None = None
+) -> StreamResult:
+    res = StreamResult()
+    t0 = time.perf_counter()
+    async for msg in stub.Generate(request, timeout=timeout_s):
+        if res.chunks == 0 or not res.token_ids:
+            res.ttft_s = time.perf_counter() - t0
+        res.chunks += 1
+        res.token_ids += msg.token_ids
+        res.text += msg.text
+        if msg.finish_reason:
+            res.final = msg
+    res.total_s = time.perf_counter() - t0
+    return res
+
+
+def request_from_args(args: argparse.Namespace) -> pb.GenerateRequest:
+    req = pb.GenerateRequest(
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        stop=args.stop,
+        model=args.model,
+        strategy=args.strategy,
+        ignore_eos=args.ignore_eos,
+    )
+    if args.top_p is not None:
+        req.top_p = args.top_p
+    if args.seed is not None:
+        req.seed = args.seed
+    return req
+
+
+async def generate_cli(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        try:
+            final = None
+            async for msg in stub.Generate(request_from_args(args), timeout=args.timeout):
+                if not args.json:
+                    print(msg.text, end="", flush=True)
+                if msg.finish_reason:
+                    final = msg
+        except grpc.aio.AioRpcError as err:
+            print(f"\nflexmesh: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    if args.json and final is not None:
+        meta = MessageToDict(final, preserving_proto_field_name=True)
+        meta.pop("token_ids", None)
+        print(json.dumps(meta, indent=2))
+    elif not args.json:
+        print()
+    return 0
+
+
+async def fetch_status(target: str, timeout_s: float = 10.0) -> pb.GetStatusResponse:
+    async with grpc.aio.insecure_channel(target) as channel:
+        return await pb_grpc.AdminStub(channel).GetStatus(pb.GetStatusRequest(), timeout=timeout_s)
+
+
+async def status_cli(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    try:
+        status = await fetch_status(args.target)
+    except grpc.aio.AioRpcError as err:
+        print(f"flexmesh: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(MessageToDict(status, preserving_proto_field_name=True), indent=2))
+        return 0
+    table = Table(
+        title=f"FlexMesh at {args.target}: {status.in_flight}/{status.max_queue_len} in flight"
+    )
+    for col in (
+        "worker",
+        "model",
+        "role",
+        "device",
+        "queue",
+        "running",
+        "KV blocks",
+        "tokens",
+        "up (s)",
+        "alive",
+    ):
+        table.add_column(col)
+    for w in status.workers:
+        table.add_row(
+            w.name,
+            w.model,
+            w.role,
+            w.device,
+            str(w.queue_length),
+            str(w.running_requests),
+            f"{w.kv_blocks_used}/{w.kv_blocks_total}",
+            str(w.tokens_generated),
+            f"{w.uptime_s:.0f}",
+            "yes" if w.alive else "NO",
+        )
+    Console().print(table)
+    return 0

@@ -1,0 +1,180 @@
+"""The gateway's core, free of gRPC: admission, routing, worker choice, timings, cancellation.
+
+The servicer converts protobuf to a `GenerationInput`, iterates `Frontend.generate`, and converts
+each `Chunk` back. Every wait on a worker is bounded; leaving the iteration early (client
+cancel, deadline) aborts the request on its worker, which frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from flexmesh.actors.client import WorkerClientProtocol
+from flexmesh.meshcore.config import MeshConfig
+from flexmesh.meshcore.errors import (
+    DeadlineExceededError,
+    QueueFullError,
+    UnknownModelError,
+    WorkerUnavailableError,
+)
+from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+from flexmesh.meshcore.sampling import SamplingParams
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationInput:
+    """A validated generation request as the frontend sees it."""
+
+    prompt: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams
+    model: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """Where and how a request was served."""
+
+    model: str
+    worker: str = ""
+    strategy: str = "none"
+    intent: str = ""
+    confidence: float = 0.0
+    probe_ms: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One streamed piece; the last has `final` and the metadata."""
+
+    request_id: str
+    output: RequestOutput
+    final: bool = False
+    route: RouteInfo | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Frontend:
+    """Admits, routes and streams requests over worker clients (real actors or fakes)."""
+
+    def __init__(
+        self, config: MeshConfig, workers: Mapping[str, list[WorkerClientProtocol]]
+    ) -> None:
+        self.config = config
+        self.workers = dict(workers)
+        self.default_model = config.models[0].name
+        self.in_flight = 0
+        self._load: dict[str, int] = {w.name: 0 for ws in self.workers.values() for w in ws}
+        self._rr = itertools.count()
+
+    # -- routing ---------------------------------------------------------------------------
+
+    async def route(self, req: GenerationInput) -> RouteInfo:
+        """Pick the model and strategy: the caller's override, else the default model."""
+        model = req.model if req.model not in ("", "auto") else self.default_model
+        if model not in self.workers:
+            raise UnknownModelError(
+                f"model {req.model!r} is not served; resident: {', '.join(sorted(self.workers))}"
+            )
+        return RouteInfo(model=model, strategy=req.sampling.strategy or "none", reason="override")
+
+    def pick_worker(self, model: str) -> WorkerClientProtocol:
+        """Least-loaded worker of the model (ties round-robin)."""
+        workers = self.workers[model]
+        start = next(self._rr)
+        order = [workers[(start + i) % len(workers)] for i in range(len(workers))]
+        return min(order, key=lambda w: self._load[w.name])
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def generate(
+        self, req: GenerationInput, timeout_s: float | None = None
+    ) -> AsyncIterator[Chunk]:
+        if self.in_flight >= self.config.gateway.max_queue_len:
+            raise QueueFullError(
+                f"{self.in_flight} requests in flight, "
+                f"the bound is {self.config.gateway.max_queue_len}"
+            )
+        arrival = time.monotonic()
+        rid = req.request_id or uuid.uuid4().hex
+        self.in_flight += 1
+        try:
+            route = await self.route(req)
+            worker = self.pick_worker(route.model)
+            route = replace(route, worker=worker.name)
+            sampling = replace(req.sampling, strategy=route.strategy)
+            structlog.contextvars.bind_contextvars(request_id=rid)
+            self._load[worker.name] += 1
+            try:
+                async with asyncio.timeout(timeout_s):
+                    async for chunk in self._stream(rid, req, sampling, worker, route, arrival):
+                        yield chunk
+            except TimeoutError as exc:
+                raise DeadlineExceededError(f"deadline of {timeout_s:.3f} s exceeded") from exc
+            finally:
+                self._load[worker.name] -= 1
+        finally:
+            self.in_flight -= 1
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _stream(
+        self,
+        rid: str,
+        req: GenerationInput,
+        sampling: SamplingParams,
+        worker: WorkerClientProtocol,
+        route: RouteInfo,
+        arrival: float,
+    ) -> AsyncIterator[Chunk]:
+        first_token: float | None = None
+        stream = worker.stream(rid, req.prompt, list(req.prompt_token_ids), sampling)
+        async for out in stream:
+            now = time.monotonic()
+            if first_token is None and out.token_ids:
+                first_token = now
+            if out.finish_reason == "error":
+                raise WorkerUnavailableError(f"worker {worker.name} failed while serving {rid}")
+            if not out.finished:
+                yield Chunk(rid, out)
+                continue
+            timings = {
+                "queue_ms": out.queue_ms,
+                "prefill_ms": out.prefill_ms,
+                "ttft_ms": ((first_token or now) - arrival) * 1000.0,
+                "total_ms": (now - arrival) * 1000.0,
+                "probe_ms": route.probe_ms,
+            }
+            final_route = replace(route, strategy=out.strategy)
+            log.info(
+                "request.done",
+                model=route.model,
+                worker=worker.name,
+                tokens=out.completion_tokens,
+                ttft_ms=round(timings["ttft_ms"], 1),
+                total_ms=round(timings["total_ms"], 1),
+                reason=out.finish_reason,
+            )
+            yield Chunk(rid, out, final=True, route=final_route, timings=timings)
+
+    # -- admin -----------------------------------------------------------------------------
+
+    async def status(self) -> list[WorkerStatus]:
+        async def one(w: WorkerClientProtocol) -> WorkerStatus:
+            try:
+                return await w.status()
+            except WorkerUnavailableError:
+                return WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
+
+        all_workers = [w for ws in self.workers.values() for w in ws]
+        return list(await asyncio.gather(*(one(w) for w in all_workers)))

@@ -1,0 +1,75 @@
+"""The gateway: a `grpc.aio` server inside a named Ray actor, with health and reflection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import ray
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flexmesh.actors.client import WorkerClient, WorkerClientProtocol
+from flexmesh.logs import configure_logging
+from flexmesh.meshcore.config import MeshConfig
+from flexmesh.services.errors import ErrorInterceptor
+from flexmesh.services.frontend import Frontend
+from flexmesh.services.servicers import AdminServicer, GenerationServicer
+from flexmesh.v1 import flexmesh_pb2 as pb
+from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Generation"].full_name,
+    pb.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+async def serve_frontend(frontend: Frontend, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """Start a gRPC server over `frontend`; return it and the bound port."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    pb_grpc.add_GenerationServicer_to_server(GenerationServicer(frontend), server)
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(frontend), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"cannot bind gRPC server to {host}:{port}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound
+
+
+class Gateway:
+    """Actor shell: builds worker clients from actor names and serves gRPC on its event loop."""
+
+    def __init__(self, config: MeshConfig, worker_names: dict[str, list[str]]) -> None:
+        configure_logging()
+        self.config = config
+        timeout = config.gateway.worker_timeout_s
+        clients: dict[str, list[WorkerClientProtocol]] = {
+            model: [
+                WorkerClient(ray.get_actor(n, namespace=config.namespace), n, model, timeout)
+                for n in names
+            ]
+            for model, names in worker_names.items()
+        }
+        self.frontend = Frontend(config, clients)
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        gw = self.config.gateway
+        self.server, port = await serve_frontend(self.frontend, gw.host, gw.port)
+        return port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=2.0)
+
+    def ping(self) -> int:
+        return self.frontend.in_flight
+
+
+GatewayActor: Any = ray.remote(num_cpus=0, max_concurrency=1000)(Gateway)

@@ -1,0 +1,133 @@
+"""Start a mesh: Ray (embedded or an existing cluster), named workers, then the gateway."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import ray
+import structlog
+
+from flexmesh.actors.runner.demo_models import DEMO_MODELS, build_demo_models
+from flexmesh.actors.worker import WorkerActor
+from flexmesh.meshcore.config import MeshConfig, ModelSpec
+from flexmesh.services.gateway import GatewayActor
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MODELS_DIR = Path(platformdirs.user_cache_dir("flexmesh")) / "models"
+DEMO_NAMES = {s.name for s in DEMO_MODELS}
+
+
+@dataclass
+class Mesh:
+    """Handles of a running mesh, for the CLI, benchmarks and tests."""
+
+    config: MeshConfig
+    address: str
+    gateway: Any
+    workers: dict[str, Any]
+    owns_ray: bool
+
+    def shutdown(self) -> None:
+        try:
+            ray.get(self.gateway.stop.remote(), timeout=10)
+        except Exception:
+            pass
+        for handle in [self.gateway, *self.workers.values()]:
+            ray.kill(handle)
+        if self.owns_ray:
+            ray.shutdown()
+
+
+def resolve_model_paths(config: MeshConfig) -> dict[str, str]:
+    """Local folder of every model; demo models are built on first use."""
+    root = Path(config.models_dir or DEFAULT_MODELS_DIR).expanduser()
+    paths = {m.name: Path(m.path).expanduser() if m.path else root / m.name for m in config.models}
+    missing_demo = [
+        n for n, p in paths.items() if n in DEMO_NAMES and not (p / "config.json").exists()
+    ]
+    if missing_demo:
+        log.info("models.build_demo", into=str(root), models=missing_demo)
+        build_demo_models(root)
+    for name, path in paths.items():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"model {name}: no Hugging Face folder at {path}")
+    return {n: str(p) for n, p in paths.items()}
+
+
+def init_ray(
+    address: str | None, dashboard: bool, namespace: str, log_to_driver: bool = True
+) -> bool:
+    """Join `address` or start an embedded instance; True when this process owns Ray."""
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(
+            address=address,
+            namespace=namespace,
+            logging_level="WARNING",
+            log_to_driver=log_to_driver,
+        )
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local embedded use only
+    ray.init(
+        namespace=namespace,
+        include_dashboard=dashboard,
+        logging_level="WARNING",
+        object_store_memory=512 * 1024 * 1024,
+        log_to_driver=log_to_driver,
+    )
+    return True
+
+
+def worker_options(spec: ModelSpec, device: str) -> dict[str, Any]:
+    """Ray resources of one worker: an NPU, a GPU, or CPUs."""
+    resources = ray.cluster_resources()
+    if device in ("auto", "npu") and resources.get("NPU", 0) >= 1:
+        return {"resources": {"NPU": 1}, "num_cpus": 1}
+    if device in ("auto", "cuda") and resources.get("GPU", 0) >= 1:
+        return {"num_gpus": 1, "num_cpus": 1}
+    return {"num_cpus": spec.num_cpus}
+
+
+def start_mesh(
+    config: MeshConfig,
+    address: str | None = None,
+    dashboard: bool = False,
+    log_to_driver: bool = True,
+) -> Mesh:
+    """Start workers and the gateway; returns once gRPC is serving."""
+    paths = resolve_model_paths(config)
+    owns_ray = init_ray(address, dashboard, config.namespace, log_to_driver)
+    workers: dict[str, Any] = {}
+    names: dict[str, list[str]] = {}
+    for spec in config.models:
+        engine_cfg = config.engine
+        if engine_cfg.num_threads == 0:
+            engine_cfg = replace(engine_cfg, num_threads=max(1, int(spec.num_cpus)))
+        for i in range(spec.num_workers):
+            name = f"worker-{spec.name}-{i}"
+            workers[name] = WorkerActor.options(
+                name=name,
+                namespace=config.namespace,
+                max_restarts=config.worker_max_restarts,
+                **worker_options(spec, config.engine.device),
+            ).remote(
+                name,
+                spec.name,
+                paths[spec.name],
+                engine_cfg,
+                spec.role,
+                config.gateway,
+            )
+            names.setdefault(spec.name, []).append(name)
+    ray.get([w.ready.remote() for w in workers.values()])
+    gateway = GatewayActor.options(name="gateway", namespace=config.namespace).remote(config, names)
+    port = ray.get(gateway.start.remote())
+    address = f"{config.gateway.host}:{port}"
+    log.info("mesh.serving", address=address, workers=sorted(workers))
+    return Mesh(config, address, gateway, workers, owns_ray)

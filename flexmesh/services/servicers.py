@@ -1,0 +1,115 @@
+"""Thin gRPC servicers: protobuf in, domain objects to the frontend, protobuf out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+
+import grpc
+
+from flexmesh.meshcore.errors import InvalidRequestError
+from flexmesh.meshcore.sampling import SamplingParams
+from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.v1 import flexmesh_pb2 as pb
+from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_TOKENS = 64
+
+
+def to_input(req: pb.GenerateRequest) -> GenerationInput:
+    """Validate and convert a GenerateRequest; bad fields raise InvalidRequestError by name."""
+    if not req.prompt and not req.prompt_token_ids:
+        raise InvalidRequestError("prompt", "is empty (set prompt or prompt_token_ids)")
+    if any(t < 0 for t in req.prompt_token_ids):
+        raise InvalidRequestError("prompt_token_ids", "ids must be >= 0")
+    seed = req.seed if req.HasField("seed") else None
+    sampling = SamplingParams(
+        max_tokens=req.max_tokens if req.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
+        temperature=req.temperature,
+        top_p=req.top_p if req.HasField("top_p") else 1.0,
+        top_k=req.top_k,
+        seed=seed,
+        stop_token_ids=tuple(req.stop_token_ids),
+        stop=tuple(req.stop),
+        ignore_eos=req.ignore_eos,
+        strategy=req.strategy,
+    )
+    return GenerationInput(
+        prompt=req.prompt,
+        prompt_token_ids=tuple(req.prompt_token_ids),
+        sampling=sampling,
+        model=req.model,
+        request_id=req.request_id,
+    )
+
+
+def to_response(chunk: Chunk) -> pb.GenerateResponse:
+    out = chunk.output
+    msg = pb.GenerateResponse(request_id=chunk.request_id, token_ids=out.token_ids, text=out.text)
+    if chunk.final:
+        msg.finish_reason = out.finish_reason
+        msg.usage.CopyFrom(
+            pb.Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens)
+        )
+        msg.timings.CopyFrom(pb.Timings(**chunk.timings))
+        r = chunk.route
+        assert r is not None
+        msg.route.CopyFrom(
+            pb.Route(
+                model=r.model,
+                worker=r.worker,
+                intent=r.intent,
+                confidence=r.confidence,
+                strategy=r.strategy,
+                probe_ms=r.probe_ms,
+                draft_tokens_accepted=out.draft_tokens_accepted,
+                draft_tokens_proposed=out.draft_tokens_proposed,
+                prefill_worker=r.worker,
+                kv_transport="local",
+            )
+        )
+    return msg
+
+
+class GenerationServicer(pb_grpc.GenerationServicer):
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        remaining = context.time_remaining()
+        timeout_s = remaining if remaining is not None and math.isfinite(remaining) else None
+        async for chunk in self.frontend.generate(to_input(request), timeout_s=timeout_s):
+            yield to_response(chunk)
+
+
+class AdminServicer(pb_grpc.AdminServicer):
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatusResponse:
+        workers = await self.frontend.status()
+        return pb.GetStatusResponse(
+            workers=[
+                pb.WorkerStatus(
+                    name=w.name,
+                    model=w.model,
+                    model_path=w.model_path,
+                    role=w.role,
+                    device=w.device,
+                    queue_length=w.queue_length,
+                    running_requests=w.running_requests,
+                    kv_blocks_used=w.kv_blocks_used,
+                    kv_blocks_total=w.kv_blocks_total,
+                    uptime_s=w.uptime_s,
+                    alive=w.alive,
+                    tokens_generated=w.tokens_generated,
+                )
+                for w in workers
+            ],
+            in_flight=self.frontend.in_flight,
+            max_queue_len=self.frontend.config.gateway.max_queue_len,
+        )

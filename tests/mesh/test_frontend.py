@@ -1,0 +1,111 @@
+"""The gateway over fake workers, through real gRPC: admission bound, errors, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
+from flexmesh.meshcore.errors import WorkerUnavailableError
+from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+from flexmesh.meshcore.sampling import SamplingParams
+from flexmesh.services.client import stream_generate
+from flexmesh.services.frontend import Frontend
+from flexmesh.services.gateway import serve_frontend
+from flexmesh.v1 import flexmesh_pb2 as pb
+from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+
+class FakeWorker:
+    """Streams one token per `release` event; remembers aborts."""
+
+    def __init__(self, name: str, model: str, fail: bool = False) -> None:
+        self.name, self.model, self.fail = name, model, fail
+        self.release = asyncio.Event()
+        self.aborted: list[str] = []
+
+    async def stream(
+        self, request_id: str, prompt: str, prompt_token_ids: list[int], sampling: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        try:
+            yield RequestOutput(request_id, (1,), "a")
+            if self.fail:
+                raise WorkerUnavailableError(f"worker {self.name} died")
+            await self.release.wait()
+            yield RequestOutput(
+                request_id, (2,), "b", finished=True, finish_reason="length", completion_tokens=2
+            )
+        except asyncio.CancelledError:
+            self.aborted.append(request_id)
+            raise
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def status(self) -> WorkerStatus:
+        return WorkerStatus(self.name, self.model, "", "mixed", "cpu", 0, 0, 0, 10, 1.0, 0)
+
+    async def next_token_logits(self, token_ids: list[int]) -> list[float]:
+        return [0.0]
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[pb_grpc.GenerationStub, dict[str, FakeWorker]]]:
+    cfg = MeshConfig(
+        models=(ModelSpec(name="ok"), ModelSpec(name="broken")),
+        gateway=GatewayConfig(port=0, max_queue_len=2),
+    )
+    workers = {
+        "ok": FakeWorker("w-ok", "ok"),
+        "broken": FakeWorker("w-broken", "broken", fail=True),
+    }
+    server, port = await serve_frontend(
+        Frontend(cfg, {k: [w] for k, w in workers.items()}), "127.0.0.1", 0
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield pb_grpc.GenerationStub(ch), workers
+    await server.stop(None)
+
+
+async def test_full_queue_gives_resource_exhausted(
+    gateway: tuple[pb_grpc.GenerationStub, dict[str, FakeWorker]],
+) -> None:
+    stub, workers = gateway
+    held = [
+        asyncio.create_task(stream_generate(stub, pb.GenerateRequest(prompt="p", model="ok"), 10))
+        for _ in range(2)
+    ]
+    await asyncio.sleep(0.3)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stream_generate(stub, pb.GenerateRequest(prompt="p", model="ok"), 10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    workers["ok"].release.set()
+    results = await asyncio.gather(*held)
+    assert all(r.token_ids == [1, 2] and r.final is not None for r in results)
+
+
+async def test_worker_failure_gives_unavailable(
+    gateway: tuple[pb_grpc.GenerationStub, dict[str, FakeWorker]],
+) -> None:
+    stub, _ = gateway
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stream_generate(stub, pb.GenerateRequest(prompt="p", model="broken"), 10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "died" in err.value.details()
+
+
+async def test_client_cancel_reaches_the_worker(
+    gateway: tuple[pb_grpc.GenerationStub, dict[str, FakeWorker]],
+) -> None:
+    stub, workers = gateway
+    call = stub.Generate(pb.GenerateRequest(prompt="p", model="ok", request_id="r-cancel"))
+    async for _ in call:
+        break
+    call.cancel()
+    for _ in range(50):
+        if "r-cancel" in workers["ok"].aborted:
+            break
+        await asyncio.sleep(0.05)
+    assert "r-cancel" in workers["ok"].aborted

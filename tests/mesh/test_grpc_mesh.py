@@ -1,0 +1,154 @@
+"""End to end through real gRPC on the demo mesh (one shared local Ray instance)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import grpc
+import pytest
+import ray
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flexmesh.services.client import stream_generate
+from flexmesh.services.mesh import Mesh
+from flexmesh.v1 import flexmesh_pb2 as pb
+from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+from tests.runner.conftest import PROMPTS, hf_greedy
+
+pytestmark = pytest.mark.slow
+
+
+async def _status(channel: grpc.aio.Channel, model: str) -> pb.WorkerStatus:
+    st = await pb_grpc.AdminStub(channel).GetStatus(pb.GetStatusRequest(), timeout=10)
+    return next(w for w in st.workers if w.model == model)
+
+
+async def _wait_idle(
+    channel: grpc.aio.Channel, model: str, timeout_s: float = 10.0
+) -> pb.WorkerStatus:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        w = await _status(channel, model)
+        if (
+            w.kv_blocks_used == 0 and w.running_requests == 0
+        ) or asyncio.get_running_loop().time() > deadline:
+            return w
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("model", ["demo-small", "demo-large"])
+async def test_greedy_tokens_equal_hugging_face(
+    channel: grpc.aio.Channel, mesh: Mesh, model: str
+) -> None:
+    from transformers import AutoTokenizer
+
+    path = str(mesh.config.models_dir) + "/" + model
+    tok = AutoTokenizer.from_pretrained(path)
+    stub = pb_grpc.GenerationStub(channel)
+    reqs = [pb.GenerateRequest(prompt=p, max_tokens=20, model=model) for p in PROMPTS]
+    results = await asyncio.gather(*(stream_generate(stub, r, 60) for r in reqs))
+    for prompt, res in zip(PROMPTS, results, strict=True):
+        ids = tuple(tok.encode(prompt, add_special_tokens=False))
+        assert res.token_ids == hf_greedy(path, ids, 20)
+        final = res.final
+        assert final is not None and final.route.model == model
+        assert final.usage.prompt_tokens == len(ids)
+        assert final.usage.completion_tokens == len(res.token_ids)
+        assert final.route.worker == f"worker-{model}-0"
+        assert 0 < final.timings.ttft_ms <= final.timings.total_ms
+
+
+async def test_stream_arrives_in_several_chunks(channel: grpc.aio.Channel) -> None:
+    stub = pb_grpc.GenerationStub(channel)
+    req = pb.GenerateRequest(prompt="hello", max_tokens=64, ignore_eos=True, model="demo-large")
+    res = await stream_generate(stub, req, 60)
+    assert len(res.token_ids) == 64
+    assert 2 <= res.chunks < 64, "tokens must be chunked, never one message per token"
+    assert res.final is not None and res.final.finish_reason == "length"
+
+
+async def test_cancel_mid_stream_frees_every_kv_block(channel: grpc.aio.Channel) -> None:
+    stub = pb_grpc.GenerationStub(channel)
+    call = stub.Generate(
+        pb.GenerateRequest(prompt="x " * 50, max_tokens=2000, ignore_eos=True, model="demo-large")
+    )
+    async for _ in call:
+        break
+    assert (await _status(channel, "demo-large")).kv_blocks_used > 0
+    call.cancel()
+    w = await _wait_idle(channel, "demo-large")
+    assert w.kv_blocks_used == 0 and w.running_requests == 0
+
+
+async def test_deadline_is_honoured_and_frees_blocks(channel: grpc.aio.Channel) -> None:
+    stub = pb_grpc.GenerationStub(channel)
+    req = pb.GenerateRequest(prompt="y " * 30, max_tokens=2000, ignore_eos=True, model="demo-large")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stream_generate(stub, req, timeout_s=1.0)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (await _wait_idle(channel, "demo-large")).kv_blocks_used == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "named"),
+    [
+        ({"prompt": ""}, grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
+        ({"max_tokens": 0}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+        ({"max_tokens": -3}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+        ({"temperature": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+        ({"temperature": math.nan}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+        ({"top_p": 0.0}, grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
+        ({"top_p": 1.5}, grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
+        ({"prompt_token_ids": [7] * 5000}, grpc.StatusCode.INVALID_ARGUMENT, "context"),
+        ({"strategy": "warp"}, grpc.StatusCode.INVALID_ARGUMENT, "strategy"),
+        ({"model": "gpt-9"}, grpc.StatusCode.NOT_FOUND, "gpt-9"),
+    ],
+)
+async def test_bad_input_gets_status_code_naming_the_field(
+    channel: grpc.aio.Channel, fields: dict[str, object], code: grpc.StatusCode, named: str
+) -> None:
+    req = pb.GenerateRequest(prompt="hi", model="demo-small")
+    for k, v in fields.items():
+        if isinstance(v, list):
+            getattr(req, k).extend(v)
+        else:
+            setattr(req, k, v)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stream_generate(pb_grpc.GenerationStub(channel), req, 30)
+    assert err.value.code() == code
+    assert named in err.value.details()
+
+
+async def test_health_serving_and_reflection(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "flexmesh.v1.Generation", "flexmesh.v1.Admin"):
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    names = {s.name async for r in responses for s in r.list_services_response.service}
+    assert {"flexmesh.v1.Generation", "flexmesh.v1.Admin", "grpc.health.v1.Health"} <= names
+
+
+async def test_killed_worker_gives_unavailable_quickly(
+    channel: grpc.aio.Channel, mesh: Mesh
+) -> None:
+    stub = pb_grpc.GenerationStub(channel)
+    call = stub.Generate(
+        pb.GenerateRequest(prompt="z", max_tokens=3000, ignore_eos=True, model="demo-small"),
+        timeout=60,
+    )
+    async for _ in call:
+        break
+    ray.kill(mesh.workers["worker-demo-small-0"], no_restart=False)  # Ray restarts it
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call:
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert asyncio.get_running_loop().time() - t0 < 15
