@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flexmesh.actors.runner.detok import IncrementalDetokenizer
+from flexmesh.actors.runner.draft import DraftProposer
 from flexmesh.actors.runner.runner import ModelRunner
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
@@ -31,10 +32,20 @@ class _Tracked:
 class Engine:
     """A paged-KV continuous-batching engine for one model on one device."""
 
-    def __init__(self, model_path: str | Path, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        config: EngineConfig | None = None,
+        draft_model_path: str | Path | None = None,
+    ) -> None:
         self.config = config or EngineConfig()
         self.model_path = str(model_path)
         self.runner = ModelRunner(model_path, self.config)
+        self.draft = (
+            DraftProposer(draft_model_path, self.config, self.runner.model.vocab_size)
+            if draft_model_path
+            else None
+        )
         self.tokenizer = self.runner.tokenizer
         self.scheduler = Scheduler(
             self.config, self.runner.num_blocks, self.runner.model.max_model_len_tokens
@@ -81,8 +92,13 @@ class Engine:
     def abort(self, request_id: str) -> bool:
         """Abort a request and free its KV blocks; False when it is unknown or already done."""
         self._tracked.pop(request_id, None)
-        self.runner.release(request_id)
+        self._release(request_id)
         return self.scheduler.abort(request_id) is not None
+
+    def _release(self, request_id: str) -> None:
+        self.runner.release(request_id)
+        if self.draft is not None:
+            self.draft.release(request_id)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -99,20 +115,37 @@ class Engine:
         self.steps += 1
         return [out for req in touched if (out := self._output(req)) is not None]
 
+    def strategy_of(self, req: Request) -> str:
+        """The strategy actually applied: "spec" needs a draft model, else it runs as "none"."""
+        s = req.sampling.strategy
+        return s if s == "pld" or (s == "spec" and self.draft is not None) else "none"
+
     def _propose_drafts(self) -> None:
+        """Give decoding PLD / spec requests draft tokens for this step."""
         cfg = self.config
+        spec: list[Request] = []
+        room: dict[str, int] = {}
         for req in self.scheduler.running:
-            if req.sampling.strategy != "pld" or req.num_computed_tokens != req.num_tokens - 1:
+            strategy = self.strategy_of(req)
+            if strategy == "none" or req.num_computed_tokens != req.num_tokens - 1:
                 continue
-            room = min(
+            k = min(
                 req.sampling.max_tokens - len(req.output_token_ids) - 1,
                 self.max_model_len_tokens - req.num_tokens - 1,
                 cfg.num_draft_tokens,
             )
-            if room > 0:
+            if k <= 0:
+                continue
+            if strategy == "pld":
                 req.spec_token_ids[:] = propose_prompt_lookup(
-                    req.all_token_ids, cfg.pld_ngram_tokens, room
+                    req.all_token_ids, cfg.pld_ngram_tokens, k
                 )
+            else:
+                spec.append(req)
+                room[req.request_id] = k
+        if spec and self.draft is not None:
+            for rid, tokens in self.draft.propose(spec, room).items():
+                self.scheduler.requests[rid].spec_token_ids[:] = tokens
 
     def _output(self, req: Request) -> RequestOutput | None:
         tracked = self._tracked.get(req.request_id)
@@ -127,7 +160,7 @@ class Engine:
         if not req.finished:
             return RequestOutput(req.request_id, tuple(new_ids), text)
         self._tracked.pop(req.request_id, None)
-        self.runner.release(req.request_id)
+        self._release(req.request_id)
         return RequestOutput(
             request_id=req.request_id,
             token_ids=tuple(new_ids),
@@ -140,7 +173,7 @@ class Engine:
             prefill_ms=_ms(req.first_scheduled_time, req.first_token_time),
             draft_tokens_proposed=req.draft_tokens_proposed,
             draft_tokens_accepted=req.draft_tokens_accepted,
-            strategy=req.sampling.strategy or "none",
+            strategy=self.strategy_of(req),
         )
 
     # -- convenience -----------------------------------------------------------------------
