@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from flexmesh.meshcore.routing import RoutingConfig
+
 T = TypeVar("T")
 
 
@@ -132,6 +134,21 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """The intent probe actor."""
+
+    backend: str = "classifier"
+    """classifier (shipped n-gram model) or lm (zero-shot, one forward pass of the small model)."""
+    timeout_s: float = 10.0
+    """Longest wait for one classification before the request fails with UNAVAILABLE."""
+
+    def __post_init__(self) -> None:
+        backends = ("classifier", "lm")
+        _check(self.backend in backends, "probe.backend", self.backend, f"one of {backends}")
+        _check(self.timeout_s > 0, "probe.timeout_s", self.timeout_s, "> 0")
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     """Everything one mesh needs, passed down from the CLI."""
 
@@ -141,6 +158,10 @@ class MeshConfig:
     """Engine settings shared by every worker."""
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     """gRPC front end."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Intent probe."""
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    """Routing policy between the small and the large resident model (live-settable)."""
     models_dir: str = ""
     """Folder holding model folders by name (empty = the user cache folder)."""
     namespace: str = "flexmesh"
@@ -159,6 +180,12 @@ class MeshConfig:
                 m.draft_model,
                 "a resident model",
             )
+
+    @property
+    def adaptive(self) -> bool:
+        """True when both routing models are resident, so the probe and router run."""
+        names = {m.name for m in self.models}
+        return {self.routing.small_model, self.routing.large_model} <= names
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -194,6 +221,8 @@ def _build(cls: type[T], data: Any, prefix: str) -> T:
 
 def _convert(hint: Any, value: Any, name: str) -> Any:
     origin = typing.get_origin(hint)
+    if hint is RoutingConfig:
+        return RoutingConfig.from_dict(value)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, name + ".")  # type: ignore[arg-type]
     if origin is tuple:

@@ -46,7 +46,7 @@ class ProbeResult:
     intent: str
     """One of `INTENTS`."""
     confidence: float
-    """Belief in `intent`, in [0, 1] (softmax margin or class probability)."""
+    """Softmax margin: probability of `intent` minus the runner-up's, in [0, 1]."""
     scores: dict[str, float] = field(default_factory=dict)
     """Per-intent probabilities (or normalised scores) behind the decision."""
     probe_ms: float = 0.0
@@ -72,10 +72,8 @@ class Route:
 
     def validate(self, name: str) -> None:
         _check(self.model in ROLES, f"{name}.model", self.model, f"one of {ROLES}")
-        strategies = ROUTE_STRATEGIES
-        _check(
-            self.strategy in strategies, f"{name}.strategy", self.strategy, f"one of {strategies}"
-        )
+        rule = f"one of {ROUTE_STRATEGIES}"
+        _check(self.strategy in ROUTE_STRATEGIES, f"{name}.strategy", self.strategy, rule)
         # The small model is the draft model; speculating on it would need a third model.
         ok = not (self.strategy == "spec" and self.model == "small")
         _check(ok, f"{name}.strategy", self.strategy, "pld or none on the small model")
@@ -113,8 +111,8 @@ class RoutingConfig:
     """Resident model name behind the symbolic `small`."""
     large_model: str = "demo-large"
     """Resident model name behind the symbolic `large`."""
-    confidence_threshold: float = 0.5
-    """Probe confidence below which the `low_confidence` route (large model) is used."""
+    confidence_threshold: float = 0.3
+    """Probe confidence (softmax margin) below which the `low_confidence` route is used."""
     spill_queue_ms: float = 500.0
     """Queue delay of the target model above which spillable intents go to the other model."""
     return_queue_ms: float = 100.0
@@ -208,10 +206,8 @@ def decide(
     if strategy not in ("", *ROUTE_STRATEGIES):
         raise InvalidRequestError("strategy", f"must be '', none, pld or spec, got {strategy!r}")
     if model not in ("", "auto", policy.small_model, policy.large_model):
-        raise UnknownModelError(
-            f"model {model!r} is not resident (router knows "
-            f"{policy.small_model!r}, {policy.large_model!r})"
-        )
+        known = (policy.small_model, policy.large_model)
+        raise UnknownModelError(f"model {model!r} is not a routing model {known}")
     state = update_state(loads, policy, state)
     if probe.confidence < policy.confidence_threshold:
         route, reason = policy.routes.low_confidence, "low_confidence"
@@ -232,14 +228,8 @@ def decide(
         if strategy:
             raise InvalidRequestError("strategy", "spec needs the large model (small is the draft)")
         strat = "none"  # a large-model route spilled to the small model loses its draft
-    decision = RouteDecision(
-        model=policy.model_name(role),
-        strategy=strat,
-        intent=probe.intent,
-        confidence=probe.confidence,
-        reason=reason,
-        policy_version=policy.version,
-    )
+    name = policy.model_name(role)
+    decision = RouteDecision(name, strat, probe.intent, probe.confidence, reason, policy.version)
     return decision, state
 
 
@@ -248,7 +238,7 @@ def _other(role: str) -> str:
 
 
 class Router:
-    """Holds the current policy and hysteresis state; the probe actor owns one."""
+    """Holds the live policy and the hysteresis state; the gateway's frontend owns one."""
 
     def __init__(self, policy: RoutingConfig | None = None) -> None:
         self.policy = policy or RoutingConfig()
