@@ -1,0 +1,228 @@
+"""`flexmesh loadgen replay`: trace -> shaped workload -> prompts -> open-loop replay -> reports.
+
+`add_replay_arguments(parser)` declares the options and `run_replay(args)` runs them; the main
+`flexmesh` CLI hooks both into its `loadgen replay` sub-command. `python -m
+flexmesh.loadgen.cli replay ...` runs the same thing standalone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from flexmesh.loadgen.plots import write_plots
+from flexmesh.loadgen.prompts import DEFAULT_INTENT_MIX, Tokenizer, parse_intent_mix
+from flexmesh.loadgen.records import ReplayRequest
+from flexmesh.loadgen.replay import ReplayResult, replay
+from flexmesh.loadgen.report import summarize, write_reports
+from flexmesh.loadgen.shaping import ShapeConfig, Workload
+from flexmesh.loadgen.workload import (
+    FORMATS,
+    SyntheticConfig,
+    build_requests,
+    infer_format,
+    load_workload,
+)
+
+log = structlog.get_logger(__name__)
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Declare every `loadgen replay` option on `parser` (returned for chaining)."""
+    src = parser.add_argument_group("trace")
+    src.add_argument("--trace", help="trace file (not needed for poisson/gamma)")
+    src.add_argument("--format", choices=FORMATS, help="trace format (default: from file name)")
+    src.add_argument(
+        "--lengths",
+        help="ServeGen *_client_length_dists.jsonl.gz "
+        "(default: the file beside --trace, when present)",
+    )
+    src.add_argument("--rate-rps", type=float, default=1.0, help="poisson/gamma: mean rate")
+    src.add_argument("--cv", type=float, default=2.0, help="gamma: inter-arrival CV")
+    src.add_argument("--input-tokens", type=int, default=256, help="poisson/gamma: prompt length")
+    src.add_argument("--output-tokens", type=int, default=64, help="poisson/gamma: output length")
+    sh = parser.add_argument_group("shaping")
+    sh.add_argument("--start", type=float, default=0.0, help="trace-time window start (s)")
+    sh.add_argument("--duration", type=float, help="trace-time window length (s)")
+    sh.add_argument("--speedup", type=float, default=1.0, help="divide arrival times by this")
+    sh.add_argument(
+        "--rate-scale", type=float, default=1.0, help="thin (<1) or replicate (>1) arrivals"
+    )
+    sh.add_argument("--max-requests", type=int, help="keep the first N requests")
+    sh.add_argument("--max-input-tokens", type=int, help="longest prompt (tokens)")
+    sh.add_argument("--max-output-tokens", type=int, help="longest output (tokens)")
+    sh.add_argument(
+        "--length-mode",
+        choices=("scale", "clip"),
+        default="scale",
+        help="scale all lengths by one factor so the longest fits, or clip",
+    )
+    pr = parser.add_argument_group("prompts")
+    pr.add_argument("--intent-mix", default=DEFAULT_INTENT_MIX, help="e.g. code=0.3,chat=0.7")
+    pr.add_argument("--prompts-dir", help="folder of *.jsonl(.gz) with task and prompt fields")
+    pr.add_argument("--tokenizer", help="Hugging Face folder of the target model's tokenizer")
+    pr.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    rp = parser.add_argument_group("replay")
+    rp.add_argument("--target", default="127.0.0.1:50051", help="gateway HOST:PORT")
+    rp.add_argument("--out", required=True, help="output folder for reports and plots")
+    rp.add_argument("--max-in-flight", type=int, default=64, help="bound on open requests")
+    rp.add_argument("--deadline-s", type=float, default=300.0, help="per-request deadline")
+    rp.add_argument("--max-duration-s", type=float, help="stop sending after this many seconds")
+    rp.add_argument("--model", default="", help='force a model ("" lets the router choose)')
+    rp.add_argument("--strategy", default="", help='force "none", "pld" or "spec"')
+    rp.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    rp.add_argument("--status-interval-s", type=float, help="sample Admin/GetStatus this often")
+    rp.add_argument("--ttft-slo-ms", type=float, default=2000.0, help="TTFT SLO for goodput")
+    rp.add_argument("--tpot-slo-ms", type=float, default=200.0, help="TPOT SLO for goodput")
+    rp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """The target model's tokenizer from a local Hugging Face folder (never downloads)."""
+    from transformers import AutoTokenizer  # heavy import, only when a replay needs it
+
+    tok: Tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return tok
+
+
+def shape_config(args: argparse.Namespace) -> ShapeConfig:
+    return ShapeConfig(
+        start_s=args.start,
+        duration_s=args.duration,
+        speedup=args.speedup,
+        rate_scale=args.rate_scale,
+        max_requests=args.max_requests,
+        max_input_tokens=args.max_input_tokens,
+        max_output_tokens=args.max_output_tokens,
+        length_mode=args.length_mode,
+        seed=args.seed,
+    )
+
+
+def prepare(
+    args: argparse.Namespace, tokenizer: Tokenizer | None = None
+) -> tuple[Workload, list[ReplayRequest], dict[str, Any]]:
+    """Blocking part of a replay: read the trace, shape it, write prompts."""
+    fmt = args.format or (infer_format(args.trace) if args.trace else None)
+    if fmt is None:
+        raise ValueError("format: give --format (or a --trace to infer it from)")
+    if not args.prompts_dir:
+        raise ValueError("prompts_dir: --prompts-dir is required")
+    mix = parse_intent_mix(args.intent_mix)
+    if tokenizer is None:
+        if not args.tokenizer:
+            raise ValueError("tokenizer: --tokenizer is required (the target model's folder)")
+        tokenizer = load_tokenizer(args.tokenizer)
+    synthetic = SyntheticConfig(args.rate_rps, args.cv, args.input_tokens, args.output_tokens)
+    config = shape_config(args)
+    workload = load_workload(fmt, args.trace, config, lengths=args.lengths, synthetic=synthetic)
+    requests = build_requests(
+        workload, mix, args.prompts_dir, tokenizer, seed=args.seed, progress=not args.no_progress
+    )
+    meta = {
+        "trace": str(args.trace) if args.trace else fmt,
+        "format": fmt,
+        "target": args.target,
+        "seed": args.seed,
+        "intent_mix": mix,
+        "shaping": {
+            "start_s": config.start_s,
+            "duration_s": config.duration_s,
+            "speedup": config.speedup,
+            "rate_scale": config.rate_scale,
+            "max_requests": config.max_requests,
+            "max_input_tokens": config.max_input_tokens,
+            "max_output_tokens": config.max_output_tokens,
+            "length_mode": config.length_mode,
+            "input_scale": round(workload.input_scale, 6),
+            "output_scale": round(workload.output_scale, 6),
+        },
+        "max_in_flight": args.max_in_flight,
+        "deadline_s": args.deadline_s,
+    }
+    return workload, requests, meta
+
+
+async def run_replay(
+    args: argparse.Namespace, tokenizer: Tokenizer | None = None
+) -> dict[str, Any]:
+    """Run `loadgen replay` from parsed `args`; returns the summary (also in `args.out`).
+
+    Pass `tokenizer` to reuse one already loaded (then `--tokenizer` is not read).
+    """
+    _, requests, meta = await asyncio.to_thread(prepare, args, tokenizer)
+    result = await replay(
+        requests,
+        args.target,
+        args.max_in_flight,
+        deadline_s=args.deadline_s,
+        max_duration_s=args.max_duration_s,
+        model=args.model,
+        strategy=args.strategy,
+        temperature=args.temperature,
+        progress=not args.no_progress,
+        status_interval_s=args.status_interval_s,
+    )
+    meta["started_unix"] = round(result.started_unix, 3)
+    summary = summarize(result.records, result.wall_s, args.ttft_slo_ms, args.tpot_slo_ms, meta)
+    out = Path(args.out)
+    files = await asyncio.to_thread(_write_all, out, result, summary, args)
+    summary = {**summary, "files": [str(p) for p in files]}
+    return summary
+
+
+def _write_all(
+    out: Path, result: ReplayResult, summary: dict[str, Any], args: argparse.Namespace
+) -> list[Path]:
+    """Reports, status samples and plots into `out`."""
+    paths = list(write_reports(out, result.records, summary).values())
+    if result.status_samples:
+        status_path = out / "status.jsonl"
+        with open(status_path, "w", encoding="utf-8") as f:
+            for s in result.status_samples:
+                f.write(json.dumps(s) + "\n")
+        paths.append(status_path)
+    paths += write_plots(
+        out, result.records, result.status_samples, args.ttft_slo_ms, args.tpot_slo_ms
+    )
+    return paths
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """One-screen CLI output of a replay."""
+    print(
+        f"sent {summary['requests_sent']}, ok {summary['completed']}, failed "
+        f"{summary['failed']} {summary['failed_by_status'] or ''} in {summary['duration_s']:.1f} s"
+    )
+    for m in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        p = summary[m]
+        print(f"{m:>8}: p50 {p['p50']}  p90 {p['p90']}  p99 {p['p99']}")
+    print(
+        f"{summary['req_s']} req/s, {summary['output_tok_s']} output tok/s, "
+        f"goodput {summary['goodput_req_s']} req/s"
+    )
+    for f in summary.get("files", []):
+        print(f"wrote {f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flexmesh-loadgen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_replay_arguments(sub.add_parser("replay", help="replay a trace against a gateway"))
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    summary = asyncio.run(run_replay(args))
+    print_summary(summary)
+    log.info("loadgen_done", seconds=round(time.monotonic() - started, 1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

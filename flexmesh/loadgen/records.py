@@ -1,0 +1,100 @@
+"""Data that crosses loadgen's stages: requests ready to send and per-request results."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+OK = "OK"
+"""Status of a request that streamed to its end."""
+NOT_SENT = "NOT_SENT"
+"""Status of a request the replay never sent (its time limit ran out first)."""
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    """One request with its prompt, ready for `replay`."""
+
+    index: int
+    """Position in the workload (arrival order)."""
+    arrival_s: float
+    """Send time in seconds after the replay starts."""
+    prompt: str
+    """Prompt text, sized with the target model's tokenizer."""
+    prompt_tokens: int
+    """Tokens of `prompt` under that tokenizer (the trace asked for `target_prompt_tokens`)."""
+    max_tokens: int
+    """Tokens to generate (the trace's output length)."""
+    intent: str
+    """Intent the prompt was drawn from (ground truth for the probe)."""
+    target_prompt_tokens: int = 0
+    """Prompt length the trace asked for."""
+    ignore_eos: bool = True
+    """Generate past end-of-sequence so the trace's output length holds."""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What happened to one request. Times are seconds; `*_s` times are from replay start."""
+
+    index: int
+    request_id: str
+    intent: str
+    arrival_s: float
+    """Scheduled send time."""
+    status: str
+    """"OK", a `grpc.StatusCode` name, or "NOT_SENT"."""
+    send_s: float | None = None
+    """Actual send time (None when never sent)."""
+    send_delay_s: float = 0.0
+    """How late the send was (waiting for an in-flight slot, or event-loop lag)."""
+    end_s: float | None = None
+    """When the stream ended or failed."""
+    ttft_s: float | None = None
+    """From send to the first chunk carrying tokens."""
+    e2e_s: float | None = None
+    """From send to the end of the stream (also set for failures)."""
+    chunk_times_s: tuple[float, ...] = ()
+    """Arrival of each token-carrying chunk, from send."""
+    chunk_tokens: tuple[int, ...] = ()
+    """Tokens in each of those chunks."""
+    prompt_tokens: int = 0
+    """Prompt tokens (server's count when reported, else the client's)."""
+    target_prompt_tokens: int = 0
+    max_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+    error: str = ""
+    route_model: str = ""
+    route_worker: str = ""
+    route_intent: str = ""
+    route_strategy: str = ""
+    route_confidence: float = 0.0
+    server_queue_ms: float | None = None
+    server_ttft_ms: float | None = None
+    server_total_ms: float | None = None
+    probe_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first (None with fewer than 2 tokens)."""
+        if self.ttft_s is None or self.e2e_s is None or self.completion_tokens < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.completion_tokens - 1)
+
+    def token_gaps_s(self) -> list[float]:
+        """Per-token inter-token latency: each chunk gap spread over that chunk's tokens."""
+        gaps: list[float] = []
+        for i in range(1, len(self.chunk_times_s)):
+            n = max(1, self.chunk_tokens[i])
+            gaps.extend([(self.chunk_times_s[i] - self.chunk_times_s[i - 1]) / n] * n)
+        return gaps
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tpot_s"] = self.tpot_s
+        return d

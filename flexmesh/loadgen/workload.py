@@ -1,0 +1,133 @@
+"""From a trace file (or a synthetic process) and shaping options to prompts ready to replay."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from flexmesh.loadgen.prompts import PromptPool, Tokenizer
+from flexmesh.loadgen.records import ReplayRequest
+from flexmesh.loadgen.servegen import synthesize_servegen
+from flexmesh.loadgen.shaping import ShapeConfig, Workload, shape
+from flexmesh.loadgen.synth import synthesize
+from flexmesh.loadgen.traces import TraceRequest, read_azure, read_mooncake, synthetic_trace
+
+log = structlog.get_logger(__name__)
+
+TraceFormat = Literal["azure", "mooncake", "servegen", "poisson", "gamma"]
+FORMATS: tuple[TraceFormat, ...] = ("azure", "mooncake", "servegen", "poisson", "gamma")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Arrival process and lengths of the `poisson` / `gamma` formats."""
+
+    rate_rps: float = 1.0
+    """Mean request rate."""
+    cv: float = 2.0
+    """Coefficient of variation of inter-arrival times (gamma only; poisson is 1)."""
+    input_tokens: int = 256
+    """Prompt length of every request."""
+    output_tokens: int = 64
+    """Output length of every request."""
+
+    def __post_init__(self) -> None:
+        for name in ("input_tokens", "output_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+def infer_format(path: str | Path) -> TraceFormat:
+    """Guess a trace's format from its file name."""
+    name = Path(path).name
+    if "client_windows" in name:
+        return "servegen"
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return "mooncake"
+    if name.endswith(".csv"):
+        return "azure"
+    raise ValueError(f"format: cannot infer the format of {name!r}; pass it explicitly")
+
+
+def servegen_lengths_for(windows_path: str | Path) -> Path | None:
+    """The `*_client_length_dists.jsonl.gz` beside a ServeGen windows file, if it exists."""
+    p = Path(windows_path)
+    sibling = p.with_name(
+        re.sub(r"client_windows\.csv(\.gz)?$", "client_length_dists.jsonl.gz", p.name)
+    )
+    return sibling if sibling != p and sibling.exists() else None
+
+
+def load_workload(
+    fmt: TraceFormat,
+    trace: str | Path | None,
+    config: ShapeConfig,
+    *,
+    lengths: str | Path | None = None,
+    synthetic: SyntheticConfig = SyntheticConfig(),
+) -> Workload:
+    """Read or synthesise a trace and shape it (`shaping.shape`)."""
+    raw: list[TraceRequest]
+    if fmt in ("poisson", "gamma"):
+        # A stationary process has no interesting window: start is ignored, the duration (60 s
+        # when neither bound is given) and max_requests bound the arrivals directly.
+        no_bound = config.duration_s is None and config.max_requests is None
+        raw = synthetic_trace(
+            rate_rps=synthetic.rate_rps * config.rate_scale,
+            cv=1.0 if fmt == "poisson" else synthetic.cv,
+            duration_s=60.0 if no_bound else config.duration_s,
+            max_requests=config.max_requests,
+            input_tokens=synthetic.input_tokens,
+            output_tokens=synthetic.output_tokens,
+            seed=config.seed,
+        )
+        config = dataclasses.replace(config, start_s=0.0, duration_s=None, rate_scale=1.0)
+    elif trace is None:
+        raise ValueError(f"trace: format {fmt!r} needs a trace file")
+    elif fmt == "azure":
+        raw = read_azure(trace)
+    elif fmt == "mooncake":
+        raw = read_mooncake(trace)
+    elif fmt == "servegen":
+        raw = synthesize_servegen(
+            trace,
+            lengths if lengths is not None else servegen_lengths_for(trace),
+            start_s=config.start_s,
+            duration_s=config.duration_s,
+            max_requests=config.max_requests,
+            rate_scale=config.rate_scale,
+            seed=config.seed,
+        )
+        # Rate scaling and the request bound were applied during synthesis.
+        config = dataclasses.replace(config, rate_scale=1.0)
+    else:
+        raise ValueError(f"format: must be one of {FORMATS}, got {fmt!r}")
+    workload = shape(raw, config)
+    log.info(
+        "workload_ready",
+        format=fmt,
+        raw_requests=len(raw),
+        requests=len(workload.requests),
+        input_scale=round(workload.input_scale, 6),
+        output_scale=round(workload.output_scale, 6),
+    )
+    return workload
+
+
+def build_requests(
+    workload: Workload,
+    mix: Mapping[str, float],
+    prompts_dir: str | Path,
+    tokenizer: Tokenizer,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[ReplayRequest]:
+    """Attach prompts of the mix's intents to a shaped workload."""
+    pool = PromptPool.from_dir(prompts_dir, tokenizer, set(mix))
+    return synthesize(workload, mix, pool, seed=seed, progress=progress)

@@ -1,0 +1,95 @@
+"""Open-loop replay against an in-process fake gateway: records, summary, reports, plots."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from flexmesh.loadgen.plots import plot_status, write_plots
+from flexmesh.loadgen.records import NOT_SENT, ReplayRequest
+from flexmesh.loadgen.replay import replay
+from flexmesh.loadgen.report import summarize, write_reports
+from tests.loadgen.fake_server import CHUNK, fake_server, outcome
+
+MIN_PNG_BYTES = 8_000
+
+
+def _requests(n: int, gap_s: float = 0.004) -> list[ReplayRequest]:
+    intents = ("chat", "code", "math")
+    return [
+        ReplayRequest(i, i * gap_s, f"prompt number {i}", 3, 6 + i % 7, intents[i % 3], 3)
+        for i in range(n)
+    ]
+
+
+async def test_replay_records_every_request(tmp_path: Path) -> None:
+    reqs = _requests(40)
+    async with fake_server() as target:
+        result = await replay(
+            reqs, target, max_in_flight=4, deadline_s=0.4, progress=False, status_interval_s=0.05
+        )
+    records = result.records
+    assert [r.index for r in records] == list(range(40))
+    for rec, req in zip(records, reqs, strict=True):
+        assert rec.status == outcome(req.index), rec
+        assert rec.send_s is not None and rec.end_s is not None and rec.end_s >= rec.send_s
+        assert rec.intent == req.intent and rec.arrival_s == req.arrival_s
+        if rec.ok:
+            assert rec.completion_tokens == req.max_tokens == sum(rec.chunk_tokens)
+            assert len(rec.chunk_tokens) == -(-req.max_tokens // CHUNK)
+            assert rec.ttft_s == rec.chunk_times_s[0] and rec.ttft_s > 0
+            assert list(rec.chunk_times_s) == sorted(rec.chunk_times_s)
+            assert rec.route_model in ("demo-small", "demo-large") and rec.finish_reason
+            assert rec.tpot_s is not None and rec.tpot_s > 0
+        else:
+            assert rec.error and not rec.chunk_tokens
+    # Four slots for requests that each take > 10 ms, arriving every 4 ms: sends wait.
+    assert max(r.send_delay_s for r in records) > 0.01
+    assert result.status_samples and "workers" in result.status_samples[0]
+
+    summary = summarize(records, result.wall_s, ttft_slo_ms=100, tpot_slo_ms=50)
+    expected = Counter(outcome(i) for i in range(40))
+    assert summary["requests_sent"] == 40 and summary["completed"] == expected["OK"]
+    assert summary["failed_by_status"] == {k: v for k, v in expected.items() if k != "OK"}
+    assert summary["completed"] + sum(summary["failed_by_status"].values()) == 40
+    assert summary["output_tokens"] == sum(r.max_tokens for r in reqs if outcome(r.index) == "OK")
+    assert summary["ttft_ms"]["p50"] <= summary["ttft_ms"]["p99"] <= summary["e2e_ms"]["max"]
+    assert summary["req_s"] > 0 and summary["output_tok_s"] > summary["req_s"]
+    assert 0 < summary["goodput_req_s"] <= summary["req_s"]
+    mix = summary["route_mix"]
+    assert sum(mix["by_model"].values()) == expected["OK"]
+    assert set(mix["by_intent"]) == {"chat", "code", "math"}
+
+    paths = write_reports(tmp_path, records, summary)
+    assert json.loads(paths["summary_json"].read_text())["completed"] == expected["OK"]
+    assert len(paths["requests"].read_text().splitlines()) == 40
+    md = paths["summary_md"].read_text()
+    assert "| ttft_ms |" in md and "RESOURCE_EXHAUSTED" in md
+    for png in write_plots(tmp_path, records, result.status_samples, 100, 50):
+        assert png.stat().st_size > MIN_PNG_BYTES, png
+    assert (tmp_path / "status.png").exists()
+
+
+async def test_time_limit_and_unreachable_target() -> None:
+    reqs = _requests(10, gap_s=0.2)
+    async with fake_server(admin=False) as target:
+        # Sends at 0, 0.2, 0.4 and 0.6 s fit in 0.7 s; the other six arrive too late.
+        result = await replay(
+            reqs, target, 8, max_duration_s=0.7, progress=False, status_interval_s=0.05
+        )
+    statuses = [r.status for r in result.records]
+    assert statuses[:4] == ["OK", "OK", "OK", "RESOURCE_EXHAUSTED"]
+    assert statuses[4:] == [NOT_SENT] * 6
+    assert result.wall_s < 3.0
+    summary = summarize(result.records, result.wall_s)
+    assert summary["requests_sent"] == 4 and summary["not_sent"] == 6
+    # Nothing listens on port 1: every request fails fast, each with its status.
+    down = await replay(_requests(5), "127.0.0.1:1", 2, deadline_s=2.0, progress=False)
+    assert [r.status for r in down.records] == ["UNAVAILABLE"] * 5
+
+
+def test_plots_without_data(tmp_path: Path) -> None:
+    for png in write_plots(tmp_path, []):
+        assert png.stat().st_size > 5_000
+    assert plot_status([], tmp_path / "s.png").stat().st_size > 5_000

@@ -1,0 +1,71 @@
+"""Workload shaping: window, rate scaling, speedup, request bound, length fitting."""
+
+from __future__ import annotations
+
+import pytest
+
+from flexmesh.loadgen.shaping import ShapeConfig, fit_lengths, shape
+from flexmesh.loadgen.traces import TraceRequest
+
+
+def _trace(n: int = 1000, gap: float = 1.0) -> list[TraceRequest]:
+    return [TraceRequest(i * gap, 100 + i, 10 + i % 50, (0, i)) for i in range(n)]
+
+
+def test_window_rebases_and_speedup_compresses() -> None:
+    wl = shape(_trace(), ShapeConfig(start_s=100.5, duration_s=50.0, speedup=2.0))
+    arrivals = [r.arrival_s for r in wl.requests]
+    assert len(arrivals) == 50
+    assert arrivals[0] == pytest.approx(0.25)  # (101 - 100.5) / 2
+    assert arrivals[-1] == pytest.approx((150 - 100.5) / 2)
+    assert wl.requests[0].input_tokens == 201 and wl.requests[0].hash_ids == (0, 101)
+
+
+def test_rate_scale_thins_and_replicates() -> None:
+    thin = shape(_trace(4000), ShapeConfig(rate_scale=0.25, seed=1)).requests
+    assert abs(len(thin) - 1000) < 120  # binomial sd ~27
+    many = shape(_trace(1000), ShapeConfig(rate_scale=2.5, seed=1)).requests
+    assert abs(len(many) - 2500) < 120  # 2 copies each plus Bernoulli(0.5) for a third
+    arrivals = [r.arrival_s for r in many]
+    assert arrivals == sorted(arrivals) and arrivals[-1] <= 999.0
+    assert shape(_trace(10), ShapeConfig(rate_scale=3.0)).requests.__len__() == 30
+
+
+def test_max_requests_after_rate_scale() -> None:
+    wl = shape(_trace(), ShapeConfig(rate_scale=2.0, max_requests=7))
+    assert len(wl.requests) == 7
+    assert [r.arrival_s for r in wl.requests] == sorted(r.arrival_s for r in wl.requests)
+
+
+def test_scale_mode_keeps_ratios() -> None:
+    reqs = [TraceRequest(0, 1000, 400), TraceRequest(1, 4000, 100), TraceRequest(2, 3, 1)]
+    wl = fit_lengths(reqs, max_input_tokens=1000, max_output_tokens=200, mode="scale")
+    assert [r.input_tokens for r in wl.requests] == [250, 1000, 1]
+    assert [r.output_tokens for r in wl.requests] == [200, 50, 1]
+    assert wl.input_scale == 0.25 and wl.output_scale == 0.5
+    assert wl.block_tokens == 128  # Mooncake's 512-token blocks shrink with the prompts
+
+
+def test_clip_mode_and_untouched() -> None:
+    reqs = [TraceRequest(0, 1000, 400), TraceRequest(1, 4000, 100)]
+    wl = fit_lengths(reqs, max_input_tokens=2000, max_output_tokens=None, mode="clip")
+    assert [(r.input_tokens, r.output_tokens) for r in wl.requests] == [(1000, 400), (2000, 100)]
+    assert wl.input_scale == 1.0 and wl.block_tokens == 512
+    same = fit_lengths(reqs, None, None)
+    assert same.requests == tuple(reqs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"speedup": 0}, "speedup"),
+        ({"rate_scale": -1}, "rate_scale"),
+        ({"max_requests": 0}, "max_requests"),
+        ({"duration_s": 0}, "duration_s"),
+        ({"max_input_tokens": 0}, "max_input_tokens"),
+        ({"length_mode": "squash"}, "length_mode"),
+    ],
+)
+def test_config_validation_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        ShapeConfig(**kwargs)  # type: ignore[arg-type]
