@@ -11,6 +11,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from flexmesh.meshcore.errors import FlexMeshError, WorkerUnavailableError
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
 
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -89,3 +90,23 @@ class WorkerClient:
             return await asyncio.wait_for(ref, self.timeout_s)  # type: ignore[no-any-return]
         except (*_DEAD, TimeoutError) as exc:
             raise WorkerUnavailableError(f"worker {self.name} is unavailable: {exc}") from exc
+
+
+class ProbeClientProtocol(Protocol):
+    async def classify(
+        self, prompt: str, long_context_tokens: int | None = None
+    ) -> ProbeResult: ...
+
+
+class ProbeClient:
+    """Talks to the named `probe` actor."""
+
+    def __init__(self, handle: Any, timeout_s: float) -> None:
+        self.handle, self.timeout_s = handle, timeout_s
+
+    async def classify(self, prompt: str, long_context_tokens: int | None = None) -> ProbeResult:
+        try:
+            ref = self.handle.classify.remote(prompt, long_context_tokens)
+            return await asyncio.wait_for(ref, self.timeout_s)  # type: ignore[no-any-return]
+        except (*_DEAD, TimeoutError) as exc:
+            raise WorkerUnavailableError(f"probe is unavailable: {exc}") from exc

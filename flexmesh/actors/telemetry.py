@@ -31,11 +31,16 @@ class WorkerMetrics:
         )
 
     def finished(self, out: RequestOutput) -> None:
-        self.tokens.inc(max(out.completion_tokens, 0) or 0.0, self.tags)
+        # NOTE: ray.util.metrics counters refuse increments <= 0.
+        if out.completion_tokens > 0:
+            self.tokens.inc(out.completion_tokens, self.tags)
         self.requests.inc(1.0, {**self.tags, "reason": out.finish_reason or "unknown"})
-        if out.draft_tokens_proposed:
-            self.drafts.inc(out.draft_tokens_accepted, {**self.tags, "outcome": "accepted"})
-            self.drafts.inc(out.draft_tokens_proposed, {**self.tags, "outcome": "proposed"})
+        for outcome, n in (
+            ("accepted", out.draft_tokens_accepted),
+            ("proposed", out.draft_tokens_proposed),
+        ):
+            if n > 0:
+                self.drafts.inc(n, {**self.tags, "outcome": outcome})
 
     def observe_status(self, s: WorkerStatus) -> None:
         self.queue.set(s.queue_length, self.tags)

@@ -37,13 +37,14 @@ class Worker:
         engine_config: EngineConfig,
         role: str = "mixed",
         stream: GatewayConfig | None = None,
+        draft_model_path: str | None = None,
     ) -> None:
         configure_logging()
         self.name, self.model, self.model_path, self.role = name, model, model_path, role
         stream = stream or GatewayConfig()
         self.stream_interval_s = stream.stream_interval_ms / 1000.0
         self.stream_chunk_tokens = stream.stream_chunk_tokens
-        self.engine = Engine(model_path, engine_config)
+        self.engine = Engine(model_path, engine_config, draft_model_path)
         self.aengine = AsyncEngine(self.engine)
         self.started = time.monotonic()
         self.metrics = WorkerMetrics(name, model)

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from flexmesh.actors.probe.evaluate import add_eval_arguments
+from flexmesh.bench.serving import ROUTING_PRESET, add_serving_bench_arguments
+from flexmesh.loadgen.cli import add_replay_arguments
 from flexmesh.logs import configure_logging
+from flexmesh.services.demo import add_demo_arguments
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "deploy" / "configs"
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -80,16 +85,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flexmesh.services.demo import run_demo
-    from flexmesh.services.mesh import start_mesh
+    from flexmesh.services.mesh import resolve_model_paths, start_mesh
 
     cfg = load_config(args)
     cfg = replace(cfg, gateway=replace(cfg.gateway, port=args.port if args.port is not None else 0))
     print("starting the mesh (Ray, demo models, gateway) ...", flush=True)
     mesh = start_mesh(cfg, address=args.address, dashboard=args.dashboard, log_to_driver=False)
     try:
-        return run_demo(args, mesh.address)
+        return run_demo(args, mesh.address, resolve_model_paths(cfg)[cfg.models[0].name])
     finally:
         mesh.shutdown()
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    from flexmesh.loadgen.cli import print_summary, run_replay
+
+    print_summary(asyncio.run(run_replay(args)))
+    return 0
 
 
 # -- client commands -----------------------------------------------------------------------
@@ -107,6 +119,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(status_cli(args))
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    from flexmesh.services.client import classify_cli
+
+    return asyncio.run(classify_cli(args))
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from flexmesh.services.client import policy_cli
+
+    return asyncio.run(policy_cli(args))
+
+
+def cmd_probe_eval(args: argparse.Namespace) -> int:
+    from flexmesh.actors.probe.evaluate import run_eval
+
+    return run_eval(args)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from flexmesh.actors.runner.demo_models import build_demo_models
 
@@ -121,6 +151,23 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
     return bench_engine(args)
 
 
+def cmd_bench_serving(args: argparse.Namespace) -> int:
+    from flexmesh.bench.serving import print_serving_table, run_serving_bench
+
+    report = run_serving_bench(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_serving_table(report)
+    return 0
+
+
+def cmd_bench_strategies(args: argparse.Namespace) -> int:
+    from flexmesh.bench.cli import bench_strategies
+
+    return bench_strategies(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexmesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,14 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mesh_args(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="start the mesh, send a burst of mixed prompts, summarise")
+    p = sub.add_parser("demo", help="start the mesh, replay a minute of a real trace, report")
     _add_mesh_args(p)
-    p.add_argument("--requests", type=int, default=48, help="requests in the burst")
-    p.add_argument("--per-file", type=int, default=8, help="prompts taken per shared prompt file")
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--prompts-dir", default=None, help="default: ../shared/data/prompts")
-    p.add_argument("--seed", type=int, default=0)
+    add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("loadgen", help="trace-replay load generator")
+    lsub = p.add_subparsers(dest="loadgen_command", required=True)
+    add_replay_arguments(lsub.add_parser("replay", help="replay a trace against a gateway"))
+    p.set_defaults(func=cmd_loadgen)
 
     p = sub.add_parser("generate", help="stream a completion from a running mesh")
     p.add_argument("prompt")
@@ -159,6 +207,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("classify", help="run the intent probe alone on a prompt")
+    p.add_argument("prompt")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("policy", help="get or set the live routing policy")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    for name in ("get", "set"):
+        q = psub.add_parser(name)
+        q.add_argument("--target", default=DEFAULT_TARGET)
+        q.set_defaults(func=cmd_policy)
+    q.add_argument("--confidence-threshold", type=float, default=None)
+    q.add_argument("--spill-queue-ms", type=float, default=None)
+    q.add_argument("--return-queue-ms", type=float, default=None)
+    q.add_argument("--long-context-tokens", type=int, default=None)
+    q.add_argument("--route", action="append", default=[], help="intent=model[:strategy][:spill]")
+    q.add_argument("--expected-version", type=int, default=0, help="reject unless at this version")
+
+    p = sub.add_parser("probe", help="intent probe utilities")
+    prsub = p.add_subparsers(dest="probe_command", required=True)
+    q = prsub.add_parser("eval", help="accuracy and latency of a probe backend on labelled prompts")
+    add_eval_arguments(q)
+    q.set_defaults(func=cmd_probe_eval)
+
     p = sub.add_parser("models", help="model utilities")
     msub = p.add_subparsers(dest="models_command", required=True)
     b = msub.add_parser("build-demo", help="write demo-small and demo-large into DIR")
@@ -176,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-grpc", action="store_true", help="skip the gRPC columns")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_engine)
+    b = bsub.add_parser("routing", help="static-large vs static-small vs adaptive, same workload")
+    add_serving_bench_arguments(b, ROUTING_PRESET)
+    b.set_defaults(func=cmd_bench_serving)
+    b = bsub.add_parser("serve", help="any mesh configs in turn, same workload (--configs)")
+    add_serving_bench_arguments(b, ("static-large", "demo"))
+    b.set_defaults(func=cmd_bench_serving)
+    b = bsub.add_parser("strategies", help="plain vs PLD vs draft speculation, identical output")
+    b.add_argument("--models-dir", default=None)
+    b.add_argument("--new-tokens", type=int, default=128)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_strategies)
     return parser
 
 

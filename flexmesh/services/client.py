@@ -132,3 +132,66 @@ async def status_cli(args: argparse.Namespace) -> int:
         )
     Console().print(table)
     return 0
+
+
+async def classify_cli(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        try:
+            r = await stub.Classify(pb.ClassifyRequest(prompt=args.prompt), timeout=30)
+        except grpc.aio.AioRpcError as err:
+            print(f"flexmesh: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(MessageToDict(r, preserving_proto_field_name=True), indent=2))
+    else:
+        scores = "  ".join(
+            f"{k} {v:.2f}" for k, v in sorted(r.scores.items(), key=lambda kv: -kv[1])
+        )
+        print(
+            f"{r.intent} (confidence {r.confidence:.2f}, {r.probe_ms:.1f} ms, {r.backend})",
+            scores,
+        )
+    return 0
+
+
+def _parse_route(spec: str) -> pb.IntentRoute:
+    """`intent=model[:strategy][:spill]`, e.g. `chat=large:none` or `code=small:pld:spill`."""
+    intent, _, rest = spec.partition("=")
+    parts = rest.split(":")
+    if not intent or not parts[0]:
+        raise ValueError(f"--route {spec!r}: expected intent=model[:strategy][:spill]")
+    return pb.IntentRoute(
+        intent=intent,
+        model=parts[0],
+        strategy=parts[1] if len(parts) > 1 else "none",
+        spillable=len(parts) > 2 and parts[2] == "spill",
+    )
+
+
+async def policy_cli(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = pb_grpc.AdminStub(channel)
+        try:
+            if args.policy_command == "get":
+                policy = await stub.GetPolicy(pb.GetPolicyRequest(), timeout=10)
+            else:
+                req = pb.SetPolicyRequest(
+                    routes=[_parse_route(r) for r in args.route],
+                    expected_version=args.expected_version,
+                )
+                for name in (
+                    "confidence_threshold",
+                    "spill_queue_ms",
+                    "return_queue_ms",
+                    "long_context_tokens",
+                ):
+                    value = getattr(args, name)
+                    if value is not None:
+                        setattr(req, name, value)
+                policy = await stub.SetPolicy(req, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            print(f"flexmesh: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    print(json.dumps(MessageToDict(policy, preserving_proto_field_name=True), indent=2))
+    return 0

@@ -1,107 +1,78 @@
-"""`flexmesh demo`: start the embedded mesh, send a burst of mixed prompts, print a summary."""
+"""`flexmesh demo`: start the embedded mesh, replay about a minute of a real trace with a mixed
+intent mix through gRPC, print the summary and where the reports and plots are.
+
+Without `../shared/data` it replays Poisson arrivals over a few built-in prompts instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
-import random
-import time
-from collections import Counter
+import tempfile
 from pathlib import Path
 
-import grpc
-import numpy as np
+from flexmesh.loadgen.cli import add_replay_arguments, print_summary, run_replay
 
-from flexmesh.services.client import StreamResult, stream_generate
-from flexmesh.v1 import flexmesh_pb2 as pb
-from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+DEMO_INTENT_MIX = "code=0.25,math=0.15,knowledge_qa=0.15,chinese_exam=0.1,chat=0.35"
+DEMO_TRACE = "traces/azure_llm_2023_conv.csv"
 
 BUILTIN_PROMPTS = (
     ("code", 'def quicksort(items):\n    """Sort a list with quicksort."""\n'),
+    ("code", "Write a Python function that returns the n-th prime number."),
     ("math", "A train travels 120 km in 1.5 hours. What is its average speed in km/h?"),
-    (
-        "knowledge_qa",
-        "Which planet has the most moons?\nA. Earth\nB. Mars\nC. Saturn\nD. Venus",
-    ),
+    ("knowledge_qa", "Which planet has the most moons?\nA. Earth\nB. Mars\nC. Saturn\nD. Venus"),
     ("chinese_exam", "下列哪一项是中国的首都？\nA. 上海\nB. 北京\nC. 广州\nD. 深圳"),
     ("chat", "Write a short, friendly note inviting my neighbours to a garden party."),
 )
 
 
-def default_prompts_dir() -> Path:
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "prompts"
+def default_shared_data() -> Path:
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-def load_prompts(prompts_dir: Path, per_file: int, seed: int) -> list[tuple[str, str]]:
-    """(intent, prompt) pairs sampled from the shared prompt files, or built-in examples."""
-    files = sorted(p for p in prompts_dir.glob("*.jsonl*") if "long_context" not in p.name)
-    if not files:
-        return list(BUILTIN_PROMPTS)
-    rng = random.Random(seed)
-    out: list[tuple[str, str]] = []
-    for path in files:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
-        out += [(r["task"], r["prompt"]) for r in rng.sample(rows, min(per_file, len(rows)))]
-    rng.shuffle(out)
-    return out
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="shared data folder (default: ../shared/data)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of trace to replay")
+    p.add_argument("--rate-scale", type=float, default=0.25, help="thin the trace's arrivals")
+    p.add_argument("--out", default="flexmesh-demo", help="folder for reports and plots")
 
 
-async def burst(
-    address: str, prompts: list[tuple[str, str]], max_tokens: int
-) -> tuple[list[StreamResult], float]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.GenerationStub(channel)
-        t0 = time.perf_counter()
-        reqs = [
-            pb.GenerateRequest(prompt=p[:2000], max_tokens=max_tokens, model="auto")
-            for _, p in prompts
-        ]
-        results = await asyncio.gather(
-            *(stream_generate(stub, r, 300) for r in reqs), return_exceptions=True
+def replay_args(
+    args: argparse.Namespace, target: str, tokenizer_dir: str, scratch: Path
+) -> argparse.Namespace:
+    """The `loadgen replay` options of the demo."""
+    data = Path(args.data) if args.data else default_shared_data()
+    common = [
+        "--target", target, "--out", args.out, "--tokenizer", tokenizer_dir,
+        "--max-input-tokens", "512", "--max-output-tokens", "64", "--length-mode", "clip",
+        "--status-interval-s", "1", "--max-in-flight", "64", "--deadline-s", "120",
+    ]  # fmt: skip
+    if (data / DEMO_TRACE).exists() and (data / "prompts").is_dir():
+        source = [
+            "--trace", str(data / DEMO_TRACE), "--format", "azure",
+            "--duration", str(args.duration), "--rate-scale", str(args.rate_scale),
+            "--intent-mix", DEMO_INTENT_MIX, "--prompts-dir", str(data / "prompts"),
+        ]  # fmt: skip
+    else:
+        prompts = scratch / "prompts.jsonl"
+        prompts.write_text(
+            "".join(json.dumps({"task": t, "prompt": p}) + "\n" for t, p in BUILTIN_PROMPTS)
         )
-        elapsed = time.perf_counter() - t0
-    ok = [r for r in results if isinstance(r, StreamResult)]
-    return ok, elapsed
+        mix = ",".join(f"{t}=1" for t in sorted({t for t, _ in BUILTIN_PROMPTS}))
+        source = [
+            "--format", "poisson", "--rate-rps", "2", "--duration", str(args.duration),
+            "--input-tokens", "128", "--output-tokens", "48",
+            "--intent-mix", mix, "--prompts-dir", str(scratch),
+        ]  # fmt: skip
+    return add_replay_arguments(argparse.ArgumentParser()).parse_args(common + source)
 
 
-def print_summary(
-    prompts: list[tuple[str, str]], results: list[StreamResult], elapsed: float
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    tokens = sum(len(r.token_ids) for r in results)
-    ttft = np.array([r.ttft_s * 1000 for r in results])
-    tpot = np.array(
-        [
-            (r.total_s - r.ttft_s) * 1000 / (len(r.token_ids) - 1)
-            for r in results
-            if len(r.token_ids) > 1
-        ]
-    )
-    table = Table(title="FlexMesh demo: one burst of concurrent gRPC requests")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("requests sent / completed", f"{len(prompts)} / {len(results)}")
-    table.add_row("output tokens/s", f"{tokens / elapsed:.1f}")
-    for name, arr in (("TTFT ms", ttft), ("TPOT ms", tpot)):
-        if arr.size:
-            p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-            table.add_row(f"{name} p50 / p90 / p99", f"{p50:.0f} / {p90:.0f} / {p99:.0f}")
-    models = Counter(r.final.route.model for r in results if r.final is not None)
-    for model, n in sorted(models.items()):
-        table.add_row(f"served by {model}", str(n))
-    Console().print(table)
-
-
-def run_demo(args: argparse.Namespace, mesh_address: str) -> int:
-    prompts_dir = Path(args.prompts_dir) if args.prompts_dir else default_prompts_dir()
-    prompts = load_prompts(prompts_dir, args.per_file, args.seed)[: args.requests]
-    print(f"sending {len(prompts)} concurrent requests to {mesh_address} ...", flush=True)
-    results, elapsed = asyncio.run(burst(mesh_address, prompts, args.max_tokens))
-    print_summary(prompts, results, elapsed)
-    return 0 if len(results) == len(prompts) else 1
+def run_demo(args: argparse.Namespace, target: str, tokenizer_dir: str) -> int:
+    with tempfile.TemporaryDirectory() as scratch:
+        rargs = replay_args(args, target, tokenizer_dir, Path(scratch))
+        print(f"replaying {rargs.trace or 'Poisson arrivals'} against {target} ...", flush=True)
+        summary = asyncio.run(run_replay(rargs))
+    print_summary(summary)
+    print(f"reports and plots: {Path(args.out).resolve()}")
+    return 0 if summary["requests_sent"] == summary["completed"] + summary["failed"] else 1

@@ -16,15 +16,17 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from flexmesh.actors.client import WorkerClientProtocol
+from flexmesh.actors.client import ProbeClientProtocol, WorkerClientProtocol
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.meshcore.errors import (
     DeadlineExceededError,
+    InvalidRequestError,
     QueueFullError,
     UnknownModelError,
     WorkerUnavailableError,
 )
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+from flexmesh.meshcore.routing import ProbeResult, Router, RoutingConfig
 from flexmesh.meshcore.sampling import SamplingParams
 
 log = structlog.get_logger(__name__)
@@ -69,25 +71,79 @@ class Frontend:
     """Admits, routes and streams requests over worker clients (real actors or fakes)."""
 
     def __init__(
-        self, config: MeshConfig, workers: Mapping[str, list[WorkerClientProtocol]]
+        self,
+        config: MeshConfig,
+        workers: Mapping[str, list[WorkerClientProtocol]],
+        probe: ProbeClientProtocol | None = None,
     ) -> None:
         self.config = config
         self.workers = dict(workers)
         self.default_model = config.models[0].name
+        self.probe = probe if config.adaptive else None
+        self.router = Router(config.routing)
+        self.queue_delay_ms: dict[str, float] = {}
         self.in_flight = 0
         self._load: dict[str, int] = {w.name: 0 for ws in self.workers.values() for w in ws}
         self._rr = itertools.count()
+        self._poller: asyncio.Task[None] | None = None
 
     # -- routing ---------------------------------------------------------------------------
 
+    async def classify(self, prompt: str) -> ProbeResult:
+        if self.probe is None:
+            raise UnknownModelError("no probe: the mesh does not hold both routing models")
+        if not prompt:
+            raise InvalidRequestError("prompt", "is empty")
+        return await self.probe.classify(prompt, self.router.policy.long_context_tokens)
+
     async def route(self, req: GenerationInput) -> RouteInfo:
-        """Pick the model and strategy: the caller's override, else the default model."""
-        model = req.model if req.model not in ("", "auto") else self.default_model
-        if model not in self.workers:
+        """The caller's model and strategy when both are given, else probe and router decide."""
+        strategy = req.sampling.strategy
+        if req.model not in ("", "auto") and req.model not in self.workers:
             raise UnknownModelError(
                 f"model {req.model!r} is not served; resident: {', '.join(sorted(self.workers))}"
             )
-        return RouteInfo(model=model, strategy=req.sampling.strategy or "none", reason="override")
+        explicit = req.model not in ("", "auto") and strategy != ""
+        if self.probe is None or explicit or not req.prompt:
+            model = req.model if req.model not in ("", "auto") else self.default_model
+            return RouteInfo(model=model, strategy=strategy or "none", reason="override")
+        probe = await self.classify(req.prompt)
+        d = self.router.route(probe, self.queue_delay_ms, req.model, strategy)
+        return RouteInfo(
+            model=d.model,
+            strategy=d.strategy,
+            intent=d.intent,
+            confidence=d.confidence,
+            probe_ms=probe.probe_ms,
+            reason=d.reason,
+        )
+
+    def set_policy(self, changes: Mapping[str, object], expected_version: int) -> RoutingConfig:
+        """Apply a live policy change (version-checked); every change is a log event."""
+        policy = self.router.update(changes, expected_version or self.router.policy.version)
+        log.info("policy.changed", version=policy.version, changes=dict(changes))
+        return policy
+
+    # -- load telemetry --------------------------------------------------------------------
+
+    def start(self, interval_s: float = 0.25) -> None:
+        """Poll worker loads in the background (queue delays feed the spill rule)."""
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(interval_s))
+
+    async def _poll(self, interval_s: float) -> None:
+        while True:
+            try:
+                delays: dict[str, float] = {}
+                for s in await self.status():
+                    if s.alive:
+                        delays[s.model] = min(
+                            delays.get(s.model, s.queue_delay_ms), s.queue_delay_ms
+                        )
+                self.queue_delay_ms = delays
+            except Exception:
+                log.exception("poll.failed")
+            await asyncio.sleep(interval_s)
 
     def pick_worker(self, model: str) -> WorkerClientProtocol:
         """Least-loaded worker of the model (ties round-robin)."""

@@ -9,7 +9,7 @@ import ray
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flexmesh.actors.client import WorkerClient, WorkerClientProtocol
+from flexmesh.actors.client import ProbeClient, WorkerClient, WorkerClientProtocol
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.services.errors import ErrorInterceptor
@@ -56,12 +56,18 @@ class Gateway:
             ]
             for model, names in worker_names.items()
         }
-        self.frontend = Frontend(config, clients)
+        probe = None
+        if config.adaptive:
+            probe = ProbeClient(
+                ray.get_actor("probe", namespace=config.namespace), config.probe.timeout_s
+            )
+        self.frontend = Frontend(config, clients, probe)
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
         gw = self.config.gateway
         self.server, port = await serve_frontend(self.frontend, gw.host, gw.port)
+        self.frontend.start()
         return port
 
     async def stop(self) -> None:

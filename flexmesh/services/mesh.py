@@ -11,6 +11,7 @@ import platformdirs
 import ray
 import structlog
 
+from flexmesh.actors.probe.actor import ProbeActor
 from flexmesh.actors.runner.demo_models import DEMO_MODELS, build_demo_models
 from flexmesh.actors.worker import WorkerActor
 from flexmesh.meshcore.config import MeshConfig, ModelSpec
@@ -29,7 +30,8 @@ class Mesh:
     config: MeshConfig
     address: str
     gateway: Any
-    workers: dict[str, Any]
+    actors: dict[str, Any]
+    """Named actors besides the gateway: workers and the probe."""
     owns_ray: bool
 
     def shutdown(self) -> None:
@@ -37,7 +39,7 @@ class Mesh:
             ray.get(self.gateway.stop.remote(), timeout=10)
         except Exception:
             pass
-        for handle in [self.gateway, *self.workers.values()]:
+        for handle in [self.gateway, *self.actors.values()]:
             ray.kill(handle)
         if self.owns_ray:
             ray.shutdown()
@@ -103,7 +105,7 @@ def start_mesh(
     """Start workers and the gateway; returns once gRPC is serving."""
     paths = resolve_model_paths(config)
     owns_ray = init_ray(address, dashboard, config.namespace, log_to_driver)
-    workers: dict[str, Any] = {}
+    actors: dict[str, Any] = {}
     names: dict[str, list[str]] = {}
     for spec in config.models:
         engine_cfg = config.engine
@@ -111,7 +113,7 @@ def start_mesh(
             engine_cfg = replace(engine_cfg, num_threads=max(1, int(spec.num_cpus)))
         for i in range(spec.num_workers):
             name = f"worker-{spec.name}-{i}"
-            workers[name] = WorkerActor.options(
+            actors[name] = WorkerActor.options(
                 name=name,
                 namespace=config.namespace,
                 max_restarts=config.worker_max_restarts,
@@ -123,11 +125,29 @@ def start_mesh(
                 engine_cfg,
                 spec.role,
                 config.gateway,
+                paths[spec.draft_model] if spec.draft_model else None,
             )
             names.setdefault(spec.name, []).append(name)
-    ray.get([w.ready.remote() for w in workers.values()])
+    ray.get([w.ready.remote() for w in actors.values()])
+    if config.adaptive:
+        small = config.routing.small_model
+        actors["probe"] = ProbeActor.options(name="probe", namespace=config.namespace).remote(
+            config.probe.backend,
+            config.routing.long_context_tokens,
+            **(
+                {
+                    "small_worker": names[small][0],
+                    "namespace": config.namespace,
+                    "small_model_path": paths[small],
+                }
+                if config.probe.backend == "lm"
+                else {}
+            ),
+        )
+    if "probe" in actors:
+        ray.get(actors["probe"].ready.remote())  # fail here, not on the first request
     gateway = GatewayActor.options(name="gateway", namespace=config.namespace).remote(config, names)
     port = ray.get(gateway.start.remote())
     address = f"{config.gateway.host}:{port}"
-    log.info("mesh.serving", address=address, workers=sorted(workers))
-    return Mesh(config, address, gateway, workers, owns_ray)
+    log.info("mesh.serving", address=address, actors=sorted(actors))
+    return Mesh(config, address, gateway, actors, owns_ray)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from flexmesh.meshcore.errors import InvalidRequestError
+from flexmesh.meshcore.routing import RoutingConfig
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
 from flexmesh.v1 import flexmesh_pb2 as pb
@@ -83,6 +86,73 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         async for chunk in self.frontend.generate(to_input(request), timeout_s=timeout_s):
             yield to_response(chunk)
 
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:
+        r = await self.frontend.classify(request.prompt)
+        return pb.ClassifyResponse(
+            intent=r.intent,
+            confidence=r.confidence,
+            scores=r.scores,
+            probe_ms=r.probe_ms,
+            backend=r.backend,
+        )
+
+
+def policy_to_proto(p: RoutingConfig) -> pb.Policy:
+    routes = [
+        pb.IntentRoute(
+            intent=f.name,
+            model=p.model_name(route.model),
+            strategy=route.strategy,
+            spillable=route.spillable,
+        )
+        for f in dataclasses.fields(p.routes)
+        for route in [p.routes.get(f.name)]
+    ]
+    return pb.Policy(
+        version=p.version,
+        routes=routes,
+        confidence_threshold=p.confidence_threshold,
+        spill_queue_ms=p.spill_queue_ms,
+        return_queue_ms=p.return_queue_ms,
+        long_context_tokens=p.long_context_tokens,
+        large_model=p.large_model,
+        small_model=p.small_model,
+    )
+
+
+def policy_changes(req: pb.SetPolicyRequest, current: RoutingConfig) -> dict[str, Any]:
+    """The fields a SetPolicyRequest sets, as a nested mapping for `apply_update`."""
+    changes: dict[str, Any] = {
+        name: getattr(req, name)
+        for name in (
+            "confidence_threshold",
+            "spill_queue_ms",
+            "return_queue_ms",
+            "long_context_tokens",
+        )
+        if req.HasField(name)
+    }
+    roles = {
+        current.small_model: "small",
+        current.large_model: "large",
+        "small": "small",
+        "large": "large",
+    }
+    routes: dict[str, Any] = {}
+    for r in req.routes:
+        if r.model not in roles:
+            raise InvalidRequestError("routes.model", f"{r.model!r} is not {sorted(roles)}")
+        routes[r.intent] = {
+            "model": roles[r.model],
+            "strategy": r.strategy or "none",
+            "spillable": r.spillable,
+        }
+    if routes:
+        changes["routes"] = routes
+    return changes
+
 
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, frontend: Frontend) -> None:
@@ -112,4 +182,16 @@ class AdminServicer(pb_grpc.AdminServicer):
             ],
             in_flight=self.frontend.in_flight,
             max_queue_len=self.frontend.config.gateway.max_queue_len,
+            policy_version=self.frontend.router.policy.version,
         )
+
+    async def GetPolicy(
+        self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Policy:
+        return policy_to_proto(self.frontend.router.policy)
+
+    async def SetPolicy(
+        self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Policy:
+        changes = policy_changes(request, self.frontend.router.policy)
+        return policy_to_proto(self.frontend.set_policy(changes, request.expected_version))

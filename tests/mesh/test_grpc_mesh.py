@@ -135,6 +135,58 @@ async def test_health_serving_and_reflection(channel: grpc.aio.Channel) -> None:
     assert {"flexmesh.v1.Generation", "flexmesh.v1.Admin", "grpc.health.v1.Health"} <= names
 
 
+async def test_classify_and_routed_generate_fill_the_route(channel: grpc.aio.Channel) -> None:
+    gen = pb_grpc.GenerationStub(channel)
+    prompt = 'def fizzbuzz(n):\n    """Return Fizz, Buzz or the number."""\n'
+    c = await gen.Classify(pb.ClassifyRequest(prompt=prompt), timeout=30)
+    assert c.intent == "code" and c.backend == "classifier"
+    assert abs(sum(c.scores.values()) - 1.0) < 1e-3 and 0 <= c.confidence <= 1 and c.probe_ms > 0
+    res = await stream_generate(gen, pb.GenerateRequest(prompt=prompt, max_tokens=8), 60)
+    route = res.final.route if res.final else None
+    assert route is not None and route.intent == "code"
+    assert (route.model, route.strategy) == ("demo-small", "pld")
+    assert route.probe_ms > 0 and route.confidence > 0
+    assert route.draft_tokens_accepted <= route.draft_tokens_proposed
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await gen.Classify(pb.ClassifyRequest(prompt=""), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_policy_is_versioned_and_live(channel: grpc.aio.Channel) -> None:
+    admin, gen = pb_grpc.AdminStub(channel), pb_grpc.GenerationStub(channel)
+    before = await admin.GetPolicy(pb.GetPolicyRequest(), timeout=10)
+    change = pb.SetPolicyRequest(
+        routes=[pb.IntentRoute(intent="code", model="demo-large", strategy="spec")],
+        confidence_threshold=0.0,  # every probe answer is confident enough: the table decides
+        expected_version=before.version,
+    )
+    after = await admin.SetPolicy(change, timeout=10)
+    assert after.version == before.version + 1
+    assert any(r.intent == "code" and r.model == "demo-large" for r in after.routes)
+    res = await stream_generate(
+        gen, pb.GenerateRequest(prompt="def f(x):\n    return x\n", max_tokens=8), 60
+    )
+    assert res.final is not None and res.final.route.model == "demo-large"
+    assert res.final.route.strategy == "spec", res.final.route
+    assert res.final.route.draft_tokens_proposed > 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # stale version: lost update refused
+        await admin.SetPolicy(change, timeout=10)
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "expected_version" in err.value.details()
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.SetPolicy(pb.SetPolicyRequest(confidence_threshold=2.0), timeout=10)
+    assert "confidence_threshold" in err.value.details()
+    restore = pb.SetPolicyRequest(
+        routes=[pb.IntentRoute(intent="code", model="small", strategy="pld", spillable=True)],
+        confidence_threshold=before.confidence_threshold,
+    )
+    assert (await admin.SetPolicy(restore, timeout=10)).version == after.version + 1
+    status = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert status.policy_version == after.version + 1
+
+
 async def test_killed_worker_gives_unavailable_quickly(
     channel: grpc.aio.Channel, mesh: Mesh
 ) -> None:
@@ -145,7 +197,7 @@ async def test_killed_worker_gives_unavailable_quickly(
     )
     async for _ in call:
         break
-    ray.kill(mesh.workers["worker-demo-small-0"], no_restart=False)  # Ray restarts it
+    ray.kill(mesh.actors["worker-demo-small-0"], no_restart=False)  # Ray restarts it
     t0 = asyncio.get_running_loop().time()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in call:

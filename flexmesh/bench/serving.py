@@ -1,0 +1,152 @@
+"""`flexmesh bench routing|serve`: the same replayed workload against mesh configurations in
+turn, one side-by-side table with ratios to the first column, and a Hugging Face reference row.
+
+Every configuration gets the same CPUs: the static meshes give their one worker both cores,
+the adaptive mesh gives each of its two workers one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from flexmesh.loadgen.cli import add_replay_arguments, prepare, run_replay
+from flexmesh.meshcore.config import MeshConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "deploy" / "configs"
+ROUTING_PRESET = ("static-large", "static-small", "demo")
+DEFAULT_MIX = "code=0.2,math=0.15,knowledge_qa=0.15,chinese_exam=0.15,chat=0.3,long_context=0.05"
+
+
+def add_serving_bench_arguments(p: argparse.ArgumentParser, preset: tuple[str, ...]) -> None:
+    p.add_argument(
+        "--configs",
+        default=",".join(preset),
+        help="comma-separated configs (deploy/configs names or YAML paths); first = baseline",
+    )
+    p.add_argument("--models-dir", default=None)
+    p.add_argument("--data", default=None, help="shared data folder (default: ../shared/data)")
+    p.add_argument("--requests", type=int, default=96, help="requests in the workload")
+    p.add_argument("--rate-rps", type=float, default=0.0, help="0 = one burst; else Poisson rate")
+    p.add_argument("--intent-mix", default=DEFAULT_MIX)
+    p.add_argument("--max-output-tokens", type=int, default=48)
+    p.add_argument("--hf-requests", type=int, default=6, help="requests for the HF reference row")
+    p.add_argument("--out", default="bench-out", help="folder for JSON and plots")
+    p.add_argument("--json", action="store_true")
+
+
+def _config_path(name: str) -> Path:
+    path = Path(name)
+    return path if path.suffix in (".yaml", ".yml") else CONFIGS / f"{name}.yaml"
+
+
+def _replay_args(
+    args: argparse.Namespace, target: str, tokenizer: str, out: Path
+) -> argparse.Namespace:
+    data = Path(args.data) if args.data else Path(__file__).resolve().parents[3] / "shared" / "data"
+    argv = [
+        "--format", "poisson", "--rate-rps", str(args.rate_rps or 1000.0),
+        "--max-requests", str(args.requests), "--duration", "100000",
+        "--input-tokens", "256", "--output-tokens", str(args.max_output_tokens),
+        "--intent-mix", args.intent_mix, "--prompts-dir", str(data / "prompts"),
+        "--tokenizer", tokenizer, "--target", target, "--out", str(out),
+        "--max-in-flight", "256", "--deadline-s", "600", "--seed", "0", "--no-progress",
+        "--status-interval-s", "1",
+    ]  # fmt: skip
+    return add_replay_arguments(argparse.ArgumentParser()).parse_args(argv)
+
+
+def _hf_reference(args: argparse.Namespace, model_path: str, tokenizer: str) -> float:
+    """Sequential batch-1 HF generate over the first requests of the same workload (tok/s)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rargs = _replay_args(args, "", tokenizer, Path(args.out) / "hf")
+    _, requests, _ = prepare(rargs, None)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    hf = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    tokens, t0 = 0, time.perf_counter()
+    with torch.inference_mode():
+        for r in requests[: args.hf_requests]:
+            ids = torch.tensor([tok.encode(r.prompt, add_special_tokens=False)])
+            n = r.max_tokens
+            out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            tokens += out.shape[1] - ids.shape[1]
+    return tokens / (time.perf_counter() - t0)
+
+
+def run_serving_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from flexmesh.services.mesh import resolve_model_paths, start_mesh
+
+    results: dict[str, Any] = {}
+    large_path = ""
+    for name in args.configs.split(","):
+        cfg = MeshConfig.from_yaml(_config_path(name))
+        cfg = replace(
+            cfg, models_dir=args.models_dir or cfg.models_dir, gateway=replace(cfg.gateway, port=0)
+        )
+        paths = resolve_model_paths(cfg)
+        large_path = paths.get(cfg.routing.large_model, large_path)
+        print(f"[{name}] starting mesh: {', '.join(m.name for m in cfg.models)}", flush=True)
+        mesh = start_mesh(cfg, log_to_driver=False)
+        try:
+            out = Path(args.out) / name
+            summary = asyncio.run(
+                run_replay(_replay_args(args, mesh.address, next(iter(paths.values())), out))
+            )
+        finally:
+            mesh.shutdown()
+        results[name] = summary
+        print(
+            f"[{name}] {summary['completed']}/{summary['requests_sent']} ok, "
+            f"{summary['output_tok_s']} tok/s",
+            flush=True,
+        )
+    report: dict[str, Any] = {"configs": results}
+    if args.hf_requests > 0 and large_path:
+        report["hf_b1_tok_s"] = round(_hf_reference(args, large_path, large_path), 2)
+    base = results[next(iter(results))]["output_tok_s"] or 1e-9
+    report["ratio_tok_s"] = {k: round(v["output_tok_s"] / base, 2) for k, v in results.items()}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "bench.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def print_serving_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    configs = report["configs"]
+    table = Table(title="same workload, mesh configurations side by side (ratios to the first)")
+    table.add_column("metric")
+    for name in configs:
+        table.add_column(name, justify="right")
+    first = next(iter(configs.values()))
+
+    def row(label: str, get: Any, ratio: bool = False) -> None:
+        cells = []
+        for s in configs.values():
+            v = get(s)
+            cells.append(f"{v:.2f}" + (f" ({v / (get(first) or 1e-9):.2f}×)" if ratio else ""))
+        table.add_row(label, *cells)
+
+    row("completed", lambda s: s["completed"])
+    row("failed", lambda s: s["failed"])
+    row("output tok/s", lambda s: s["output_tok_s"], ratio=True)
+    row("req/s", lambda s: s["req_s"], ratio=True)
+    for m in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        row(f"{m} p50", lambda s, m=m: s[m]["p50"] or 0.0)
+        row(f"{m} p99", lambda s, m=m: s[m]["p99"] or 0.0)
+    Console().print(table)
+    if "hf_b1_tok_s" in report:
+        print(
+            f"reference: Hugging Face generate, batch 1, sequential: {report['hf_b1_tok_s']} tok/s"
+        )
+    for name, s in configs.items():
+        print(f"{name}: route mix {json.dumps(s.get('route_mix', {}).get('model', {}))}")
