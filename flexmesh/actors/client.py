@@ -33,7 +33,12 @@ class WorkerClientProtocol(Protocol):
 
 
 class WorkerClient:
-    """Talks to one named worker actor; every wait is bounded by `timeout_s`."""
+    """Talks to one named worker actor.
+
+    Control calls are bounded by `timeout_s`. A stream is not: a queued request may wait long
+    for its first token under load. It ends with the request's deadline (the frontend's), and
+    a dead worker ends it at once through Ray's actor-death error.
+    """
 
     def __init__(self, handle: Any, name: str, model: str, timeout_s: float) -> None:
         self.handle, self.name, self.model, self.timeout_s = handle, name, model, timeout_s
@@ -48,7 +53,7 @@ class WorkerClient:
         try:
             while True:
                 try:
-                    ref = await asyncio.wait_for(gen.__anext__(), self.timeout_s)
+                    ref = await gen.__anext__()
                     out: RequestOutput = await ref
                 except StopAsyncIteration:
                     return
@@ -60,10 +65,6 @@ class WorkerClient:
                     if isinstance(exc.cause, FlexMeshError):
                         raise exc.cause from None  # the worker's typed error, message intact
                     raise
-                except TimeoutError as exc:
-                    raise WorkerUnavailableError(
-                        f"worker {self.name} sent nothing for {self.timeout_s:.0f} s"
-                    ) from exc
                 finished = out.finished
                 yield out
         finally:

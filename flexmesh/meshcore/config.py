@@ -113,7 +113,9 @@ class GatewayConfig:
     stream_chunk_tokens: int = 8
     """A streamed chunk leaves as soon as it holds this many tokens."""
     worker_timeout_s: float = 30.0
-    """Longest wait for a worker to answer one call before UNAVAILABLE."""
+    """Longest wait for a worker to answer a control call (status, abort) before UNAVAILABLE."""
+    request_timeout_s: float = 600.0
+    """Deadline of a Generate call whose client set none (DEADLINE_EXCEEDED after it)."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.port < 65536, "gateway.port", self.port, "in [0, 65535]")
@@ -129,6 +131,9 @@ class GatewayConfig:
             "gateway.stream_chunk_tokens",
             self.stream_chunk_tokens,
             "> 0",
+        )
+        _check(
+            self.request_timeout_s > 0, "gateway.request_timeout_s", self.request_timeout_s, "> 0"
         )
         _check(self.worker_timeout_s > 0, "gateway.worker_timeout_s", self.worker_timeout_s, "> 0")
 

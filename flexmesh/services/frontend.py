@@ -164,22 +164,23 @@ class Frontend:
             )
         arrival = time.monotonic()
         rid = req.request_id or uuid.uuid4().hex
+        timeout_s = timeout_s or self.config.gateway.request_timeout_s
+        structlog.contextvars.bind_contextvars(request_id=rid)
         self.in_flight += 1
         try:
-            route = await self.route(req)
-            worker = self.pick_worker(route.model)
-            route = replace(route, worker=worker.name)
-            sampling = replace(req.sampling, strategy=route.strategy)
-            structlog.contextvars.bind_contextvars(request_id=rid)
-            self._load[worker.name] += 1
-            try:
-                async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(timeout_s):  # covers probe, queueing and decoding
+                route = await self.route(req)
+                worker = self.pick_worker(route.model)
+                route = replace(route, worker=worker.name)
+                sampling = replace(req.sampling, strategy=route.strategy)
+                self._load[worker.name] += 1
+                try:
                     async for chunk in self._stream(rid, req, sampling, worker, route, arrival):
                         yield chunk
-            except TimeoutError as exc:
-                raise DeadlineExceededError(f"deadline of {timeout_s:.3f} s exceeded") from exc
-            finally:
-                self._load[worker.name] -= 1
+                finally:
+                    self._load[worker.name] -= 1
+        except TimeoutError as exc:
+            raise DeadlineExceededError(f"deadline of {timeout_s:.3f} s exceeded") from exc
         finally:
             self.in_flight -= 1
             structlog.contextvars.unbind_contextvars("request_id")
