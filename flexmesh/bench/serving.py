@@ -149,4 +149,9 @@ def print_serving_table(report: dict[str, Any]) -> None:
             f"reference: Hugging Face generate, batch 1, sequential: {report['hf_b1_tok_s']} tok/s"
         )
     for name, s in configs.items():
-        print(f"{name}: route mix {json.dumps(s.get('route_mix', {}).get('model', {}))}")
+        mix = s.get("route_mix", {})
+        print(
+            f"{name}: failed {s['failed_by_status'] or 'none'}; models {mix.get('by_model', {})}; "
+            f"strategies {mix.get('by_strategy', {})}; probe agrees with the label "
+            f"{mix.get('probe_agreement', '-')}"
+        )
