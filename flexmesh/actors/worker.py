@@ -8,6 +8,7 @@ tokens, when `stream_interval_ms` passed since the previous one, or when the req
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,12 +41,15 @@ class Worker:
         draft_model_path: str | None = None,
     ) -> None:
         configure_logging()
+        # The engine thread and the event loop share the GIL; hand it over within 0.5 ms
+        # (default 5 ms) so streaming work never holds a model step back for long.
+        sys.setswitchinterval(0.0005)
         self.name, self.model, self.model_path, self.role = name, model, model_path, role
         stream = stream or GatewayConfig()
         self.stream_interval_s = stream.stream_interval_ms / 1000.0
         self.stream_chunk_tokens = stream.stream_chunk_tokens
-        self.engine = Engine(model_path, engine_config, draft_model_path)
-        self.aengine = AsyncEngine(self.engine)
+        self.aengine = AsyncEngine(lambda: Engine(model_path, engine_config, draft_model_path))
+        self.engine = self.aengine.engine
         self.started = time.monotonic()
         self.metrics = WorkerMetrics(name, model)
         log.info("worker.ready", worker=name, model=model, device=str(self.engine.runner.device))

@@ -128,7 +128,7 @@ class Frontend:
 
     def start(self, interval_s: float = 0.25) -> None:
         """Poll worker loads in the background (queue delays feed the spill rule)."""
-        if self._poller is None:
+        if self._poller is None and self.probe is not None:
             self._poller = asyncio.get_running_loop().create_task(self._poll(interval_s))
 
     async def _poll(self, interval_s: float) -> None:
