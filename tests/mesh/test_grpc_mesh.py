@@ -17,6 +17,7 @@ from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 from tests.runner.conftest import PROMPTS, hf_greedy
 
 pytestmark = pytest.mark.slow
+CODE_PROMPT = 'def fizzbuzz(n):\n    """Return Fizz, Buzz or the number."""\n'
 
 
 async def _status(channel: grpc.aio.Channel, model: str) -> pb.WorkerStatus:
@@ -137,7 +138,7 @@ async def test_health_serving_and_reflection(channel: grpc.aio.Channel) -> None:
 
 async def test_classify_and_routed_generate_fill_the_route(channel: grpc.aio.Channel) -> None:
     gen = pb_grpc.GenerationStub(channel)
-    prompt = 'def fizzbuzz(n):\n    """Return Fizz, Buzz or the number."""\n'
+    prompt = CODE_PROMPT
     c = await gen.Classify(pb.ClassifyRequest(prompt=prompt), timeout=30)
     assert c.intent == "code" and c.backend == "classifier"
     assert abs(sum(c.scores.values()) - 1.0) < 1e-3 and 0 <= c.confidence <= 1 and c.probe_ms > 0
@@ -163,9 +164,7 @@ async def test_policy_is_versioned_and_live(channel: grpc.aio.Channel) -> None:
     after = await admin.SetPolicy(change, timeout=10)
     assert after.version == before.version + 1
     assert any(r.intent == "code" and r.model == "demo-large" for r in after.routes)
-    res = await stream_generate(
-        gen, pb.GenerateRequest(prompt="def f(x):\n    return x\n", max_tokens=8), 60
-    )
+    res = await stream_generate(gen, pb.GenerateRequest(prompt=CODE_PROMPT, max_tokens=8), 60)
     assert res.final is not None and res.final.route.model == "demo-large"
     assert res.final.route.strategy == "spec", res.final.route
     assert res.final.route.draft_tokens_proposed > 0
