@@ -101,7 +101,6 @@ class Worker:
 
     def _status(self) -> WorkerStatus:
         sched = self.engine.scheduler
-        oldest = min((r.arrival_time for r in sched.waiting), default=None)
         status = WorkerStatus(
             name=self.name,
             model=self.model,
@@ -114,7 +113,7 @@ class Worker:
             kv_blocks_total=sched.pool.num_blocks,
             uptime_s=time.monotonic() - self.started,
             tokens_generated=self.engine.tokens_generated,
-            queue_delay_ms=0.0 if oldest is None else (time.monotonic() - oldest) * 1000.0,
+            queue_delay_ms=sched.queue_delay_ms(time.monotonic()),
         )
         self.metrics.observe_status(status)
         return status

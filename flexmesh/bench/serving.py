@@ -86,8 +86,9 @@ def run_serving_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     large_path = ""
-    for name in args.configs.split(","):
-        cfg = MeshConfig.from_yaml(_config_path(name))
+    for config in args.configs.split(","):
+        name = Path(config).stem
+        cfg = MeshConfig.from_yaml(_config_path(config))
         cfg = replace(
             cfg, models_dir=args.models_dir or cfg.models_dir, gateway=replace(cfg.gateway, port=0)
         )

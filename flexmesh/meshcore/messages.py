@@ -54,5 +54,5 @@ class WorkerStatus:
     uptime_s: float
     tokens_generated: int
     queue_delay_ms: float = 0.0
-    """Age of the oldest request waiting for admission."""
+    """Expected wait of a new request for its first token (feeds the router's spill rule)."""
     alive: bool = True

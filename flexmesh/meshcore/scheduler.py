@@ -18,6 +18,9 @@ from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.meshcore.request import Request, RequestStatus
 
+TTFT_EWMA_WEIGHT = 0.2
+"""Weight of the newest request in `Scheduler.recent_ttft_ms`."""
+
 
 @dataclass(frozen=True)
 class ScheduledChunk:
@@ -57,6 +60,8 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
+        self.recent_ttft_ms = 0.0
+        """Moving average of arrival-to-first-token latency: what a new request can expect."""
 
     # -- admission -------------------------------------------------------------------------
 
@@ -203,6 +208,8 @@ class Scheduler:
             req.spec_token_ids.clear()
             if req.first_token_time is None:
                 req.first_token_time = time.monotonic()
+                ttft_ms = (req.first_token_time - req.arrival_time) * 1000.0
+                self.recent_ttft_ms += TTFT_EWMA_WEIGHT * (ttft_ms - self.recent_ttft_ms)
             status = None
             for token in tokens:
                 status = req.append_token(token)
@@ -224,3 +231,8 @@ class Scheduler:
     @property
     def num_running(self) -> int:
         return len(self.running)
+
+    def queue_delay_ms(self, now: float) -> float:
+        """Expected wait for a first token: the oldest waiter's age or the recent average TTFT."""
+        oldest = min((r.arrival_time for r in self.waiting), default=now)
+        return max((now - oldest) * 1000.0, self.recent_ttft_ms)

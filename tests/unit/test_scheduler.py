@@ -144,3 +144,15 @@ def test_request_outgrowing_the_whole_cache_ends_with_length() -> None:
         and len(finished[0].output_token_ids) == 5
     )
     assert not s.has_unfinished() and s.pool.num_free == 3
+
+
+def test_queue_delay_tracks_waiting_age_and_recent_ttft() -> None:
+    s = _sched(seqs=1)
+    a, b = _req("a", 4), _req("b", 4)
+    a.arrival_time = b.arrival_time = 100.0
+    s.add(a)
+    s.add(b)
+    assert s.queue_delay_ms(now=100.5) == pytest.approx(500.0)  # both wait, oldest 0.5 s
+    _step(s)  # a gets its first token (arrival long ago: large TTFT sample)
+    assert s.recent_ttft_ms > 0
+    assert s.queue_delay_ms(now=100.0) >= s.recent_ttft_ms
