@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray.util import metrics
 
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
@@ -63,7 +65,25 @@ class GatewayMetrics:
             boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500],
             tag_keys=("model",),
         )
-        self.in_flight = metrics.Gauge("flexmesh_in_flight", "Requests admitted, not finished")
+        self.routes = metrics.Counter(
+            "flexmesh_routes",
+            "Routing decisions",
+            tag_keys=("intent", "model", "strategy", "reason"),
+        )
+        self.probe_ms = metrics.Histogram(
+            "flexmesh_probe_ms", "Probe latency", boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100]
+        )
+
+    def routed(self, route: Any) -> None:
+        tags = {
+            "intent": route.intent or "none",
+            "model": route.model,
+            "strategy": route.strategy,
+            "reason": route.reason or "none",
+        }
+        self.routes.inc(1.0, tags)
+        if route.probe_ms > 0:
+            self.probe_ms.observe(route.probe_ms)
 
     def done(self, model: str, code: str, ttft_ms: float, total_ms: float, tokens: int) -> None:
         self.requests.inc(1.0, {"model": model or "none", "code": code})

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import structlog
 
@@ -67,6 +68,14 @@ class Chunk:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class FrontendMetrics(Protocol):
+    """Where the frontend reports routes and finished requests (Ray metrics in the gateway)."""
+
+    def routed(self, route: RouteInfo) -> None: ...
+
+    def done(self, model: str, code: str, ttft_ms: float, total_ms: float, tokens: int) -> None: ...
+
+
 class Frontend:
     """Admits, routes and streams requests over worker clients (real actors or fakes)."""
 
@@ -75,8 +84,10 @@ class Frontend:
         config: MeshConfig,
         workers: Mapping[str, list[WorkerClientProtocol]],
         probe: ProbeClientProtocol | None = None,
+        metrics: FrontendMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.workers = dict(workers)
         self.default_model = config.models[0].name
         self.probe = probe if config.adaptive else None
@@ -170,6 +181,8 @@ class Frontend:
         try:
             async with asyncio.timeout(timeout_s):  # covers probe, queueing and decoding
                 route = await self.route(req)
+                if self.metrics is not None:
+                    self.metrics.routed(route)
                 worker = self.pick_worker(route.model)
                 route = replace(route, worker=worker.name)
                 sampling = replace(req.sampling, strategy=route.strategy)
@@ -213,6 +226,14 @@ class Frontend:
                 "probe_ms": route.probe_ms,
             }
             final_route = replace(route, strategy=out.strategy)
+            if self.metrics is not None:
+                self.metrics.done(
+                    route.model,
+                    "OK",
+                    timings["ttft_ms"],
+                    timings["total_ms"],
+                    out.completion_tokens,
+                )
             log.info(
                 "request.done",
                 model=route.model,

@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flexmesh.actors.client import ProbeClient, WorkerClient, WorkerClientProtocol
+from flexmesh.actors.telemetry import GatewayMetrics
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.services.errors import ErrorInterceptor
@@ -61,7 +62,7 @@ class Gateway:
             probe = ProbeClient(
                 ray.get_actor("probe", namespace=config.namespace), config.probe.timeout_s
             )
-        self.frontend = Frontend(config, clients, probe)
+        self.frontend = Frontend(config, clients, probe, GatewayMetrics())
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
