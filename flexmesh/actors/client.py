@@ -29,8 +29,6 @@ class WorkerClientProtocol(Protocol):
 
     async def status(self) -> WorkerStatus: ...
 
-    async def next_token_logits(self, token_ids: list[int]) -> list[float]: ...
-
 
 class WorkerClient:
     """Talks to one named worker actor.
@@ -82,13 +80,6 @@ class WorkerClient:
     async def status(self) -> WorkerStatus:
         try:
             return await asyncio.wait_for(self.handle.status.remote(), self.timeout_s)  # type: ignore[no-any-return]
-        except (*_DEAD, TimeoutError) as exc:
-            raise WorkerUnavailableError(f"worker {self.name} is unavailable: {exc}") from exc
-
-    async def next_token_logits(self, token_ids: list[int]) -> list[float]:
-        try:
-            ref = self.handle.next_token_logits.remote(token_ids)
-            return await asyncio.wait_for(ref, self.timeout_s)  # type: ignore[no-any-return]
         except (*_DEAD, TimeoutError) as exc:
             raise WorkerUnavailableError(f"worker {self.name} is unavailable: {exc}") from exc
 

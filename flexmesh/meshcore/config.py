@@ -192,12 +192,6 @@ class MeshConfig:
         names = {m.name for m in self.models}
         return {self.routing.small_model, self.routing.large_model} <= names
 
-    def model(self, name: str) -> ModelSpec:
-        for m in self.models:
-            if m.name == name:
-                return m
-        raise KeyError(name)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeshConfig:
         return _build(cls, data, "")
@@ -206,9 +200,6 @@ class MeshConfig:
     def from_yaml(cls, path: str | Path) -> MeshConfig:
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(yaml.safe_load(f) or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _build(cls: type[T], data: Any, prefix: str) -> T:

@@ -48,9 +48,6 @@ class FakeWorker:
     async def status(self) -> WorkerStatus:
         return WorkerStatus(self.name, self.model, "", "mixed", "cpu", 0, 0, 0, 10, 1.0, 0)
 
-    async def next_token_logits(self, token_ids: list[int]) -> list[float]:
-        return [0.0]
-
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[pb_grpc.GenerationStub, dict[str, FakeWorker]]]:
