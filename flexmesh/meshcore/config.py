@@ -47,6 +47,8 @@ class EngineConfig:
     """Device: auto (npu, then cuda, then cpu), npu, cuda or cpu."""
     num_threads: int = 0
     """CPU threads for torch (0 = leave torch's default)."""
+    cpu_packed_weights: bool = True
+    """On CPU in fp32, keep a oneDNN-packed weight copy for batched steps (2x weight memory)."""
     pld_ngram_tokens: int = 3
     """Longest n-gram matched by prompt-lookup decoding."""
     num_draft_tokens: int = 4

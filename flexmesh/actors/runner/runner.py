@@ -78,7 +78,7 @@ class ModelRunner:
         self.dtype = pick_dtype(config.dtype, self.device)
         hf_logging.disable_progress_bar()
         hf = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=self.dtype)
-        self.model = PagedCausalLM(hf, self.device, self.dtype)
+        self.model = PagedCausalLM(hf, self.device, self.dtype, config.cpu_packed_weights)
         self.generation_config = hf.generation_config
         del hf
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
