@@ -1,11 +1,13 @@
-"""`flexmesh bench engine`: in-process columns, then the same streams through gRPC + Ray."""
+"""`flexmesh bench engine`: the in-process columns and the same streams through gRPC + Ray."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,23 +43,6 @@ async def _grpc_tok_s(address: str, s: BenchSettings, concurrency: int) -> float
         return sum(len(r.token_ids) for r in results) / (time.perf_counter() - t0)
 
 
-def grpc_columns(s: BenchSettings, models_dir: str | None) -> dict[str, float]:
-    """Start a one-worker mesh on demo-large and measure 1 and N concurrent gRPC streams."""
-    from flexmesh.meshcore.config import MeshConfig
-    from flexmesh.services.mesh import start_mesh
-
-    cfg = MeshConfig.from_yaml(BENCH_CONFIG)
-    model = replace(cfg.models[0], path=s.model_path)
-    cfg = replace(cfg, models=(model,), models_dir=models_dir or cfg.models_dir)
-    mesh = start_mesh(cfg)
-    try:
-        b1 = asyncio.run(_grpc_tok_s(mesh.address, s, 1))
-        cn = asyncio.run(_grpc_tok_s(mesh.address, s, s.concurrency))
-    finally:
-        mesh.shutdown()
-    return {"grpc_b1_tok_s": round(b1, 2), f"grpc_c{s.concurrency}_tok_s": round(cn, 2)}
-
-
 def bench_engine(args: argparse.Namespace) -> int:
     from flexmesh.services.mesh import resolve_model_paths
 
@@ -70,11 +55,21 @@ def bench_engine(args: argparse.Namespace) -> int:
             {"models": [{"name": "demo-large"}], "models_dir": args.models_dir or ""}
         )
         model_path = resolve_model_paths(cfg)["demo-large"]
-    s = BenchSettings(model_path, new_tokens=args.new_tokens, concurrency=args.concurrency)
-    report: dict[str, Any] = run_engine_bench(s)
-    if not args.no_grpc:
-        report.update(grpc_columns(s, args.models_dir))
-        c = s.concurrency
+    s = BenchSettings(
+        model_path, new_tokens=args.new_tokens, concurrency=args.concurrency, rounds=args.rounds
+    )
+    c = s.concurrency
+    if args.no_grpc:
+        report: dict[str, Any] = run_engine_bench(s)
+    else:
+        with _bench_mesh(s, args.models_dir) as address:
+            report = run_engine_bench(
+                s,
+                extra_columns={
+                    "grpc_b1_tok_s": lambda: asyncio.run(_grpc_tok_s(address, s, 1)),
+                    f"grpc_c{c}_tok_s": lambda: asyncio.run(_grpc_tok_s(address, s, c)),
+                },
+            )
         report["ratio_grpc_b1_vs_engine"] = round(
             report["grpc_b1_tok_s"] / report["engine_b1_tok_s"], 3
         )
@@ -84,8 +79,24 @@ def bench_engine(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        _print_table(report, s.concurrency)
+        _print_table(report, c)
     return 0
+
+
+@contextlib.contextmanager
+def _bench_mesh(s: BenchSettings, models_dir: str | None) -> Iterator[str]:
+    """A one-worker mesh on the benchmarked model, both cores to the worker; yields its address."""
+    from flexmesh.meshcore.config import MeshConfig
+    from flexmesh.services.mesh import start_mesh
+
+    cfg = MeshConfig.from_yaml(BENCH_CONFIG)
+    model = replace(cfg.models[0], path=s.model_path)
+    cfg = replace(cfg, models=(model,), models_dir=models_dir or cfg.models_dir)
+    mesh = start_mesh(cfg, log_to_driver=False)
+    try:
+        yield mesh.address
+    finally:
+        mesh.shutdown()
 
 
 def _print_table(r: dict[str, Any], c: int) -> None:
@@ -94,7 +105,8 @@ def _print_table(r: dict[str, Any], c: int) -> None:
 
     hf = r["hf_b1_tok_s"]
     table = Table(
-        title=f"{r['model']}: {r['new_tokens']} new tokens, greedy, fp32, {r['threads']} threads"
+        title=f"{r['model']}: {r['new_tokens']} new tokens, greedy, fp32, {r['threads']} threads, "
+        f"median of {r['rounds']} interleaved rounds"
     )
     table.add_column("configuration")
     table.add_column("tokens/s", justify="right")

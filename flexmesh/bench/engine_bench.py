@@ -7,12 +7,15 @@ same single and 16-way streams through the gRPC gateway (see `grpc_columns`).
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.sampling import SamplingParams
@@ -33,9 +36,9 @@ class BenchSettings:
     new_tokens: int = 64
     """Tokens generated per request."""
     concurrency: int = 16
-    """Requests in flight for the batched column."""
-    repeats: int = 1
-    """Passes over the prompts for the batch-1 columns."""
+    """Requests in flight for the batched columns."""
+    rounds: int = 3
+    """Interleaved rounds over all columns; each column reports its median round."""
 
 
 def measure_bandwidth_gbs(size_bytes: int = 256 * 1024 * 1024, reps: int = 5) -> float:
@@ -55,36 +58,28 @@ def _prompt_ids(tokenizer: Any) -> list[list[int]]:
     return [tokenizer.encode(p, add_special_tokens=False) for p in BENCH_PROMPTS]
 
 
-def hf_batch1_tok_s(model_path: str, prompts: list[list[int]], s: BenchSettings) -> float:
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+def hf_batch1_tok_s(hf: Any, prompts: list[list[int]], s: BenchSettings) -> float:
     tokens = 0
-    hf.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False)  # warm-up
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for _ in range(s.repeats):
-            for ids in prompts:
-                out = hf.generate(
-                    torch.tensor([ids]),
-                    max_new_tokens=s.new_tokens,
-                    min_new_tokens=s.new_tokens,
-                    do_sample=False,
-                    use_cache=True,
-                )
-                tokens += out.shape[1] - len(ids)
-    elapsed = time.perf_counter() - t0
-    del hf
-    return tokens / elapsed
+        for ids in prompts:
+            out = hf.generate(
+                torch.tensor([ids]),
+                max_new_tokens=s.new_tokens,
+                min_new_tokens=s.new_tokens,
+                do_sample=False,
+                use_cache=True,
+            )
+            tokens += out.shape[1] - len(ids)
+    return tokens / (time.perf_counter() - t0)
 
 
 def engine_tok_s(
     engine: Any, prompts: list[list[int]], s: BenchSettings, concurrency: int
 ) -> float:
     sp = SamplingParams(max_tokens=s.new_tokens, ignore_eos=True)
-    engine.generate([prompts[0]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
     if concurrency == 1:
-        work = [[p] for _ in range(s.repeats) for p in prompts]
+        work = [[p] for p in prompts]
     else:
         work = [[prompts[i % len(prompts)] for i in range(concurrency)]]
     t0 = time.perf_counter()
@@ -92,29 +87,55 @@ def engine_tok_s(
     return tokens / (time.perf_counter() - t0)
 
 
-def run_engine_bench(s: BenchSettings, engine_config: EngineConfig | None = None) -> dict[str, Any]:
-    """Measure all in-process columns; returns the JSON report."""
+def run_engine_bench(
+    s: BenchSettings,
+    engine_config: EngineConfig | None = None,
+    extra_columns: Mapping[str, Callable[[], float]] | None = None,
+) -> dict[str, Any]:
+    """Measure every column in `s.rounds` interleaved rounds; returns the JSON report.
+
+    Interleaving puts each column through the same moments of a noisy machine (tokens/s of the
+    same run varies by 10-20% here from minute to minute), so ratios compare like with like.
+    `extra_columns` (e.g. the gRPC streams) join each round after the in-process columns.
+    """
+    from transformers import AutoModelForCausalLM
+
     from flexmesh.actors.runner.engine import Engine
 
     engine = Engine(s.model_path, engine_config or EngineConfig())
     prompts = _prompt_ids(engine.tokenizer)
-    weight_bytes = engine.runner.model.weight_bytes
-    engine_b1 = engine_tok_s(engine, prompts, s, 1)
-    engine_c = engine_tok_s(engine, prompts, s, s.concurrency)
-    del engine
-    hf_b1 = hf_batch1_tok_s(s.model_path, prompts, s)
-    bandwidth = measure_bandwidth_gbs()
-    return {
-        "model": Path(s.model_path).name,
-        "new_tokens": s.new_tokens,
-        "concurrency": s.concurrency,
-        "hf_b1_tok_s": round(hf_b1, 2),
-        "engine_b1_tok_s": round(engine_b1, 2),
-        f"engine_c{s.concurrency}_tok_s": round(engine_c, 2),
-        "ratio_b1": round(engine_b1 / hf_b1, 2),
-        f"ratio_c{s.concurrency}": round(engine_c / hf_b1, 2),
-        "weight_bytes": weight_bytes,
-        "bandwidth_gb_s": round(bandwidth, 1),
-        "roofline_b1_tok_s": round(bandwidth * 1e9 / weight_bytes, 1),
-        "threads": torch.get_num_threads(),
+    hf = AutoModelForCausalLM.from_pretrained(s.model_path, dtype=torch.float32).eval()
+    warm = SamplingParams(max_tokens=4, ignore_eos=True)
+    engine.generate([prompts[0]], warm)
+    hf.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False)
+    c = s.concurrency
+    columns: dict[str, Callable[[], float]] = {
+        "hf_b1_tok_s": lambda: hf_batch1_tok_s(hf, prompts, s),
+        "engine_b1_tok_s": lambda: engine_tok_s(engine, prompts, s, 1),
+        f"engine_c{c}_tok_s": lambda: engine_tok_s(engine, prompts, s, c),
+        **(extra_columns or {}),
     }
+    samples: dict[str, list[float]] = {k: [] for k in columns}
+    for _ in tqdm(range(s.rounds), desc="rounds", unit="round"):
+        for key, measure in columns.items():
+            samples[key].append(round(measure(), 2))
+    report: dict[str, Any] = {k: round(statistics.median(v), 2) for k, v in samples.items()}
+    hf_b1 = report["hf_b1_tok_s"]
+    bandwidth = measure_bandwidth_gbs()
+    weight_bytes = engine.runner.model.weight_bytes
+    report.update(
+        {
+            "model": Path(s.model_path).name,
+            "new_tokens": s.new_tokens,
+            "concurrency": c,
+            "rounds": s.rounds,
+            "samples": samples,
+            "ratio_b1": round(report["engine_b1_tok_s"] / hf_b1, 2),
+            f"ratio_c{c}": round(report[f"engine_c{c}_tok_s"] / hf_b1, 2),
+            "weight_bytes": weight_bytes,
+            "bandwidth_gb_s": round(bandwidth, 1),
+            "roofline_b1_tok_s": round(bandwidth * 1e9 / weight_bytes, 1),
+            "threads": torch.get_num_threads(),
+        }
+    )
+    return report

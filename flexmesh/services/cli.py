@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models-dir", default=None)
     b.add_argument("--new-tokens", type=int, default=64)
     b.add_argument("--concurrency", type=int, default=16)
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported")
     b.add_argument("--no-grpc", action="store_true", help="skip the gRPC columns")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_engine)
