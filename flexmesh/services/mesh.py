@@ -77,7 +77,7 @@ def init_ray(
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local embedded use only
     # Ray starts workers at nice 15; a model worker then loses its cores to every other
-    # process and its OpenMP barriers stall (gRPC single stream 0.86x -> see README).
+    # process and its OpenMP barriers stall (see the README's gRPC benchmark).
     os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         namespace=namespace,
