@@ -55,7 +55,9 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         keys = ("model", "code")
-        self.requests = metrics.Counter("flexmesh_requests", "gRPC Generate calls", tag_keys=keys)
+        self.requests = metrics.Counter(
+            "flexmesh_requests", "gRPC Generate calls by final status code", tag_keys=keys
+        )
         self.ttft = metrics.Histogram(
             "flexmesh_ttft_ms", "Time to first token", boundaries=_MS_BUCKETS, tag_keys=("model",)
         )
@@ -85,8 +87,11 @@ class GatewayMetrics:
         if route.probe_ms > 0:
             self.probe_ms.observe(route.probe_ms)
 
-    def done(self, model: str, code: str, ttft_ms: float, total_ms: float, tokens: int) -> None:
-        self.requests.inc(1.0, {"model": model or "none", "code": code})
+    def failed(self, model: str, code: str) -> None:
+        self.requests.inc(1.0, {"model": model, "code": code})
+
+    def done(self, model: str, ttft_ms: float, total_ms: float, tokens: int) -> None:
+        self.requests.inc(1.0, {"model": model, "code": "OK"})
         if tokens > 0:
             self.ttft.observe(ttft_ms, {"model": model})
         if tokens > 1:

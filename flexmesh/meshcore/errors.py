@@ -6,9 +6,14 @@ from __future__ import annotations
 class FlexMeshError(Exception):
     """Base class of every error FlexMesh raises on purpose."""
 
+    status = "INTERNAL"
+    """Name of the gRPC status code the error maps to (`services/errors.py`, metrics)."""
+
 
 class InvalidRequestError(FlexMeshError, ValueError):
-    """A request field holds a value the mesh cannot serve (maps to INVALID_ARGUMENT)."""
+    """A request field holds a value the mesh cannot serve."""
+
+    status = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -21,16 +26,29 @@ class InvalidRequestError(FlexMeshError, ValueError):
 
 
 class UnknownModelError(FlexMeshError, LookupError):
-    """The request names a model no worker serves (maps to NOT_FOUND)."""
+    """The request names a model no worker serves."""
+
+    status = "NOT_FOUND"
 
 
 class QueueFullError(FlexMeshError):
-    """The admission queue is at its bound (maps to RESOURCE_EXHAUSTED)."""
+    """The admission queue is at its bound."""
+
+    status = "RESOURCE_EXHAUSTED"
 
 
 class WorkerUnavailableError(FlexMeshError):
-    """The worker serving a request died or cannot be reached (maps to UNAVAILABLE)."""
+    """The worker serving a request died or cannot be reached."""
+
+    status = "UNAVAILABLE"
 
 
 class DeadlineExceededError(FlexMeshError, TimeoutError):
-    """The caller's deadline passed before the request finished (maps to DEADLINE_EXCEEDED)."""
+    """The caller's deadline passed before the request finished."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
+def status_name(exc: BaseException) -> str:
+    """The gRPC status code name for any exception (`INTERNAL` for unexpected ones)."""
+    return exc.status if isinstance(exc, FlexMeshError) else "INTERNAL"

@@ -8,30 +8,14 @@ from typing import Any
 import grpc
 import structlog
 
-from flexmesh.meshcore.errors import (
-    DeadlineExceededError,
-    InvalidRequestError,
-    QueueFullError,
-    UnknownModelError,
-    WorkerUnavailableError,
-)
+from flexmesh.meshcore.errors import status_name
 
 log = structlog.get_logger(__name__)
 
-STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (UnknownModelError, grpc.StatusCode.NOT_FOUND),
-    (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (WorkerUnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
-)
-
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    for cls, code in STATUS_BY_ERROR:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
+    """Each typed error names its code (`FlexMeshError.status`); anything else is INTERNAL."""
+    return grpc.StatusCode[status_name(exc)]
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:

@@ -25,6 +25,7 @@ from flexmesh.meshcore.errors import (
     QueueFullError,
     UnknownModelError,
     WorkerUnavailableError,
+    status_name,
 )
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult, Router, RoutingConfig
@@ -73,7 +74,9 @@ class FrontendMetrics(Protocol):
 
     def routed(self, route: RouteInfo) -> None: ...
 
-    def done(self, model: str, code: str, ttft_ms: float, total_ms: float, tokens: int) -> None: ...
+    def done(self, model: str, ttft_ms: float, total_ms: float, tokens: int) -> None: ...
+
+    def failed(self, model: str, code: str) -> None: ...
 
 
 class Frontend:
@@ -168,7 +171,9 @@ class Frontend:
     async def generate(
         self, req: GenerationInput, timeout_s: float | None = None
     ) -> AsyncIterator[Chunk]:
+        model = req.model or "auto"
         if self.in_flight >= self.config.gateway.max_queue_len:
+            self.record_failure(model, QueueFullError.status)
             raise QueueFullError(
                 f"{self.in_flight} requests in flight, "
                 f"the bound is {self.config.gateway.max_queue_len}"
@@ -178,9 +183,11 @@ class Frontend:
         timeout_s = timeout_s or self.config.gateway.request_timeout_s
         structlog.contextvars.bind_contextvars(request_id=rid)
         self.in_flight += 1
+        final_sent = False
         try:
             async with asyncio.timeout(timeout_s):  # covers probe, queueing and decoding
                 route = await self.route(req)
+                model = route.model
                 if self.metrics is not None:
                     self.metrics.routed(route)
                 worker = self.pick_worker(route.model)
@@ -189,14 +196,28 @@ class Frontend:
                 self._load[worker.name] += 1
                 try:
                     async for chunk in self._stream(rid, req, sampling, worker, route, arrival):
+                        final_sent = chunk.final
                         yield chunk
                 finally:
                     self._load[worker.name] -= 1
         except TimeoutError as exc:
+            self.record_failure(model, DeadlineExceededError.status)
             raise DeadlineExceededError(f"deadline of {timeout_s:.3f} s exceeded") from exc
+        except (GeneratorExit, asyncio.CancelledError):
+            if not final_sent:
+                self.record_failure(model, "CANCELLED")  # the client left mid-stream
+            raise
+        except Exception as exc:
+            self.record_failure(model, status_name(exc))
+            raise
         finally:
             self.in_flight -= 1
             structlog.contextvars.unbind_contextvars("request_id")
+
+    def record_failure(self, model: str, code: str) -> None:
+        """Count a request that ended with status `code` (not OK) in the metrics."""
+        if self.metrics is not None:
+            self.metrics.failed(model, code)
 
     async def _stream(
         self,
@@ -229,7 +250,6 @@ class Frontend:
             if self.metrics is not None:
                 self.metrics.done(
                     route.model,
-                    "OK",
                     timings["ttft_ms"],
                     timings["total_ms"],
                     out.completion_tokens,

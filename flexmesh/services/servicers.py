@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from flexmesh.meshcore.errors import InvalidRequestError
+from flexmesh.meshcore.errors import FlexMeshError, InvalidRequestError
 from flexmesh.meshcore.routing import RoutingConfig
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
@@ -83,7 +83,12 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         remaining = context.time_remaining()
         timeout_s = remaining if remaining is not None and math.isfinite(remaining) else None
-        async for chunk in self.frontend.generate(to_input(request), timeout_s=timeout_s):
+        try:
+            inp = to_input(request)
+        except FlexMeshError as exc:
+            self.frontend.record_failure(request.model or "auto", exc.status)
+            raise
+        async for chunk in self.frontend.generate(inp, timeout_s=timeout_s):
             yield to_response(chunk)
 
     async def Classify(

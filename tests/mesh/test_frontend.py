@@ -49,8 +49,27 @@ class FakeWorker:
         return WorkerStatus(self.name, self.model, "", "mixed", "cpu", 0, 0, 0, 10, 1.0, 0)
 
 
+class RecordingMetrics:
+    """`FrontendMetrics` that keeps the final status code of every request."""
+
+    def __init__(self) -> None:
+        self.codes: list[tuple[str, str]] = []
+
+    def routed(self, route: object) -> None:
+        pass
+
+    def done(self, model: str, ttft_ms: float, total_ms: float, tokens: int) -> None:
+        self.codes.append((model, "OK"))
+
+    def failed(self, model: str, code: str) -> None:
+        self.codes.append((model, code))
+
+
+Gateway = tuple[pb_grpc.GenerationStub, dict[str, FakeWorker], RecordingMetrics]
+
+
 @pytest.fixture
-async def gateway() -> AsyncIterator[tuple[pb_grpc.GenerationStub, dict[str, FakeWorker]]]:
+async def gateway() -> AsyncIterator[Gateway]:
     cfg = MeshConfig(
         models=(ModelSpec(name="ok"), ModelSpec(name="broken")),
         gateway=GatewayConfig(port=0, max_queue_len=2),
@@ -59,18 +78,18 @@ async def gateway() -> AsyncIterator[tuple[pb_grpc.GenerationStub, dict[str, Fak
         "ok": FakeWorker("w-ok", "ok"),
         "broken": FakeWorker("w-broken", "broken", fail=True),
     }
-    server, port = await serve_frontend(
-        Frontend(cfg, {k: [w] for k, w in workers.items()}), "127.0.0.1", 0
-    )
+    metrics = RecordingMetrics()
+    frontend = Frontend(cfg, {k: [w] for k, w in workers.items()}, metrics=metrics)
+    server, port = await serve_frontend(frontend, "127.0.0.1", 0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield pb_grpc.GenerationStub(ch), workers
+        yield pb_grpc.GenerationStub(ch), workers, metrics
     await server.stop(None)
 
 
 async def test_full_queue_gives_resource_exhausted(
-    gateway: tuple[pb_grpc.GenerationStub, dict[str, FakeWorker]],
+    gateway: Gateway,
 ) -> None:
-    stub, workers = gateway
+    stub, workers, _ = gateway
     held = [
         asyncio.create_task(stream_generate(stub, pb.GenerateRequest(prompt="p", model="ok"), 10))
         for _ in range(2)
@@ -85,18 +104,18 @@ async def test_full_queue_gives_resource_exhausted(
 
 
 async def test_worker_failure_gives_unavailable(
-    gateway: tuple[pb_grpc.GenerationStub, dict[str, FakeWorker]],
+    gateway: Gateway,
 ) -> None:
-    stub, _ = gateway
+    stub, _, _ = gateway
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stream_generate(stub, pb.GenerateRequest(prompt="p", model="broken"), 10)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "died" in err.value.details()
 
 
 async def test_client_cancel_reaches_the_worker(
-    gateway: tuple[pb_grpc.GenerationStub, dict[str, FakeWorker]],
+    gateway: Gateway,
 ) -> None:
-    stub, workers = gateway
+    stub, workers, _ = gateway
     call = stub.Generate(pb.GenerateRequest(prompt="p", model="ok", request_id="r-cancel"))
     async for _ in call:
         break
@@ -106,3 +125,32 @@ async def test_client_cancel_reaches_the_worker(
             break
         await asyncio.sleep(0.05)
     assert "r-cancel" in workers["ok"].aborted
+
+
+async def test_every_outcome_is_counted_by_status_code(gateway: Gateway) -> None:
+    stub, workers, metrics = gateway
+    workers["ok"].release.set()
+    await stream_generate(stub, pb.GenerateRequest(prompt="p", model="ok"), 10)
+    for bad in (
+        pb.GenerateRequest(prompt="p", model="ok", temperature=-1.0),
+        pb.GenerateRequest(prompt="p", model="nope"),
+        pb.GenerateRequest(prompt="p", model="broken"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stream_generate(stub, bad, 10)
+    workers["ok"].release.clear()
+    call = stub.Generate(pb.GenerateRequest(prompt="p", model="ok"))
+    async for _ in call:
+        break
+    call.cancel()
+    for _ in range(50):
+        if len(metrics.codes) == 5:
+            break
+        await asyncio.sleep(0.05)
+    assert metrics.codes == [
+        ("ok", "OK"),
+        ("ok", "INVALID_ARGUMENT"),
+        ("nope", "NOT_FOUND"),
+        ("broken", "UNAVAILABLE"),
+        ("ok", "CANCELLED"),
+    ]
