@@ -88,7 +88,11 @@ def load_tokenizer(path: str) -> Tokenizer:
     """The target model's tokenizer from a local Hugging Face folder (never downloads)."""
     from transformers import AutoTokenizer  # heavy import, only when a replay needs it
 
-    tok: Tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # Source documents are counted whole before they are cut to a trace's length: lift the
+    # model's context as the tokenizer's limit, or transformers warns about every long one.
+    tok: Tokenizer = AutoTokenizer.from_pretrained(
+        path, local_files_only=True, model_max_length=1 << 30
+    )
     return tok
 
 
