@@ -48,7 +48,13 @@ class Worker:
         stream = stream or GatewayConfig()
         self.stream_interval_s = stream.stream_interval_ms / 1000.0
         self.stream_chunk_tokens = stream.stream_chunk_tokens
-        self.aengine = AsyncEngine(lambda: Engine(model_path, engine_config, draft_model_path))
+
+        def build() -> Engine:
+            engine = Engine(model_path, engine_config, draft_model_path)
+            engine.warm_up()
+            return engine
+
+        self.aengine = AsyncEngine(build)
         self.engine = self.aengine.engine
         self.started = time.monotonic()
         self.metrics = WorkerMetrics(name, model)
@@ -114,6 +120,7 @@ class Worker:
             uptime_s=time.monotonic() - self.started,
             tokens_generated=self.engine.tokens_generated,
             queue_delay_ms=sched.queue_delay_ms(time.monotonic()),
+            prefill_ms=sched.recent_prefill_ms,
         )
         self.metrics.observe_status(status)
         return status

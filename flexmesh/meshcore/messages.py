@@ -54,5 +54,7 @@ class WorkerStatus:
     uptime_s: float
     tokens_generated: int
     queue_delay_ms: float = 0.0
-    """Expected wait of a new request for its first token (feeds the router's spill rule)."""
+    """Expected wait before a new request's prefill starts (feeds the router's spill rule)."""
+    prefill_ms: float = 0.0
+    """Recent average time from a request's first step to its first token."""
     alive: bool = True

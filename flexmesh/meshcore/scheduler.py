@@ -18,8 +18,8 @@ from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.meshcore.request import Request, RequestStatus
 
-TTFT_EWMA_WEIGHT = 0.2
-"""Weight of the newest request in `Scheduler.recent_ttft_ms`."""
+PREFILL_EWMA_WEIGHT = 0.2
+"""Weight of the newest request in `Scheduler.recent_prefill_ms`."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
-        self.recent_ttft_ms = 0.0
-        """Moving average of arrival-to-first-token latency: what a new request can expect."""
+        self.recent_prefill_ms = 0.0
+        """Moving average of a request's first step to its first token: its prefill's cost."""
 
     # -- admission -------------------------------------------------------------------------
 
@@ -208,8 +208,11 @@ class Scheduler:
             req.spec_token_ids.clear()
             if req.first_token_time is None:
                 req.first_token_time = time.monotonic()
-                ttft_ms = (req.first_token_time - req.arrival_time) * 1000.0
-                self.recent_ttft_ms += TTFT_EWMA_WEIGHT * (ttft_ms - self.recent_ttft_ms)
+                start = req.first_scheduled_time or req.arrival_time
+                prefill_ms = (req.first_token_time - start) * 1000.0
+                self.recent_prefill_ms += PREFILL_EWMA_WEIGHT * (
+                    prefill_ms - self.recent_prefill_ms
+                )
             status = None
             for token in tokens:
                 status = req.append_token(token)
@@ -232,7 +235,19 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
+    @property
+    def num_awaiting_first_token(self) -> int:
+        """Requests still before their first token (waiting, or running through their prefill)."""
+        return len(self.waiting) + sum(1 for r in self.running if r.first_token_time is None)
+
     def queue_delay_ms(self, now: float) -> float:
-        """Expected wait for a first token: the oldest waiter's age or the recent average TTFT."""
+        """Expected wait before a new request's prefill starts.
+
+        Every request still before its first token costs the recent prefill time first (an
+        overestimate when prefills share a step, which only makes spilling start sooner); the
+        oldest waiter's age is a floor when steps are held up by something else (KV blocks).
+        An idle worker reads 0, so a model that spilled takes its intents back once drained.
+        """
         oldest = min((r.arrival_time for r in self.waiting), default=now)
-        return max((now - oldest) * 1000.0, self.recent_ttft_ms)
+        backlog_ms = self.num_awaiting_first_token * self.recent_prefill_ms
+        return max((now - oldest) * 1000.0, backlog_ms)

@@ -96,6 +96,10 @@ class Frontend:
         self.probe = probe if config.adaptive else None
         self.router = Router(config.routing)
         self.queue_delay_ms: dict[str, float] = {}
+        """Per model, the lowest queue delay its workers last reported (polled)."""
+        self.prefill_ms: dict[str, float] = {}
+        """Per model, the recent prefill time per request its workers last reported (polled)."""
+        self._awaiting_first = {model: 0 for model in self.workers}
         self.in_flight = 0
         self._load: dict[str, int] = {w.name: 0 for ws in self.workers.values() for w in ws}
         self._rr = itertools.count()
@@ -122,7 +126,7 @@ class Frontend:
             model = req.model if req.model not in ("", "auto") else self.default_model
             return RouteInfo(model=model, strategy=strategy or "none", reason="override")
         probe = await self.classify(req.prompt)
-        d = self.router.route(probe, self.queue_delay_ms, req.model, strategy)
+        d = self.router.route(probe, self.loads(), req.model, strategy)
         return RouteInfo(
             model=d.model,
             strategy=d.strategy,
@@ -145,16 +149,38 @@ class Frontend:
         if self._poller is None and self.probe is not None:
             self._poller = asyncio.get_running_loop().create_task(self._poll(interval_s))
 
+    def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+
+    def loads(self) -> dict[str, float]:
+        """Queue delay per model for the spill rule, live between two polls.
+
+        Requests this gateway sent that have no first token yet each cost the model's recent
+        prefill time (spread over its workers); the workers' own report is the floor. A burst
+        thus moves spillable intents as it arrives, not one poll interval later.
+        """
+        return {
+            model: max(
+                self.queue_delay_ms.get(model, 0.0),
+                self._awaiting_first[model] * self.prefill_ms.get(model, 0.0) / len(workers),
+            )
+            for model, workers in self.workers.items()
+        }
+
     async def _poll(self, interval_s: float) -> None:
         while True:
             try:
                 delays: dict[str, float] = {}
+                prefill: dict[str, float] = {}
                 for s in await self.status():
                     if s.alive:
                         delays[s.model] = min(
                             delays.get(s.model, s.queue_delay_ms), s.queue_delay_ms
                         )
-                self.queue_delay_ms = delays
+                        prefill[s.model] = min(prefill.get(s.model, s.prefill_ms), s.prefill_ms)
+                self.queue_delay_ms, self.prefill_ms = delays, prefill
             except Exception:
                 log.exception("poll.failed")
             await asyncio.sleep(interval_s)
@@ -194,12 +220,19 @@ class Frontend:
                 route = replace(route, worker=worker.name)
                 sampling = replace(req.sampling, strategy=route.strategy)
                 self._load[worker.name] += 1
+                self._awaiting_first[route.model] += 1
+                awaiting = True
                 try:
                     async for chunk in self._stream(rid, req, sampling, worker, route, arrival):
+                        if awaiting and (chunk.output.token_ids or chunk.final):
+                            awaiting = False
+                            self._awaiting_first[route.model] -= 1
                         final_sent = chunk.final
                         yield chunk
                 finally:
                     self._load[worker.name] -= 1
+                    if awaiting:
+                        self._awaiting_first[route.model] -= 1
         except TimeoutError as exc:
             self.record_failure(model, DeadlineExceededError.status)
             raise DeadlineExceededError(f"deadline of {timeout_s:.3f} s exceeded") from exc

@@ -72,6 +72,7 @@ class Gateway:
         return port
 
     async def stop(self) -> None:
+        self.frontend.stop()
         if self.server is not None:
             await self.server.stop(grace=2.0)
 

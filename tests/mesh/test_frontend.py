@@ -11,19 +11,23 @@ import pytest
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
 from flexmesh.meshcore.errors import WorkerUnavailableError
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.client import stream_generate
-from flexmesh.services.frontend import Frontend
+from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
 from flexmesh.services.gateway import serve_frontend
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 
 
 class FakeWorker:
-    """Streams one token per `release` event; remembers aborts."""
+    """Streams a token, then the last one on `release` (or both then); remembers aborts."""
 
-    def __init__(self, name: str, model: str, fail: bool = False) -> None:
+    def __init__(
+        self, name: str, model: str, fail: bool = False, first_token_waits: bool = False
+    ) -> None:
         self.name, self.model, self.fail = name, model, fail
+        self.first_token_waits = first_token_waits
         self.release = asyncio.Event()
         self.aborted: list[str] = []
 
@@ -31,6 +35,8 @@ class FakeWorker:
         self, request_id: str, prompt: str, prompt_token_ids: list[int], sampling: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
         try:
+            if self.first_token_waits:
+                await self.release.wait()
             yield RequestOutput(request_id, (1,), "a")
             if self.fail:
                 raise WorkerUnavailableError(f"worker {self.name} died")
@@ -46,7 +52,16 @@ class FakeWorker:
         self.aborted.append(request_id)
 
     async def status(self) -> WorkerStatus:
-        return WorkerStatus(self.name, self.model, "", "mixed", "cpu", 0, 0, 0, 10, 1.0, 0)
+        return WorkerStatus(
+            self.name, self.model, "", "mixed", "cpu", 0, 0, 0, 10, 1.0, 0, prefill_ms=300.0
+        )
+
+
+class KnowledgeProbe:
+    """Every prompt is a confident knowledge question: a spillable large-model intent."""
+
+    async def classify(self, prompt: str, long_context_tokens: int | None = None) -> ProbeResult:
+        return ProbeResult(intent="knowledge_qa", confidence=0.9, backend="fake")
 
 
 class RecordingMetrics:
@@ -154,3 +169,34 @@ async def test_every_outcome_is_counted_by_status_code(gateway: Gateway) -> None
         ("broken", "UNAVAILABLE"),
         ("ok", "CANCELLED"),
     ]
+
+
+async def test_a_burst_spills_as_it_arrives_and_returns_when_drained() -> None:
+    cfg = MeshConfig(
+        models=(ModelSpec(name="demo-large"), ModelSpec(name="demo-small")),
+        gateway=GatewayConfig(port=0),
+    )
+    large = FakeWorker("w-large", "demo-large", first_token_waits=True)
+    small = FakeWorker("w-small", "demo-small")
+    frontend = Frontend(cfg, {"demo-large": [large], "demo-small": [small]}, KnowledgeProbe())
+    frontend.start(interval_s=0.01)  # the fakes report 300 ms per prefill and no queue
+    await asyncio.sleep(0.05)
+    req = GenerationInput("who wrote hamlet", (), SamplingParams(max_tokens=2))
+
+    async def run() -> list[Chunk]:
+        return [c async for c in frontend.generate(req)]
+
+    assert (await frontend.route(req)).model == "demo-large"
+    burst = [asyncio.create_task(run()) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    # Two requests on the large model without a first token: 2 x 300 ms > spill_queue_ms 500,
+    # although no worker has reported any queue yet.
+    assert frontend.loads()["demo-large"] == pytest.approx(600.0)
+    assert (await frontend.route(req)).model == "demo-small"
+    large.release.set()
+    for chunks in await asyncio.gather(*burst):
+        assert chunks[-1].final and chunks[-1].route is not None
+        assert chunks[-1].route.model == "demo-large"
+    assert frontend.loads()["demo-large"] == 0.0
+    assert (await frontend.route(req)).model == "demo-large"  # drained: below return_queue_ms
+    frontend.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from flexmesh.meshcore.block_pool import BlockPool, NoFreeBlocksError
@@ -146,13 +148,17 @@ def test_request_outgrowing_the_whole_cache_ends_with_length() -> None:
     assert not s.has_unfinished() and s.pool.num_free == 3
 
 
-def test_queue_delay_tracks_waiting_age_and_recent_ttft() -> None:
+def test_queue_delay_counts_prefills_ahead_and_drains_to_zero() -> None:
     s = _sched(seqs=1)
     a, b = _req("a", 4), _req("b", 4)
     a.arrival_time = b.arrival_time = 100.0
     s.add(a)
     s.add(b)
     assert s.queue_delay_ms(now=100.5) == pytest.approx(500.0)  # both wait, oldest 0.5 s
-    _step(s)  # a gets its first token (arrival long ago: large TTFT sample)
-    assert s.recent_ttft_ms > 0
-    assert s.queue_delay_ms(now=100.0) >= s.recent_ttft_ms
+    _step(s)  # a gets its first token: one prefill-time sample
+    assert s.recent_prefill_ms > 0
+    assert s.num_awaiting_first_token == 1  # b still waits for its prefill
+    assert s.queue_delay_ms(now=time.monotonic()) >= s.recent_prefill_ms
+    while s.has_unfinished():
+        _step(s)
+    assert s.queue_delay_ms(now=time.monotonic()) == 0.0  # idle: nothing ahead of a new request

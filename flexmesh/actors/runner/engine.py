@@ -21,6 +21,9 @@ from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.meshcore.scheduler import Scheduler
 from flexmesh.meshcore.speculation import propose_prompt_lookup
 
+WARM_UP_PROMPT_TOKENS = 128
+"""Length of the synthetic prompt `Engine.warm_up` prefills."""
+
 
 @dataclass
 class _Tracked:
@@ -193,6 +196,17 @@ class Engine:
             for out in self.step():
                 tokens[out.request_id] += out.token_ids
         return [tokens[r] for r in rids]
+
+    def warm_up(self, prompt_tokens: int = WARM_UP_PROMPT_TOKENS) -> None:
+        """One prefill of a synthetic prompt before serving.
+
+        The first requests then do not pay for lazy allocations, and the scheduler starts with
+        a measured prefill time, so the router's load signal works from the first burst on.
+        """
+        n = max(1, min(prompt_tokens, self.max_model_len_tokens - 1))
+        ids = [i % self.runner.model.vocab_size for i in range(n)]
+        self.generate([ids], SamplingParams(max_tokens=1, ignore_eos=True))
+        self.tokens_generated = 0
 
 
 def _ms(start: float | None, end: float | None) -> float:
