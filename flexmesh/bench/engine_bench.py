@@ -2,7 +2,7 @@
 
 Same prompts, same output lengths (EOS ignored on both sides), greedy. Columns: HF batch 1,
 engine batch 1 (one request at a time), engine with 16 concurrent requests, and optionally the
-same single and 16-way streams through the gRPC gateway (see `grpc_columns`).
+same single and 16-way streams through the gRPC gateway (`extra_columns`, from `bench/cli.py`).
 """
 
 from __future__ import annotations
@@ -105,8 +105,7 @@ def run_engine_bench(
     engine = Engine(s.model_path, engine_config or EngineConfig())
     prompts = _prompt_ids(engine.tokenizer)
     hf = AutoModelForCausalLM.from_pretrained(s.model_path, dtype=torch.float32).eval()
-    warm = SamplingParams(max_tokens=4, ignore_eos=True)
-    engine.generate([prompts[0]], warm)
+    engine.warm_up()
     hf.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False)
     c = s.concurrency
     columns: dict[str, Callable[[], float]] = {
