@@ -6,6 +6,7 @@ from typing import Any
 
 from ray.util import metrics
 
+from flexmesh.meshcore.config import ROLES
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
 
 _MS_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
@@ -31,6 +32,35 @@ class WorkerMetrics:
         self.drafts = metrics.Counter(
             "flexmesh_worker_draft_tokens", "Draft tokens", tag_keys=(*keys, "outcome")
         )
+        self.role = metrics.Gauge(
+            "flexmesh_worker_role", "1 for the worker's current role", tag_keys=(*keys, "role")
+        )
+        self.prefill_waiting = metrics.Gauge(
+            "flexmesh_worker_prefill_tokens_waiting", "Prompt tokens not computed", tag_keys=keys
+        )
+        self.decode_batch = metrics.Gauge(
+            "flexmesh_worker_decode_batch", "Requests decoding", tag_keys=keys
+        )
+        self.step_ms = metrics.Gauge("flexmesh_worker_step_ms", "Recent step time", tag_keys=keys)
+        self.tpot_ms = metrics.Gauge(
+            "flexmesh_worker_tpot_ms", "Recent decode-only step time", tag_keys=keys
+        )
+        self.kv_in_flight = metrics.Gauge(
+            "flexmesh_worker_kv_blocks_in_flight", "KV blocks held for hand-offs", tag_keys=keys
+        )
+        transfer_keys = (*keys, "outcome", "transport")
+        self.transfers = metrics.Counter(
+            "flexmesh_kv_transfers", "KV hand-offs received", tag_keys=transfer_keys
+        )
+        self.transfer_bytes = metrics.Counter(
+            "flexmesh_kv_transfer_bytes", "KV bytes received", tag_keys=transfer_keys
+        )
+        self.transfer_ms = metrics.Histogram(
+            "flexmesh_kv_transfer_ms",
+            "KV hand-off time, asking the prefill worker to imported",
+            boundaries=_MS_BUCKETS,
+            tag_keys=transfer_keys,
+        )
 
     def finished(self, out: RequestOutput) -> None:
         # NOTE: ray.util.metrics counters refuse increments <= 0.
@@ -44,10 +74,24 @@ class WorkerMetrics:
             if n > 0:
                 self.drafts.inc(n, {**self.tags, "outcome": outcome})
 
+    def transfer(self, outcome: str, transport: str, nbytes: int, ms: float) -> None:
+        tags = {**self.tags, "outcome": outcome, "transport": transport}
+        self.transfers.inc(1.0, tags)
+        if nbytes > 0:
+            self.transfer_bytes.inc(nbytes, tags)
+        self.transfer_ms.observe(ms, tags)
+
     def observe_status(self, s: WorkerStatus) -> None:
         self.queue.set(s.queue_length, self.tags)
         self.running.set(s.running_requests, self.tags)
         self.kv_used.set(s.kv_blocks_used, self.tags)
+        for role in ROLES:
+            self.role.set(1.0 if role == s.role else 0.0, {**self.tags, "role": role})
+        self.prefill_waiting.set(s.prefill_tokens_waiting, self.tags)
+        self.decode_batch.set(s.decode_batch, self.tags)
+        self.step_ms.set(s.step_ms, self.tags)
+        self.tpot_ms.set(s.tpot_ms, self.tags)
+        self.kv_in_flight.set(s.kv_blocks_in_flight, self.tags)
 
 
 class GatewayMetrics:

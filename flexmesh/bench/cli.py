@@ -86,10 +86,10 @@ def bench_engine(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _bench_mesh(s: BenchSettings, models_dir: str | None) -> Iterator[str]:
     """A one-worker mesh on the benchmarked model, both cores to the worker; yields its address."""
-    from flexmesh.meshcore.config import MeshConfig
+    from flexmesh.services.config_file import load_mesh_config
     from flexmesh.services.mesh import start_mesh
 
-    cfg = MeshConfig.from_yaml(BENCH_CONFIG)
+    cfg = load_mesh_config(BENCH_CONFIG)
     model = replace(cfg.models[0], path=s.model_path)
     cfg = replace(cfg, models=(model,), models_dir=models_dir or cfg.models_dir)
     mesh = start_mesh(cfg, log_to_driver=False)

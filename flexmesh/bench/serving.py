@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flexmesh.loadgen.cli import add_replay_arguments, prepare, run_replay
-from flexmesh.meshcore.config import MeshConfig
+from flexmesh.services.config_file import load_mesh_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "deploy" / "configs"
 ROUTING_PRESET = ("static-large", "static-small", "demo")
@@ -88,7 +88,7 @@ def run_serving_bench(args: argparse.Namespace) -> dict[str, Any]:
     large_path = ""
     for config in args.configs.split(","):
         name = Path(config).stem
-        cfg = MeshConfig.from_yaml(_config_path(config))
+        cfg = load_mesh_config(_config_path(config))
         cfg = replace(
             cfg, models_dir=args.models_dir or cfg.models_dir, gateway=replace(cfg.gateway, port=0)
         )

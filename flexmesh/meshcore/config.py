@@ -1,7 +1,8 @@
-"""Frozen configuration dataclasses composed into one `MeshConfig`, loaded from YAML.
+"""Frozen configuration dataclasses composed into one `MeshConfig`, built from plain data.
 
 Every field has a default, its unit in its name and a one-line docstring. Validation raises
-`ValueError` naming the field and the value. Nothing below reads the environment.
+`ValueError` naming the field and the value. Nothing below reads the environment or files
+(`services/config_file.py` parses YAML into the plain data `MeshConfig.from_dict` takes).
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
-
-import yaml
 
 from flexmesh.meshcore.routing import RoutingConfig
 
@@ -75,6 +73,10 @@ class EngineConfig:
         _check(self.pld_ngram_tokens > 0, "engine.pld_ngram_tokens", self.pld_ngram_tokens, "> 0")
 
 
+ROLES = ("prefill", "decode", "mixed")
+"""What a worker does: prompts only (hands KV over), decoding only (takes KV), or both."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One resident model and how many workers serve it."""
@@ -86,7 +88,9 @@ class ModelSpec:
     num_workers: int = 1
     """Workers (one device each) holding this model."""
     role: str = "mixed"
-    """Initial worker role: prefill, decode or mixed."""
+    """Initial role of every worker: prefill, decode or mixed."""
+    roles: tuple[str, ...] = ()
+    """Initial role per worker index (overrides `role`; one entry per worker)."""
     draft_model: str = ""
     """Name of a resident model used for draft-model speculation ("" = none)."""
     num_cpus: float = 1.0
@@ -96,8 +100,19 @@ class ModelSpec:
         _check(bool(self.name), "models[].name", self.name, "non-empty")
         _check(self.num_workers > 0, "models[].num_workers", self.num_workers, "> 0")
         _check(self.num_cpus > 0, "models[].num_cpus", self.num_cpus, "> 0")
-        roles = ("prefill", "decode", "mixed")
-        _check(self.role in roles, "models[].role", self.role, f"one of {roles}")
+        _check(self.role in ROLES, "models[].role", self.role, f"one of {ROLES}")
+        _check(
+            not self.roles or len(self.roles) == self.num_workers,
+            "models[].roles",
+            self.roles,
+            f"one role per worker ({self.num_workers})",
+        )
+        for role in self.roles:
+            _check(role in ROLES, "models[].roles[]", role, f"one of {ROLES}")
+
+    def role_of(self, index: int) -> str:
+        """Initial role of worker `index`."""
+        return self.roles[index] if self.roles else self.role
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,40 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True)
+class PDConfig:
+    """Prefill/decode disaggregation: when a request's KV moves between workers, and its bounds."""
+
+    min_prompt_tokens: int = 128
+    """Prompts shorter than this prefill on their decode worker (no hand-off)."""
+    transport: str = "auto"
+    """KV transport: auto (the model's collective group, else the object store), collective
+    (gloo on CPU, NCCL on CUDA, HCCL on Ascend) or object_store."""
+    transfer_timeout_ms: float = 10_000.0
+    """From a decode worker taking a request to its KV imported; past it, the fallback."""
+    hold_timeout_ms: float = 30_000.0
+    """A prefill worker frees a handed-off request's KV if nobody took it within this."""
+    fallback: str = "recompute"
+    """When a hand-off fails: recompute (prefill again on the decode worker) or fail
+    (UNAVAILABLE)."""
+
+    def __post_init__(self) -> None:
+        _check(self.min_prompt_tokens >= 0, "pd.min_prompt_tokens", self.min_prompt_tokens, ">= 0")
+        transports = ("auto", "collective", "object_store")
+        _check(self.transport in transports, "pd.transport", self.transport, f"one of {transports}")
+        _check(
+            self.transfer_timeout_ms > 0, "pd.transfer_timeout_ms", self.transfer_timeout_ms, "> 0"
+        )
+        _check(
+            self.hold_timeout_ms > self.transfer_timeout_ms,
+            "pd.hold_timeout_ms",
+            self.hold_timeout_ms,
+            "> pd.transfer_timeout_ms",
+        )
+        fallbacks = ("recompute", "fail")
+        _check(self.fallback in fallbacks, "pd.fallback", self.fallback, f"one of {fallbacks}")
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     """Everything one mesh needs, passed down from the CLI."""
 
@@ -167,6 +216,8 @@ class MeshConfig:
     """gRPC front end."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Intent probe."""
+    pd: PDConfig = field(default_factory=PDConfig)
+    """Prefill/decode disaggregation and KV hand-off."""
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     """Routing policy between the small and the large resident model (live-settable)."""
     models_dir: str = ""
@@ -197,11 +248,6 @@ class MeshConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeshConfig:
         return _build(cls, data, "")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> MeshConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(yaml.safe_load(f) or {})
 
 
 def _build(cls: type[T], data: Any, prefix: str) -> T:

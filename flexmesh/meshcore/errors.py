@@ -43,6 +43,14 @@ class WorkerUnavailableError(FlexMeshError):
     status = "UNAVAILABLE"
 
 
+class EngineFailedError(WorkerUnavailableError):
+    """A worker's engine step raised; every request it held was aborted and its KV freed."""
+
+
+class KVTransferError(WorkerUnavailableError):
+    """A request's KV did not reach its decode worker (timeout, transport error, dead peer)."""
+
+
 class DeadlineExceededError(FlexMeshError, TimeoutError):
     """The caller's deadline passed before the request finished."""
 

@@ -4,6 +4,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from flexmesh.meshcore.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """Everything that defines a request between workers (KV hand-off, fallback, migration).
+
+    A decode worker continues from it as if it had computed the request itself: the same
+    tokens, the same sampler state (seeded sampling gives the same tokens either way), and
+    stream positions past what the client already received.
+    """
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]
+    sampling: SamplingParams
+    num_kv_tokens: int = 0
+    """Leading tokens whose KV the sender holds for transfer (0 = none: recompute them)."""
+    sent_tokens: int = 0
+    """Output tokens already streamed to the client (the next chunk's offset)."""
+    sent_text_chars: int = 0
+    """Characters of decoded output already streamed (the detokeniser's position)."""
+    generator_state: bytes = b""
+    """The request's random generator state after its last sample (empty when greedy)."""
+    queue_ms: float = 0.0
+    """Queue time measured where the request was first computed."""
+    prefill_ms: float = 0.0
+    """Prefill time measured where the request was first computed."""
+    draft_tokens_proposed: int = 0
+    draft_tokens_accepted: int = 0
+
 
 @dataclass(frozen=True)
 class RequestOutput:
@@ -14,6 +45,11 @@ class RequestOutput:
     text: str
     finished: bool = False
     finish_reason: str = ""
+    offset: int = 0
+    """Index of this output's first token in the completion (outputs are contiguous)."""
+    handoff: RequestState | None = None
+    """Set on a prefill worker's last output: the state a decode worker continues from while
+    the prefill worker holds the request's KV for it."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     queue_ms: float = 0.0
@@ -24,6 +60,12 @@ class RequestOutput:
     draft_tokens_accepted: int = 0
     strategy: str = "none"
     """Decoding strategy the engine applied."""
+    kv_transport: str = ""
+    """How the request's KV reached this worker ("" = prefilled here)."""
+    kv_bytes: int = 0
+    """Bytes of KV received from the prefill worker."""
+    kv_transfer_ms: float = 0.0
+    """From asking the prefill worker for the KV to having it imported here."""
 
 
 def merge_outputs(outputs: list[RequestOutput]) -> RequestOutput:
@@ -33,6 +75,7 @@ def merge_outputs(outputs: list[RequestOutput]) -> RequestOutput:
         return last
     return replace(
         last,
+        offset=outputs[0].offset,
         token_ids=tuple(t for o in outputs for t in o.token_ids),
         text="".join(o.text for o in outputs),
     )
@@ -57,4 +100,18 @@ class WorkerStatus:
     """Expected wait before a new request's prefill starts (feeds the router's spill rule)."""
     prefill_ms: float = 0.0
     """Recent average time from a request's first step to its first token."""
+    prefill_tokens_waiting: int = 0
+    """Prompt tokens queued or in a running prefill, not yet computed."""
+    decode_batch: int = 0
+    """Running requests past their prompt."""
+    step_ms: float = 0.0
+    """Recent average wall time of one engine step."""
+    tpot_ms: float = 0.0
+    """Recent average wall time of a decode-only step (the time per output token)."""
+    kv_blocks_in_flight: int = 0
+    """KV blocks held for hand-offs: waiting to be sent from here, or reserved to receive."""
+    kv_transport: str = ""
+    """Backend of this worker's usable KV collective group ("" = object store only)."""
+    draining: bool = False
+    """The gateway sends this worker no new requests."""
     alive: bool = True

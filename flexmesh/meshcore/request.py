@@ -39,8 +39,9 @@ class Request:
     """One generation request as the scheduler sees it.
 
     `num_computed_tokens` catches up with `num_tokens`: there are no prefill or decode phases.
-    `spec_token_ids` are draft tokens proposed for the next step (PLD or a draft model); they
-    are verified by the runner and are not part of `output_token_ids` until accepted.
+    A request that arrives with imported KV is simply computed up to its prompt. With
+    `hand_off`, the request stops after its first token and holds its KV (`KV_IN_FLIGHT`) for a
+    decode worker instead of decoding here.
     """
 
     request_id: str
@@ -52,7 +53,7 @@ class Request:
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
-    spec_token_ids: list[int] = field(default_factory=list)
+    hand_off: bool = False
     num_preemptions: int = 0
     draft_tokens_proposed: int = 0
     draft_tokens_accepted: int = 0

@@ -5,18 +5,28 @@ chunk of one, or one decode token plus draft tokens). Running requests go first,
 when KV blocks run out the newest running request is preempted (its blocks freed, recomputed
 later from its tokens). Waiting requests are then admitted while the step's token budget, the
 sequence limit and free blocks allow.
+
+Hand-off between workers adds two parking places outside the step loop, so neither is ever
+scheduled nor keeps the engine spinning: a prefill worker's request that has its first token
+and waits for a decode worker to take its KV (`in_flight`, status `KV_IN_FLIGHT`), and a decode
+worker's request whose blocks are reserved while its KV travels (`waiting_for_kv`, status
+`WAITING_FOR_KV`). Both are bounded by a deadline; `expire` ends what outlived it.
+
+The plan is a snapshot: each `ScheduledChunk` copies the tokens and block ids the runner needs,
+so the runner never reads live request state, and only the scheduler mutates requests.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from flexmesh.meshcore.block_pool import BlockPool, blocks_needed
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.meshcore.request import Request, RequestStatus
+from flexmesh.meshcore.sampling import SamplingParams
 
 PREFILL_EWMA_WEIGHT = 0.2
 """Weight of the newest request in `Scheduler.recent_prefill_ms`."""
@@ -24,16 +34,41 @@ PREFILL_EWMA_WEIGHT = 0.2
 
 @dataclass(frozen=True)
 class ScheduledChunk:
-    """Tokens `[start, start + num_tokens)` of `request` (the last `num_draft` are drafts).
-
-    `samples` is True when the chunk reaches the request's last token, so the runner samples.
+    """Compute positions `[start, start + num_tokens)` of one request; the last `num_draft` of
+    `token_ids` are draft tokens. `samples` is True when the chunk reaches the request's last
+    token, so the runner samples. `block_ids` is the request's block table for this step.
     """
 
-    request: Request
+    request_id: str
     start: int
-    num_tokens: int
+    token_ids: tuple[int, ...]
     num_draft: int
     samples: bool
+    block_ids: tuple[int, ...]
+    sampling: SamplingParams
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def draft_token_ids(self) -> tuple[int, ...]:
+        return self.token_ids[len(self.token_ids) - self.num_draft :]
+
+
+def plan_chunk(req: Request, n: int, drafts: Sequence[int] = ()) -> ScheduledChunk:
+    """The snapshot of `req`'s next `n` uncomputed tokens plus `drafts`."""
+    start = req.num_computed_tokens
+    tokens = req.all_token_ids[start : start + n]
+    return ScheduledChunk(
+        request_id=req.request_id,
+        start=start,
+        token_ids=(*tokens, *drafts),
+        num_draft=len(drafts),
+        samples=start + n >= req.num_tokens,
+        block_ids=tuple(req.block_ids),
+        sampling=req.sampling,
+    )
 
 
 @dataclass(frozen=True)
@@ -60,26 +95,75 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
+        self.in_flight: dict[str, float] = {}
+        """Handed-off requests holding their KV for a decode worker, by id: hold deadline."""
+        self.waiting_for_kv: dict[str, float] = {}
+        """Requests whose blocks are reserved while their KV arrives, by id: deadline."""
         self.recent_prefill_ms = 0.0
         """Moving average of a request's first step to its first token: its prefill's cost."""
 
     # -- admission -------------------------------------------------------------------------
 
-    def add(self, request: Request) -> None:
-        """Queue a request; raise `InvalidRequestError` if it can never be served."""
+    def _check(self, request: Request) -> None:
+        """Raise `InvalidRequestError` if `request` can never be served here."""
         n = request.num_prompt_tokens
         if n == 0:
             raise InvalidRequestError("prompt", "is empty")
-        if n >= self.max_model_len_tokens:
+        if request.num_tokens >= self.max_model_len_tokens:
             raise InvalidRequestError(
                 "prompt", f"has {n} tokens, the model's context is {self.max_model_len_tokens}"
             )
-        if blocks_needed(n + 1, self.config.block_size_tokens) > self.pool.num_blocks:
+        if blocks_needed(request.num_tokens + 1, self.config.block_size_tokens) > (
+            self.pool.num_blocks
+        ):
             raise InvalidRequestError("prompt", f"has {n} tokens, more than the whole KV cache")
         if request.request_id in self.requests:
             raise InvalidRequestError("request_id", f"{request.request_id!r} is already in use")
+
+    def add(self, request: Request) -> None:
+        """Queue a request (tokens it already has are recomputed); raise if unservable."""
+        self._check(request)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting.append(request)
+
+    def reserve_for_kv(self, request: Request, num_kv_tokens: int, deadline: float) -> bool:
+        """Park `request` with blocks for `num_kv_tokens` imported tokens until `deadline`.
+
+        False (nothing reserved, nothing queued) when the blocks are not free now; the caller
+        then adds it for recomputation instead. `kv_arrived` or `kv_failed` ends the wait.
+        """
+        self._check(request)
+        if not 0 < num_kv_tokens < request.num_tokens:
+            raise ValueError(f"num_kv_tokens {num_kv_tokens} outside (0, {request.num_tokens})")
+        need = blocks_needed(num_kv_tokens, self.config.block_size_tokens)
+        if not self.pool.can_allocate(need):
+            return False
+        request.block_ids = self.pool.allocate(need)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.WAITING_FOR_KV
+        self.requests[request.request_id] = request
+        self.waiting_for_kv[request.request_id] = deadline
+        return True
+
+    def kv_arrived(self, request_id: str, num_kv_tokens: int) -> None:
+        """The reserved blocks hold the KV of the first `num_kv_tokens` tokens: queue it."""
+        del self.waiting_for_kv[request_id]
+        req = self.requests[request_id]
+        req.num_computed_tokens = num_kv_tokens
+        req.status = RequestStatus.WAITING
+        self.waiting.appendleft(req)  # it is mid-stream: its client already has a token
+
+    def kv_failed(self, request_id: str) -> None:
+        """The KV will not come: free the reservation and recompute the request here."""
+        if self.waiting_for_kv.pop(request_id, None) is None:
+            return
+        req = self.requests[request_id]
+        self._release(req)
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.WAITING
+        self.waiting.appendleft(req)
 
     def abort(self, request_id: str) -> Request | None:
         """Stop a request wherever it is and free its blocks."""
@@ -93,16 +177,39 @@ class Scheduler:
             self.running.remove(request)
         elif request in self.waiting:
             self.waiting.remove(request)
+        self.in_flight.pop(request_id, None)
+        self.waiting_for_kv.pop(request_id, None)
         self._release(request)
         request.status = status
         return request
 
+    def expire(self, now: float) -> tuple[list[Request], list[str]]:
+        """End holds past their deadline: (in-flight requests aborted, KV waits recomputed)."""
+        dropped = [
+            r
+            for rid, t in list(self.in_flight.items())
+            if t <= now and (r := self.abort(rid)) is not None
+        ]
+        late = [rid for rid, t in list(self.waiting_for_kv.items()) if t <= now]
+        for rid in late:
+            self.kv_failed(rid)
+        return dropped, late
+
+    def next_deadline(self) -> float | None:
+        """The earliest hold deadline, so an idle engine knows when to wake for `expire`."""
+        return min((*self.in_flight.values(), *self.waiting_for_kv.values()), default=None)
+
     def has_unfinished(self) -> bool:
-        return bool(self.requests)
+        """True when a step has work (parked requests wait outside the step loop)."""
+        return bool(self.waiting or self.running)
 
     # -- planning --------------------------------------------------------------------------
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(
+        self, now: float, drafts: Mapping[str, Sequence[int]] | None = None
+    ) -> SchedulerOutput:
+        """Plan one step; `drafts` are proposed tokens for decoding requests (PLD, draft model)."""
+        drafts = drafts or {}
         budget = self.config.max_batched_tokens
         chunks: list[ScheduledChunk] = []
         preempted: list[str] = []
@@ -111,13 +218,13 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            num_draft = min(len(req.spec_token_ids), budget - n) if n == 1 else 0
+            spec = drafts.get(req.request_id, ()) if n == 1 else ()
+            spec = spec[: max(0, budget - n)]
             if n < req.num_tokens - req.num_computed_tokens and not self.config.chunked_prefill:
                 break
-            if n + num_draft + req.num_computed_tokens > self.max_model_len_tokens:
-                num_draft = 0
-            del req.spec_token_ids[num_draft:]
-            if not self._grow(req, n + num_draft, preempted):
+            if n + len(spec) + req.num_computed_tokens > self.max_model_len_tokens:
+                spec = ()
+            if not self._grow(req, n + len(spec), preempted):
                 if len(self.running) == 0 and req.num_computed_tokens == 0:
                     # Alone it still cannot grow: end it rather than preempt it forever.
                     self.waiting.remove(req)
@@ -125,8 +232,8 @@ class Scheduler:
                     req.status = RequestStatus.FINISHED_LENGTH
                     finished.append(req)
                 continue  # `req` itself was preempted; the list shrank
-            chunks.append(self._chunk(req, n, num_draft))
-            budget -= n + num_draft
+            chunks.append(plan_chunk(req, n, spec))
+            budget -= n + len(spec)
             i += 1
         while self.waiting and not preempted and budget > 0:
             if len(self.running) >= self.config.max_num_seqs:
@@ -143,18 +250,12 @@ class Scheduler:
             self.waiting.popleft()
             req.block_ids += self.pool.allocate(extra)
             req.status = RequestStatus.RUNNING
-            req.spec_token_ids.clear()
             if req.first_scheduled_time is None:
-                req.first_scheduled_time = time.monotonic()
+                req.first_scheduled_time = now
             self.running.append(req)
-            chunks.append(self._chunk(req, n, 0))
+            chunks.append(plan_chunk(req, n))
             budget -= n
         return SchedulerOutput(tuple(chunks), tuple(preempted), tuple(finished))
-
-    @staticmethod
-    def _chunk(req: Request, n: int, num_draft: int) -> ScheduledChunk:
-        start = req.num_computed_tokens
-        return ScheduledChunk(req, start, n + num_draft, num_draft, start + n >= req.num_tokens)
 
     def _grow(self, req: Request, n: int, preempted: list[str]) -> bool:
         """Give `req` blocks for `n` more tokens, preempting the newest running requests."""
@@ -173,7 +274,6 @@ class Scheduler:
         self.running.remove(req)
         self._release(req)
         req.num_computed_tokens = 0
-        req.spec_token_ids.clear()
         req.num_preemptions += 1
         req.status = RequestStatus.PREEMPTED
         self.waiting.appendleft(req)
@@ -186,16 +286,22 @@ class Scheduler:
     # -- applying a step's result ----------------------------------------------------------
 
     def update_from_output(
-        self, output: SchedulerOutput, sampled: dict[str, list[int]]
+        self,
+        output: SchedulerOutput,
+        sampled: Mapping[str, Sequence[int]],
+        now: float,
+        hold_deadline: float = 0.0,
     ) -> list[Request]:
         """Apply sampled tokens (accepted drafts then one new token per sampling request).
 
-        Returns the requests that received tokens or finished in this step.
+        A `hand_off` request that got its first token and goes on moves to `in_flight` with its
+        blocks, held until `hold_deadline`. Returns the requests that received tokens or
+        finished in this step.
         """
         touched: list[Request] = list(output.finished)
         for chunk in output.chunks:
-            req = chunk.request
-            if req.finished or req.request_id not in self.requests:
+            req = self.requests.get(chunk.request_id)
+            if req is None or req.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
             req.num_computed_tokens = chunk.start + chunk.num_tokens - chunk.num_draft
             if not chunk.samples:
@@ -205,11 +311,10 @@ class Scheduler:
             req.num_computed_tokens += accepted
             req.draft_tokens_proposed += chunk.num_draft
             req.draft_tokens_accepted += accepted
-            req.spec_token_ids.clear()
             if req.first_token_time is None:
-                req.first_token_time = time.monotonic()
+                req.first_token_time = now
                 start = req.first_scheduled_time or req.arrival_time
-                prefill_ms = (req.first_token_time - start) * 1000.0
+                prefill_ms = (now - start) * 1000.0
                 self.recent_prefill_ms += PREFILL_EWMA_WEIGHT * (
                     prefill_ms - self.recent_prefill_ms
                 )
@@ -222,6 +327,10 @@ class Scheduler:
                     break
             if status is not None:
                 self.finish(req.request_id, status)
+            elif req.hand_off:
+                self.running.remove(req)
+                req.status = RequestStatus.KV_IN_FLIGHT
+                self.in_flight[req.request_id] = hold_deadline
             touched.append(req)
         return touched
 
@@ -236,9 +345,26 @@ class Scheduler:
         return len(self.running)
 
     @property
+    def num_decoding(self) -> int:
+        """Running requests past their prompt: the decode batch."""
+        return sum(1 for r in self.running if r.num_computed_tokens >= r.num_tokens - 1)
+
+    @property
+    def num_prefill_tokens_waiting(self) -> int:
+        """Prompt tokens not yet computed, queued or in a running prefill."""
+        pending = [*self.waiting, *(r for r in self.running if r.first_token_time is None)]
+        return sum(r.num_tokens - r.num_computed_tokens for r in pending)
+
+    @property
+    def num_blocks_in_flight(self) -> int:
+        """Blocks held for a hand-off: sent from here, or reserved while KV arrives."""
+        parked = (*self.in_flight, *self.waiting_for_kv)
+        return sum(len(self.requests[rid].block_ids) for rid in parked)
+
+    @property
     def num_awaiting_first_token(self) -> int:
         """Requests still before their first token (waiting, or running through their prefill)."""
-        return len(self.waiting) + sum(1 for r in self.running if r.first_token_time is None)
+        return sum(1 for r in (*self.waiting, *self.running) if r.first_token_time is None)
 
     def queue_delay_ms(self, now: float) -> float:
         """Expected wait before a new request's prefill starts.

@@ -30,9 +30,10 @@ def _default_config() -> str:
 
 def load_config(args: argparse.Namespace) -> Any:
     from flexmesh.meshcore.config import MeshConfig
+    from flexmesh.services.config_file import load_mesh_config
 
     cfg = (
-        MeshConfig.from_yaml(args.config)
+        load_mesh_config(args.config)
         if Path(args.config).exists()
         else MeshConfig.from_dict(_builtin_demo_config())
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from flexmesh.meshcore.config import MeshConfig
+from flexmesh.services.config_file import load_mesh_config
 from flexmesh.services.mesh import Mesh, start_mesh
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def mesh(models_dir: Path) -> Iterator[Mesh]:
     """The demo mesh on one shared local Ray instance, gRPC on a free port."""
-    cfg = MeshConfig.from_yaml(REPO / "deploy" / "configs" / "demo.yaml")
+    cfg = load_mesh_config(REPO / "deploy" / "configs" / "demo.yaml")
     cfg = replace(cfg, models_dir=str(models_dir), gateway=replace(cfg.gateway, port=0))
     m = start_mesh(cfg, log_to_driver=False)
     yield m

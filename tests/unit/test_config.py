@@ -6,13 +6,14 @@ import pytest
 
 from flexmesh.meshcore.config import EngineConfig, MeshConfig
 from flexmesh.meshcore.speculation import propose_prompt_lookup
+from flexmesh.services.config_file import load_mesh_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_deploy_configs_load() -> None:
     for path in sorted((REPO / "deploy" / "configs").glob("*.yaml")):
-        cfg = MeshConfig.from_yaml(path)
+        cfg = load_mesh_config(path)
         assert cfg.models
 
 

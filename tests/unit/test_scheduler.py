@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from flexmesh.meshcore.block_pool import BlockPool, NoFreeBlocksError
@@ -25,11 +23,11 @@ def _req(rid: str, n: int, max_tokens: int = 8) -> Request:
     return Request(rid, list(range(1, n + 1)), SamplingParams(max_tokens=max_tokens))
 
 
-def _step(s: Scheduler, token: int = 7) -> SchedulerOutput:
+def _step(s: Scheduler, token: int = 7, now: float = 0.0) -> SchedulerOutput:
     """Plan a step and answer every sampling chunk with `token`."""
-    plan = s.schedule()
-    sampled = {c.request.request_id: [token] for c in plan.chunks if c.samples}
-    s.update_from_output(plan, sampled)
+    plan = s.schedule(now)
+    sampled = {c.request_id: [token] for c in plan.chunks if c.samples}
+    s.update_from_output(plan, sampled, now)
     return plan
 
 
@@ -71,7 +69,7 @@ def test_decode_and_new_prompt_share_a_step() -> None:
     _step(s)
     s.add(_req("b", 12))
     plan = _step(s)
-    assert [(c.request.request_id, c.num_tokens) for c in plan.chunks] == [("a", 1), ("b", 12)]
+    assert [(c.request_id, c.num_tokens) for c in plan.chunks] == [("a", 1), ("b", 12)]
 
 
 def test_preemption_frees_newest_and_recomputes() -> None:
@@ -103,11 +101,11 @@ def test_drafts_accepted_advance_computed_tokens() -> None:
     req = _req("a", 5, max_tokens=10)
     s.add(req)
     _step(s)  # prompt -> first token
-    req.spec_token_ids[:] = [11, 12, 13]
-    plan = s.schedule()
+    plan = s.schedule(0.0, {"a": [11, 12, 13]})
     (chunk,) = plan.chunks
     assert chunk.num_tokens == 4 and chunk.num_draft == 3 and chunk.samples
-    s.update_from_output(plan, {"a": [11, 12, 99]})  # two drafts accepted, then a new token
+    assert chunk.token_ids == (7, 11, 12, 13) and chunk.draft_token_ids == (11, 12, 13)
+    s.update_from_output(plan, {"a": [11, 12, 99]}, 0.0)  # two drafts accepted, then a new one
     assert req.output_token_ids == [7, 11, 12, 99]
     assert req.num_computed_tokens == req.num_tokens - 1
     assert (req.draft_tokens_proposed, req.draft_tokens_accepted) == (3, 2)
@@ -155,10 +153,98 @@ def test_queue_delay_counts_prefills_ahead_and_drains_to_zero() -> None:
     s.add(a)
     s.add(b)
     assert s.queue_delay_ms(now=100.5) == pytest.approx(500.0)  # both wait, oldest 0.5 s
-    _step(s)  # a gets its first token: one prefill-time sample
-    assert s.recent_prefill_ms > 0
+    plan = s.schedule(100.5)  # a starts at 100.5 ...
+    s.update_from_output(plan, {"a": [7]}, 100.8)  # ... and has its first token 300 ms later
+    assert s.recent_prefill_ms == pytest.approx(0.2 * 300.0)
     assert s.num_awaiting_first_token == 1  # b still waits for its prefill
-    assert s.queue_delay_ms(now=time.monotonic()) >= s.recent_prefill_ms
+    assert s.queue_delay_ms(now=100.8) == pytest.approx(800.0)  # b's age beats 1 x 60 ms
     while s.has_unfinished():
-        _step(s)
-    assert s.queue_delay_ms(now=time.monotonic()) == 0.0  # idle: nothing ahead of a new request
+        _step(s, now=101.0)
+    assert s.queue_delay_ms(now=101.0) == 0.0  # idle: nothing ahead of a new request
+
+
+# -- hand-off between workers ----------------------------------------------------------------
+
+
+def test_hand_off_request_parks_with_its_kv_after_the_first_token() -> None:
+    s = _sched()
+    req = _req("a", 9)
+    req.hand_off = True
+    s.add(req)
+    _step(s, now=1.0)
+    s.update_from_output(SchedulerOutput(()), {}, 1.0)
+    assert req.status == RequestStatus.KV_IN_FLIGHT and req.output_token_ids == [7]
+    assert req.num_computed_tokens == 9 and len(req.block_ids) == 3
+    assert s.num_blocks_in_flight == 3 and not s.has_unfinished()
+    assert s.schedule(2.0).chunks == ()  # never scheduled again here
+    assert s.finish("a", RequestStatus.FINISHED_STOPPED) is req
+    assert s.pool.num_free == s.pool.num_blocks and not s.in_flight
+
+
+def test_hand_off_hold_expires_and_frees_blocks() -> None:
+    s = _sched()
+    req = _req("a", 5)
+    req.hand_off = True
+    s.add(req)
+    plan = s.schedule(0.0)
+    s.update_from_output(plan, {"a": [7]}, 0.0, hold_deadline=10.0)
+    assert s.next_deadline() == 10.0
+    assert s.expire(9.9) == ([], [])
+    dropped, _ = s.expire(10.0)
+    assert dropped == [req] and req.status == RequestStatus.FINISHED_ABORTED
+    assert s.pool.num_free == s.pool.num_blocks and s.next_deadline() is None
+
+
+def test_a_request_ending_on_its_first_token_is_not_handed_off() -> None:
+    s = _sched()
+    req = _req("a", 5, max_tokens=1)
+    req.hand_off = True
+    s.add(req)
+    _step(s)
+    assert req.status == RequestStatus.FINISHED_LENGTH and not s.in_flight
+
+
+def _imported(rid: str = "a", prompt: int = 8) -> Request:
+    """A request as a decode worker receives it: its prompt and the prefill worker's token."""
+    req = _req(rid, prompt)
+    req.output_token_ids = [7]
+    return req
+
+
+@pytest.mark.parametrize("prompt", [7, 8, 9])  # 8 ends exactly on a block boundary
+def test_imported_kv_makes_the_request_computed_up_to_its_prompt(prompt: int) -> None:
+    s = _sched()
+    req = _imported(prompt=prompt)
+    assert s.reserve_for_kv(req, prompt, deadline=5.0)
+    assert req.status == RequestStatus.WAITING_FOR_KV and len(req.block_ids) == -(-prompt // 4)
+    assert not s.has_unfinished() and s.schedule(0.0).chunks == ()  # never early, no spin
+    s.kv_arrived("a", prompt)
+    plan = s.schedule(0.0)
+    (chunk,) = plan.chunks
+    assert (chunk.start, chunk.token_ids, chunk.samples) == (prompt, (7,), True)
+    assert len(chunk.block_ids) == prompt // 4 + 1  # the first output token's slot is added
+    s.update_from_output(plan, {"a": [8]}, 0.0)
+    assert req.output_token_ids == [7, 8] and req.num_computed_tokens == prompt + 1
+
+
+def test_failed_or_late_kv_recomputes_the_request() -> None:
+    s = _sched()
+    a, b = _imported("a"), _imported("b")
+    assert s.reserve_for_kv(a, 8, deadline=5.0) and s.reserve_for_kv(b, 8, deadline=5.0)
+    s.kv_failed("a")
+    assert s.expire(5.0) == ([], ["b"])
+    assert s.pool.num_free == s.pool.num_blocks
+    plan = s.schedule(5.0)
+    assert sorted((c.request_id, c.start, c.num_tokens) for c in plan.chunks) == [
+        ("a", 0, 9),
+        ("b", 0, 9),
+    ]  # prompt and the first token are recomputed; the next token is sampled
+
+
+def test_reserve_refuses_when_blocks_are_short_and_abort_frees_a_reservation() -> None:
+    s = _sched(blocks=3)
+    req = _imported("b", prompt=4)
+    assert s.reserve_for_kv(req, 4, deadline=1.0) and s.num_blocks_in_flight == 1
+    assert not s.reserve_for_kv(_imported("a", prompt=9), 9, deadline=1.0)  # 3 needed, 2 free
+    assert list(s.requests) == ["b"] and s.pool.num_free == 2
+    assert s.abort("b") is req and s.pool.num_free == 3 and not s.waiting_for_kv

@@ -15,18 +15,22 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import structlog
 
 from flexmesh.actors.runner.engine import Engine
+from flexmesh.meshcore.errors import EngineFailedError
 from flexmesh.meshcore.messages import RequestOutput
 from flexmesh.meshcore.sampling import SamplingParams
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-Stream = asyncio.Queue[RequestOutput]
+StreamItem = RequestOutput | EngineFailedError
+"""What a request's stream carries: its outputs, or the error that ended it."""
+Stream = asyncio.Queue[StreamItem]
 
 
 class AsyncEngine:
@@ -35,9 +39,7 @@ class AsyncEngine:
     def __init__(self, build: Callable[[], Engine]) -> None:
         self._inbox: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
         self._inbox = queue.SimpleQueue()
-        self._streams: dict[
-            str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput]]
-        ] = {}
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, Stream]] = {}
         self._wake = threading.Event()
         self._stopped = False
         built: concurrent.futures.Future[Engine] = concurrent.futures.Future()
@@ -60,19 +62,33 @@ class AsyncEngine:
         prompt_token_ids: list[int] | None,
         sampling: SamplingParams,
         request_id: str,
-    ) -> asyncio.Queue[RequestOutput]:
+        hand_off: bool = False,
+    ) -> Stream:
         """Queue a request; typed errors (bad prompt, ...) are raised here, to the caller."""
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue[RequestOutput] = asyncio.Queue()
 
         def add() -> None:
             self.engine.add_request(
-                prompt, prompt_token_ids=prompt_token_ids, sampling=sampling, request_id=request_id
+                prompt,
+                prompt_token_ids=prompt_token_ids,
+                sampling=sampling,
+                request_id=request_id,
+                hand_off=hand_off,
             )
-            self._streams[request_id] = (loop, out)
 
-        await self.call(add)
-        return out
+        stream, _ = await self.open_stream(request_id, add)
+        return stream
+
+    async def open_stream(self, request_id: str, start: Callable[[], T]) -> tuple[Stream, T]:
+        """Run `start` (which adds `request_id` to the engine); stream its outputs from then."""
+        loop = asyncio.get_running_loop()
+        out: Stream = asyncio.Queue()
+
+        def run() -> T:
+            result = start()
+            self._streams[request_id] = (loop, out)
+            return result
+
+        return out, await self.call(run)
 
     async def abort(self, request_id: str) -> bool:
         def abort() -> bool:
@@ -108,8 +124,12 @@ class AsyncEngine:
         built.set_result(self.engine)
         while not self._stopped:
             self._drain_inbox()
+            for rid in self.engine.expire():
+                log.warning("kv.hold_expired", request_id=rid)
             if not self.engine.has_unfinished():
-                self._wake.wait()
+                deadline = self.engine.scheduler.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._wake.wait(timeout)
                 self._wake.clear()
                 continue
             try:
@@ -122,12 +142,12 @@ class AsyncEngine:
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         """Hand a step's outputs to their streams: one event-loop wake-up per loop per step."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, RequestOutput]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, StreamItem]]] = {}
         for out in outputs:
             target = self._streams.get(out.request_id)
             if target is None:
                 continue
-            if out.finished:
+            if out.finished or out.handoff is not None:
                 del self._streams[out.request_id]
             loop, q = target
             by_loop.setdefault(loop, []).append((q, out))
@@ -135,16 +155,19 @@ class AsyncEngine:
             loop.call_soon_threadsafe(_put_all, items)
 
     def _fail_all(self) -> None:
-        """After a failed step, abort every request so no stream waits forever."""
-        failed = [
-            RequestOutput(rid, (), "", finished=True, finish_reason="error")
-            for rid in self._streams
-        ]
-        for out in failed:
-            self.engine.abort(out.request_id)
-        self._deliver(failed)
+        """After a failed step, abort every request (parked ones too) and end every stream with
+        `EngineFailedError`, so no caller waits forever and no KV block stays taken."""
+        for rid in list(self.engine.scheduler.requests):
+            self.engine.abort(rid)
+        streams, self._streams = self._streams, {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, StreamItem]]] = {}
+        for rid, (loop, q) in streams.items():
+            error = EngineFailedError(f"the engine failed a step while serving {rid}")
+            by_loop.setdefault(loop, []).append((q, error))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
 
 
-def _put_all(items: list[tuple[Stream, RequestOutput]]) -> None:
+def _put_all(items: list[tuple[Stream, StreamItem]]) -> None:
     for q, out in items:
         q.put_nowait(out)

@@ -8,12 +8,12 @@ from typing import Any
 class IncrementalDetokenizer:
     """Turns a growing list of output token ids into newly finished text."""
 
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], emitted_chars: int = 0) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
         self.hold_chars = max((len(s) for s in stop), default=1) - 1
-        self.emitted = 0
-        self.text = ""
+        self.emitted = emitted_chars
+        """Characters of the decoded output already returned (carried across a hand-off)."""
 
     def update(self, token_ids: list[int], final: bool) -> tuple[str, bool]:
         """Return (new text, stop string hit). After a hit the text ends before the stop."""
@@ -23,7 +23,6 @@ class IncrementalDetokenizer:
             hits = [i for i in (full.find(s, search_from) for s in self.stop) if i >= 0]
             if hits:
                 cut = min(hits)
-                self.text = full[:cut]
                 new = full[self.emitted : cut]
                 self.emitted = cut
                 return new, True
@@ -35,5 +34,4 @@ class IncrementalDetokenizer:
             end = max(self.emitted, end - self.hold_chars)
         new = full[self.emitted : end]
         self.emitted = end
-        self.text = full[:end]
         return new, False

@@ -14,7 +14,7 @@ from flexmesh.meshcore.block_pool import BlockPool, blocks_needed
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.request import Request
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.meshcore.scheduler import ScheduledChunk, SchedulerOutput
+from flexmesh.meshcore.scheduler import SchedulerOutput, plan_chunk
 
 _GREEDY = SamplingParams(max_tokens=1 << 30)
 
@@ -51,12 +51,7 @@ class DraftProposer:
         drafts: dict[str, list[int]] = {s.request_id: [] for s in shadows}
         active = shadows
         while active:
-            chunks = [
-                ScheduledChunk(
-                    s, s.num_computed_tokens, s.num_tokens - s.num_computed_tokens, 0, True
-                )
-                for s in active
-            ]
+            chunks = [plan_chunk(s, s.num_tokens - s.num_computed_tokens) for s in active]
             sampled = self.runner.execute(SchedulerOutput(tuple(chunks)))
             still: list[Request] = []
             for s in active:

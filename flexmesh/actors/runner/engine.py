@@ -2,20 +2,28 @@
 
 `step()` is the whole loop body: propose drafts, plan, execute, apply, detokenise. The Ray
 worker runs it in a background thread (`AsyncEngine`); tests and benchmarks call it directly.
+
+Hand-off seams (called between steps, on the thread that steps): a request added with
+`hand_off` stops after its first token, whose output carries its `RequestState`, and holds its
+KV until `export_kv` + `release_kv` (or the hold deadline); a decode engine `resume`s that state
+with blocks reserved, then `import_kv` (or `kv_failed`: recompute) lets it continue.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from flexmesh.actors.runner.detok import IncrementalDetokenizer
 from flexmesh.actors.runner.draft import DraftProposer
 from flexmesh.actors.runner.runner import ModelRunner
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
-from flexmesh.meshcore.messages import RequestOutput
+from flexmesh.meshcore.messages import RequestOutput, RequestState
 from flexmesh.meshcore.request import Request, RequestStatus
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.meshcore.scheduler import Scheduler
@@ -25,11 +33,17 @@ WARM_UP_PROMPT_TOKENS = 128
 """Length of the synthetic prompt `Engine.warm_up` prefills."""
 
 
+STEP_EWMA_WEIGHT = 0.1
+"""Weight of the newest step in `Engine.recent_step_ms`."""
+
+
 @dataclass
 class _Tracked:
     request: Request
     detok: IncrementalDetokenizer
     sent_tokens: int = 0
+    timings_ms: tuple[float, float] | None = None
+    """(queue, prefill) measured on the worker that prefilled a handed-over request."""
 
 
 class Engine:
@@ -40,8 +54,10 @@ class Engine:
         model_path: str | Path,
         config: EngineConfig | None = None,
         draft_model_path: str | Path | None = None,
+        kv_hold_timeout_s: float = 30.0,
     ) -> None:
         self.config = config or EngineConfig()
+        self.kv_hold_timeout_s = kv_hold_timeout_s
         self.model_path = str(model_path)
         self.runner = ModelRunner(model_path, self.config)
         self.draft = (
@@ -58,6 +74,10 @@ class Engine:
         self._ids = itertools.count()
         self.tokens_generated = 0
         self.steps = 0
+        self.recent_step_ms = 0.0
+        """Moving average of a step's wall time."""
+        self.recent_decode_step_ms = 0.0
+        """Moving average of a decode-only step's wall time: the time per output token."""
 
     @property
     def max_model_len_tokens(self) -> int:
@@ -72,8 +92,13 @@ class Engine:
         prompt_token_ids: list[int] | None = None,
         sampling: SamplingParams | None = None,
         request_id: str | None = None,
+        hand_off: bool = False,
     ) -> str:
-        """Queue a request (text or token ids); return its id. Bad input raises typed errors."""
+        """Queue a request (text or token ids); return its id. Bad input raises typed errors.
+
+        With `hand_off`, the request stops after its first token and holds its KV for a decode
+        worker (its output then carries the `RequestState` to continue from).
+        """
         sampling = sampling or SamplingParams()
         if prompt_token_ids:
             ids = [int(t) for t in prompt_token_ids]
@@ -85,12 +110,77 @@ class Engine:
         else:
             raise InvalidRequestError("prompt", "is empty")
         rid = request_id or f"req-{next(self._ids)}"
-        request = Request(rid, ids, sampling, eos_token_ids=self.eos_token_ids)
+        request = Request(rid, ids, sampling, self.eos_token_ids, hand_off=hand_off)
         self.scheduler.add(request)
         self._tracked[rid] = _Tracked(
             request, IncrementalDetokenizer(self.tokenizer, sampling.stop)
         )
         return rid
+
+    def resume(self, state: RequestState, kv_deadline: float | None) -> list[int]:
+        """Continue a request another worker started; return the block ids its KV goes into.
+
+        With `kv_deadline`, blocks for the state's KV are reserved (the request waits for
+        `import_kv` or `kv_failed` until then); with none, or when the blocks are not free,
+        the request recomputes its tokens here and the list is empty.
+        """
+        now = time.monotonic()
+        request = Request(
+            state.request_id,
+            list(state.prompt_token_ids),
+            state.sampling,
+            self.eos_token_ids,
+            arrival_time=now,
+            output_token_ids=list(state.output_token_ids),
+            first_scheduled_time=now,
+            first_token_time=now,  # its prefill was measured elsewhere
+            draft_tokens_proposed=state.draft_tokens_proposed,
+            draft_tokens_accepted=state.draft_tokens_accepted,
+        )
+        reserved = kv_deadline is not None and self.scheduler.reserve_for_kv(
+            request, state.num_kv_tokens, kv_deadline
+        )
+        if not reserved:
+            self.scheduler.add(request)
+        detok = IncrementalDetokenizer(self.tokenizer, state.sampling.stop, state.sent_text_chars)
+        self._tracked[state.request_id] = _Tracked(
+            request, detok, state.sent_tokens, (state.queue_ms, state.prefill_ms)
+        )
+        if state.generator_state:
+            self.runner.restore_generator(state.request_id, state.generator_state)
+        return list(request.block_ids) if reserved else []
+
+    def export_kv(self, request_id: str) -> torch.Tensor:
+        """A copy of a handed-off request's KV `[layers, 2, blocks, block, kv_heads, dim]`."""
+        if request_id not in self.scheduler.in_flight:
+            raise KeyError(f"{request_id} holds no KV for a hand-off (expired or aborted)")
+        return self.runner.gather_kv(self.scheduler.requests[request_id].block_ids)
+
+    def release_kv(self, request_id: str) -> bool:
+        """The decode side took (or gave up on) a handed-off request's KV: free it here."""
+        if request_id not in self.scheduler.in_flight:
+            return False
+        self.scheduler.finish(request_id, RequestStatus.FINISHED_STOPPED)
+        return True
+
+    def import_kv(self, request_id: str, kv: torch.Tensor, num_kv_tokens: int) -> None:
+        """Write received KV into the request's reserved blocks; it then decodes from there."""
+        if request_id not in self.scheduler.waiting_for_kv:
+            raise KeyError(f"{request_id} is not waiting for KV (expired or aborted)")
+        self.runner.scatter_kv(self.scheduler.requests[request_id].block_ids, kv)
+        self.scheduler.kv_arrived(request_id, num_kv_tokens)
+
+    def kv_failed(self, request_id: str) -> None:
+        """The KV will not arrive: recompute the request here from its tokens."""
+        self.scheduler.kv_failed(request_id)
+
+    def expire(self) -> list[str]:
+        """Free hand-off holds past their deadline; return the ids of requests dropped here."""
+        dropped, _ = self.scheduler.expire(time.monotonic())
+        for req in dropped:
+            self._tracked.pop(req.request_id, None)
+            self._release(req.request_id)
+        return [r.request_id for r in dropped]
 
     def abort(self, request_id: str) -> bool:
         """Abort a request and free its KV blocks; False when it is unknown or already done."""
@@ -109,13 +199,20 @@ class Engine:
     # -- the loop body ---------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        self._propose_drafts()
-        plan = self.scheduler.schedule()
+        start = time.monotonic()
+        plan = self.scheduler.schedule(start, self._propose_drafts())
         if not plan.chunks:
-            return []
+            return [out for req in plan.finished if (out := self._output(req)) is not None]
         sampled = self.runner.execute(plan)
-        touched = self.scheduler.update_from_output(plan, sampled)
+        now = time.monotonic()
+        touched = self.scheduler.update_from_output(
+            plan, sampled, now, hold_deadline=now + self.kv_hold_timeout_s
+        )
         self.steps += 1
+        step_ms = (now - start) * 1000.0
+        self.recent_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_step_ms)
+        if all(c.start > 0 and c.num_tokens - c.num_draft == 1 for c in plan.chunks):
+            self.recent_decode_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_decode_step_ms)
         return [out for req in touched if (out := self._output(req)) is not None]
 
     def strategy_of(self, req: Request) -> str:
@@ -123,9 +220,10 @@ class Engine:
         s = req.sampling.strategy
         return s if s == "pld" or (s == "spec" and self.draft is not None) else "none"
 
-    def _propose_drafts(self) -> None:
-        """Give decoding PLD / spec requests draft tokens for this step."""
+    def _propose_drafts(self) -> dict[str, list[int]]:
+        """Draft tokens for this step of decoding PLD / spec requests."""
         cfg = self.config
+        drafts: dict[str, list[int]] = {}
         spec: list[Request] = []
         room: dict[str, int] = {}
         for req in self.scheduler.running:
@@ -140,40 +238,64 @@ class Engine:
             if k <= 0:
                 continue
             if strategy == "pld":
-                req.spec_token_ids[:] = propose_prompt_lookup(
+                drafts[req.request_id] = propose_prompt_lookup(
                     req.all_token_ids, cfg.pld_ngram_tokens, k
                 )
             else:
                 spec.append(req)
                 room[req.request_id] = k
         if spec and self.draft is not None:
-            for rid, tokens in self.draft.propose(spec, room).items():
-                self.scheduler.requests[rid].spec_token_ids[:] = tokens
+            drafts.update(self.draft.propose(spec, room))
+        return drafts
 
     def _output(self, req: Request) -> RequestOutput | None:
         tracked = self._tracked.get(req.request_id)
         if tracked is None:
             return None
-        new_ids = req.output_token_ids[tracked.sent_tokens :]
+        offset = tracked.sent_tokens
+        new_ids = tuple(req.output_token_ids[offset:])
         tracked.sent_tokens = len(req.output_token_ids)
         self.tokens_generated += len(new_ids)
         text, stopped = tracked.detok.update(req.output_token_ids, final=req.finished)
         if stopped and not req.finished:
             self.scheduler.finish(req.request_id, RequestStatus.FINISHED_STOPPED)
+        queue_ms, prefill_ms = tracked.timings_ms or (
+            _ms(req.arrival_time, req.first_scheduled_time),
+            _ms(req.first_scheduled_time, req.first_token_time),
+        )
+        if req.status == RequestStatus.KV_IN_FLIGHT:
+            del self._tracked[req.request_id]
+            state = RequestState(
+                request_id=req.request_id,
+                prompt_token_ids=tuple(req.prompt_token_ids),
+                output_token_ids=tuple(req.output_token_ids),
+                sampling=req.sampling,
+                num_kv_tokens=req.num_computed_tokens,
+                sent_tokens=tracked.sent_tokens,
+                sent_text_chars=tracked.detok.emitted,
+                generator_state=self.runner.generator_state(req.request_id),
+                queue_ms=queue_ms,
+                prefill_ms=prefill_ms,
+                draft_tokens_proposed=req.draft_tokens_proposed,
+                draft_tokens_accepted=req.draft_tokens_accepted,
+            )
+            self._release(req.request_id)
+            return RequestOutput(req.request_id, new_ids, text, offset=offset, handoff=state)
         if not req.finished:
-            return RequestOutput(req.request_id, tuple(new_ids), text)
+            return RequestOutput(req.request_id, new_ids, text, offset=offset)
         self._tracked.pop(req.request_id, None)
         self._release(req.request_id)
         return RequestOutput(
             request_id=req.request_id,
-            token_ids=tuple(new_ids),
+            token_ids=new_ids,
             text=text,
             finished=True,
             finish_reason=req.status.finish_reason,
+            offset=offset,
             prompt_tokens=req.num_prompt_tokens,
             completion_tokens=len(req.output_token_ids),
-            queue_ms=_ms(req.arrival_time, req.first_scheduled_time),
-            prefill_ms=_ms(req.first_scheduled_time, req.first_token_time),
+            queue_ms=queue_ms,
+            prefill_ms=prefill_ms,
             draft_tokens_proposed=req.draft_tokens_proposed,
             draft_tokens_accepted=req.draft_tokens_accepted,
             strategy=self.strategy_of(req),

@@ -8,6 +8,7 @@ it is installed (without Ascend's CANN toolkit it breaks `import torch`).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -101,15 +102,12 @@ class ModelRunner:
         greedy_ids = logits.argmax(dim=-1).tolist()
         for chunk, first_row in sample_rows:
             rows = range(first_row, first_row + chunk.num_draft + 1)
-            req = chunk.request
-            drafts = req.spec_token_ids[: chunk.num_draft]
-            if req.sampling.greedy:
-                out[req.request_id] = accept_greedy(drafts, [greedy_ids[r] for r in rows])
+            rid, drafts = chunk.request_id, list(chunk.draft_token_ids)
+            if chunk.sampling.greedy:
+                out[rid] = accept_greedy(drafts, [greedy_ids[r] for r in rows])
             else:
-                gen = self._generator(req.request_id, req.sampling.seed)
-                out[req.request_id] = sample_chunk(
-                    logits[first_row : rows.stop], drafts, req.sampling, gen
-                )
+                gen = self._generator(rid, chunk.sampling.seed)
+                out[rid] = sample_chunk(logits[first_row : rows.stop], drafts, chunk.sampling, gen)
         return out
 
     def next_token_logits(self, token_ids: list[int]) -> list[float]:
@@ -129,6 +127,32 @@ class ModelRunner:
         )
         return self.model.forward(batch, scratch)[0].tolist()  # type: ignore[no-any-return]
 
+    # -- KV and sampler state that move with a request -------------------------------------
+
+    def gather_kv(self, block_ids: Sequence[int]) -> torch.Tensor:
+        """A contiguous copy of these blocks `[layers, 2, blocks, block, kv_heads, dim]`."""
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
+        return self.kv_cache.index_select(2, index)
+
+    def scatter_kv(self, block_ids: Sequence[int], kv: torch.Tensor) -> None:
+        """Write `kv` (as `gather_kv` returns it) into these blocks."""
+        expected = (*self.kv_cache.shape[:2], len(block_ids), *self.kv_cache.shape[3:])
+        if tuple(kv.shape) != expected:
+            raise ValueError(f"KV of shape {tuple(kv.shape)} does not fit {expected}")
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
+        self.kv_cache.index_copy_(2, index, kv.to(device=self.device, dtype=self.dtype))
+
+    def generator_state(self, request_id: str) -> bytes:
+        """The request's sampler state (empty when it never sampled randomly)."""
+        gen = self._generators.get(request_id)
+        return b"" if gen is None else bytes(gen.get_state().numpy().tobytes())
+
+    def restore_generator(self, request_id: str, state: bytes) -> None:
+        """Continue a request's random stream where another worker left it."""
+        gen = torch.Generator(device="cpu")
+        gen.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+        self._generators[request_id] = gen
+
     def release(self, request_id: str) -> None:
         """Forget per-request state (its random generator) once the request ends."""
         self._generators.pop(request_id, None)
@@ -146,7 +170,7 @@ class ModelRunner:
 
     # -- turning a plan into tensors -------------------------------------------------------
 
-    def _slots(self, block_ids: list[int], start: int, stop: int) -> list[int]:
+    def _slots(self, block_ids: Sequence[int], start: int, stop: int) -> list[int]:
         bs = self.block_size
         return [block_ids[p // bs] * bs + p % bs for p in range(start, stop)]
 
@@ -162,11 +186,9 @@ class ModelRunner:
         logit_rows: list[int] = []
         sample_rows: list[tuple[ScheduledChunk, int]] = []
         for c in small + large:
-            req = c.request
-            n_real = c.num_tokens - c.num_draft
-            ids += req.all_token_ids[c.start : c.start + n_real] + req.spec_token_ids[: c.num_draft]
+            ids += c.token_ids
             positions += range(c.start, c.start + c.num_tokens)
-            slots += self._slots(req.block_ids, c.start, c.start + c.num_tokens)
+            slots += self._slots(c.block_ids, c.start, c.start + c.num_tokens)
             if c.samples:
                 first = len(ids) - c.num_draft - 1
                 sample_rows.append((c, len(logit_rows)))
@@ -196,7 +218,7 @@ class ModelRunner:
         max_ctx = max(ctx)
         kv_slots = torch.zeros(len(chunks), max_ctx, dtype=torch.long)
         for b, c in enumerate(chunks):
-            kv_slots[b, : ctx[b]] = torch.tensor(self._slots(c.request.block_ids, 0, ctx[b]))
+            kv_slots[b, : ctx[b]] = torch.tensor(self._slots(c.block_ids, 0, ctx[b]))
         n_q = torch.tensor([c.num_tokens for c in chunks])
         q_valid = torch.arange(max_q)[None, :] < n_q[:, None]  # [batch, max_q]
         # Query i of chunk b sits at position start + i and sees keys up to it; padded query
@@ -216,7 +238,7 @@ class ModelRunner:
     def _large_group(self, c: ScheduledChunk, row_start: int) -> AttentionGroup:
         dev = self.device
         ctx = c.start + c.num_tokens
-        kv_slots = torch.tensor([self._slots(c.request.block_ids, 0, ctx)], device=dev)
+        kv_slots = torch.tensor([self._slots(c.block_ids, 0, ctx)], device=dev)
         q_valid = torch.ones(1, c.num_tokens, dtype=torch.bool, device=dev)
         if c.start == 0:
             return AttentionGroup(row_start, c.num_tokens, q_valid, kv_slots, None, is_causal=True)

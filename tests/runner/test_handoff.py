@@ -1,0 +1,161 @@
+"""Prefill on one engine, decode on another: the KV seams give exactly co-located output."""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+
+import pytest
+
+from flexmesh.actors.runner.engine import Engine
+from flexmesh.meshcore.config import EngineConfig
+from flexmesh.meshcore.messages import RequestOutput
+from flexmesh.meshcore.sampling import SamplingParams
+from tests.runner.conftest import PROMPTS, hf_greedy
+
+NEW_TOKENS = 20
+NONE: frozenset[int] = frozenset()
+CFG = EngineConfig(block_size_tokens=16, max_batched_tokens=512, max_num_seqs=8)
+
+
+class Pair:
+    """A prefill engine and a decode engine of one model, KV handed over in process."""
+
+    def __init__(self, model_path: str) -> None:
+        self.p = Engine(model_path, CFG)
+        self.d = Engine(model_path, CFG)
+        self.outputs: dict[str, list[RequestOutput]] = {}
+
+    def run(
+        self,
+        prompts: list[list[int]],
+        sps: list[SamplingParams],
+        lose: frozenset[int] = frozenset(),
+    ) -> list[list[int]]:
+        """Submit prompts at staggered steps; hand each over after its first token.
+
+        The KV of the prompts whose index is in `lose` never arrives: their decode side
+        recomputes them.
+        """
+        rids: list[str] = []
+        pending = list(zip(prompts, sps, strict=True))
+        step = 0
+        while pending or self.p.has_unfinished() or self.d.has_unfinished():
+            if pending and step % 2 == 0:
+                ids, sp = pending.pop(0)
+                rids.append(self.p.add_request(prompt_token_ids=ids, sampling=sp, hand_off=True))
+            for out in self.p.step():
+                self._collect(out)
+                if out.handoff is not None:
+                    self._hand_over(out, lose_kv=rids.index(out.request_id) in lose)
+            for out in self.d.step():
+                self._collect(out)
+            step += 1
+        return [[t for o in self.outputs[r] for t in o.token_ids] for r in rids]
+
+    def _collect(self, out: RequestOutput) -> None:
+        self.outputs.setdefault(out.request_id, []).append(out)
+
+    def _hand_over(self, out: RequestOutput, lose_kv: bool) -> None:
+        state = out.handoff
+        assert state is not None
+        blocks = self.d.resume(state, kv_deadline=time.monotonic() + 60)
+        assert blocks, "blocks are free: the decode side must reserve them"
+        if lose_kv:
+            self.d.kv_failed(state.request_id)
+        else:
+            kv = self.p.export_kv(state.request_id)
+            self.d.import_kv(state.request_id, kv, state.num_kv_tokens)
+        assert self.p.release_kv(state.request_id)
+
+    def all_free(self) -> bool:
+        return all(
+            e.scheduler.pool.num_free == e.scheduler.pool.num_blocks and not e.scheduler.requests
+            for e in (self.p, self.d)
+        )
+
+
+@cache
+def _pairs(model_path: str) -> Pair:
+    return Pair(model_path)
+
+
+def _pair(model_path: str) -> Pair:
+    pair = _pairs(model_path)
+    pair.outputs.clear()
+    return pair
+
+
+def _prompts(engine: Engine) -> list[list[int]]:
+    ids = [engine.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    # Prompts ending exactly on a block boundary, and one block and a token.
+    base = ids[1] * 3
+    return [*ids, base[:16], base[:32], base[:17]]
+
+
+def test_disaggregated_greedy_equals_hugging_face(model_path: str) -> None:
+    pair = _pair(model_path)
+    prompts = _prompts(pair.p)
+    strategies = ["none", "pld"] * len(prompts)
+    sps = [SamplingParams(max_tokens=NEW_TOKENS, strategy=s) for s in strategies[: len(prompts)]]
+    got = pair.run(prompts, sps)
+    for ids, out in zip(prompts, got, strict=True):
+        assert out == hf_greedy(model_path, tuple(ids), NEW_TOKENS)
+    for outs in pair.outputs.values():
+        offsets = [o.offset for o in outs]
+        lengths = [len(o.token_ids) for o in outs]
+        assert offsets == [sum(lengths[:i]) for i in range(len(outs))], "offsets contiguous"
+        final = outs[-1]
+        assert final.finished and final.completion_tokens == sum(lengths)
+        assert sum(1 for o in outs if o.handoff is not None) == 1
+    assert pair.all_free()
+
+
+def test_seeded_sampling_gives_the_same_tokens_both_ways(small_path: str) -> None:
+    pair = _pair(small_path)
+    prompts = _prompts(pair.p)[:4]
+    sps = [
+        SamplingParams(max_tokens=NEW_TOKENS, temperature=0.9, top_p=0.95, seed=s)
+        for s in range(len(prompts))
+    ]
+    disaggregated = pair.run(prompts, sps)
+    colocated = [pair.d.generate([p], sp)[0] for p, sp in zip(prompts, sps, strict=True)]
+    assert disaggregated == colocated
+    assert pair.all_free()
+
+
+def test_lost_kv_is_recomputed_with_the_same_tokens(small_path: str) -> None:
+    pair = _pair(small_path)
+    prompts = _prompts(pair.p)[:3]
+    sps = [SamplingParams(max_tokens=NEW_TOKENS)] * 3
+    got = pair.run(prompts, sps, lose=frozenset({0, 2}))
+    for ids, out in zip(prompts, got, strict=True):
+        assert out == hf_greedy(small_path, tuple(ids), NEW_TOKENS)
+    assert pair.all_free()
+
+
+def test_abort_and_expiry_free_blocks_on_both_sides(small_path: str) -> None:
+    pair = _pair(small_path)
+    ids = _prompts(pair.p)[3]
+    sp = SamplingParams(max_tokens=NEW_TOKENS)
+    handed: list[RequestOutput] = []
+    for _ in range(3):
+        pair.p.add_request(prompt_token_ids=ids, sampling=sp, hand_off=True)
+    while pair.p.has_unfinished():
+        handed += [o for o in pair.p.step() if o.handoff is not None]
+    a, b, c = (o.handoff for o in handed)
+    assert a is not None and b is not None and c is not None
+    assert pair.p.scheduler.num_blocks_in_flight > 0 and not pair.p.has_unfinished()
+    # a: aborted on both sides while its KV waits; b: the hold on P and the wait on D expire.
+    pair.d.resume(a, kv_deadline=time.monotonic() + 60)
+    assert pair.p.abort(a.request_id) and pair.d.abort(a.request_id)
+    pair.d.resume(b, kv_deadline=time.monotonic() - 1)
+    pair.p.scheduler.in_flight[b.request_id] = 0.0
+    pair.p.scheduler.in_flight[c.request_id] = 0.0
+    assert sorted(pair.p.expire()) == sorted([b.request_id, c.request_id])
+    pair.d.expire()  # b's KV wait is over: it is recomputed on D
+    assert pair.d.scheduler.requests[b.request_id].num_computed_tokens == 0
+    pair.d.abort(b.request_id)
+    with pytest.raises(KeyError):
+        pair.p.export_kv(b.request_id)
+    assert pair.all_free()
