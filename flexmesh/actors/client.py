@@ -10,7 +10,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from flexmesh.meshcore.errors import FlexMeshError, WorkerUnavailableError
-from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
 
@@ -22,12 +22,23 @@ class WorkerClientProtocol(Protocol):
     model: str
 
     def stream(
-        self, request_id: str, prompt: str, prompt_token_ids: list[int], sampling: SamplingParams
+        self,
+        request_id: str,
+        prompt: str,
+        prompt_token_ids: list[int],
+        sampling: SamplingParams,
+        hand_off: bool = False,
+    ) -> AsyncIterator[RequestOutput]: ...
+
+    def resume(
+        self, state: RequestState, src: str = "", src_rank: int = -1
     ) -> AsyncIterator[RequestOutput]: ...
 
     async def abort(self, request_id: str) -> None: ...
 
     async def status(self) -> WorkerStatus: ...
+
+    async def set_role(self, role: str) -> None: ...
 
 
 class WorkerClient:
@@ -41,12 +52,26 @@ class WorkerClient:
     def __init__(self, handle: Any, name: str, model: str, timeout_s: float) -> None:
         self.handle, self.name, self.model, self.timeout_s = handle, name, model, timeout_s
 
-    async def stream(
-        self, request_id: str, prompt: str, prompt_token_ids: list[int], sampling: SamplingParams
+    def stream(
+        self,
+        request_id: str,
+        prompt: str,
+        prompt_token_ids: list[int],
+        sampling: SamplingParams,
+        hand_off: bool = False,
     ) -> AsyncIterator[RequestOutput]:
         gen = self.handle.generate.options(num_returns="streaming").remote(
-            request_id, prompt, prompt_token_ids, sampling
+            request_id, prompt, prompt_token_ids, sampling, hand_off
         )
+        return self._follow(request_id, gen)
+
+    def resume(
+        self, state: RequestState, src: str = "", src_rank: int = -1
+    ) -> AsyncIterator[RequestOutput]:
+        gen = self.handle.resume.options(num_returns="streaming").remote(state, src, src_rank)
+        return self._follow(state.request_id, gen)
+
+    async def _follow(self, request_id: str, gen: Any) -> AsyncIterator[RequestOutput]:
         finished = False
         try:
             while True:
@@ -63,7 +88,7 @@ class WorkerClient:
                     if isinstance(exc.cause, FlexMeshError):
                         raise exc.cause from None  # the worker's typed error, message intact
                     raise
-                finished = out.finished
+                finished = out.finished or out.handoff is not None
                 yield out
         finally:
             if not finished:
@@ -78,8 +103,14 @@ class WorkerClient:
             pass  # a dead or stuck worker holds no KV we could free
 
     async def status(self) -> WorkerStatus:
+        return await self._call(self.handle.status.remote())  # type: ignore[no-any-return]
+
+    async def set_role(self, role: str) -> None:
+        await self._call(self.handle.set_role.remote(role))
+
+    async def _call(self, ref: Any) -> Any:
         try:
-            return await asyncio.wait_for(self.handle.status.remote(), self.timeout_s)  # type: ignore[no-any-return]
+            return await asyncio.wait_for(ref, self.timeout_s)
         except (*_DEAD, TimeoutError) as exc:
             raise WorkerUnavailableError(f"worker {self.name} is unavailable: {exc}") from exc
 

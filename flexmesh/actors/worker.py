@@ -78,6 +78,7 @@ class Worker:
         """KV gathered by `prepare_kv` and not yet sent, by request id: (time, tensor)."""
         self._peers: dict[str, Any] = {}
         self._pair_locks: dict[str, asyncio.Lock] = {}
+        self._faults: dict[str, int] = {}
         log.info("worker.ready", worker=name, model=model, device=str(self.engine.runner.device))
 
     def ready(self) -> str:
@@ -173,15 +174,18 @@ class Worker:
         """
         rid, t0 = state.request_id, time.monotonic()
         transport, peer = "none", None
-        try:
+
+        async def fetch() -> tuple[KVMeta, torch.Tensor]:
+            nonlocal transport, peer
             peer = await self._peer(src)
             packed, peer_group = await peer.prepare_kv.remote(rid)
             meta = KVMeta.unpack(packed)
             transport = self._transport(peer_group)
-            kv = await asyncio.wait_for(
-                self._pull(meta, peer, src, src_rank if transport != "object_store" else -1),
-                deadline - time.monotonic(),
-            )
+            rank = src_rank if transport != "object_store" else -1
+            return meta, await self._pull(meta, peer, src, rank)
+
+        try:
+            meta, kv = await asyncio.wait_for(fetch(), deadline - time.monotonic())
             await self.aengine.call(lambda: self.engine.import_kv(rid, kv, state.num_kv_tokens))
         except Exception as exc:
             outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
@@ -248,6 +252,12 @@ class Worker:
     async def prepare_kv(self, request_id: str) -> tuple[bytes, str]:
         """Gather a handed-off request's KV (at a step boundary); return its `KVMeta` (msgpack)
         and the name of this worker's usable collective group ("" when it has none)."""
+        if self._faults.get("kv_error", 0) > 0:
+            self._faults["kv_error"] -= 1
+            raise RuntimeError("injected KV transfer failure")
+        if self._faults.get("kv_stall", 0) > 0:
+            self._faults["kv_stall"] -= 1
+            await asyncio.sleep(self.pd.transfer_timeout_ms / 1000.0 + 1.0)
         kv = await self.aengine.call(lambda: self.engine.export_kv(request_id))
         meta = await asyncio.to_thread(describe, kv, request_id, self.model, 0)
         now = time.monotonic()
@@ -280,6 +290,11 @@ class Worker:
         timeout_s = self.pd.transfer_timeout_ms / 1000.0
         self.kv_group = await asyncio.to_thread(KVGroup, group, world_size, rank, device, timeout_s)
         return self.kv_group.backend
+
+    def inject_faults(self, kv_error: int = 0, kv_stall: int = 0) -> None:
+        """Testing and chaos drills: fail the next `kv_error` KV preparations here, and stall
+        the next `kv_stall` ones past the transfer deadline."""
+        self._faults = {"kv_error": kv_error, "kv_stall": kv_stall}
 
     # -- status ----------------------------------------------------------------------------
 

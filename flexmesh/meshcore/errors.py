@@ -31,6 +31,12 @@ class UnknownModelError(FlexMeshError, LookupError):
     status = "NOT_FOUND"
 
 
+class PreconditionError(FlexMeshError):
+    """The mesh is not in a state where the operation is allowed (e.g. the last decoder)."""
+
+    status = "FAILED_PRECONDITION"
+
+
 class QueueFullError(FlexMeshError):
     """The admission queue is at its bound."""
 

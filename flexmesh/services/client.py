@@ -22,6 +22,8 @@ class StreamResult:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     chunks: int = 0
+    gaps: int = 0
+    """Chunks whose `offset` was not where the previous ones ended (lost or repeated tokens)."""
     final: pb.GenerateResponse | None = None
     ttft_s: float = 0.0
     total_s: float = 0.0
@@ -36,12 +38,14 @@ async def stream_generate(
         if res.chunks == 0 or not res.token_ids:
             res.ttft_s = time.perf_counter() - t0
         res.chunks += 1
+        res.gaps += msg.offset != len(res.token_ids)
         res.token_ids += msg.token_ids
         res.text += msg.text
         if msg.finish_reason:
             res.final = msg
     res.total_s = time.perf_counter() - t0
     return res
+
 
 
 def request_from_args(args: argparse.Namespace) -> pb.GenerateRequest:

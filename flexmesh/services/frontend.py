@@ -8,10 +8,10 @@ cancel, deadline) aborts the request on its worker, which frees its KV blocks.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -28,8 +28,10 @@ from flexmesh.meshcore.errors import (
     status_name,
 )
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+from flexmesh.meshcore.pool import WorkerPool
 from flexmesh.meshcore.routing import ProbeResult, Router, RoutingConfig
 from flexmesh.meshcore.sampling import SamplingParams
+from flexmesh.services.dispatch import Dispatcher, Hop
 
 log = structlog.get_logger(__name__)
 
@@ -51,11 +53,16 @@ class RouteInfo:
 
     model: str
     worker: str = ""
+    """The worker that decoded the request."""
     strategy: str = "none"
     intent: str = ""
     confidence: float = 0.0
     probe_ms: float = 0.0
     reason: str = ""
+    prefill_worker: str = ""
+    kv_transport: str = "local"
+    kv_bytes: int = 0
+    kv_transfer_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,16 @@ class Chunk:
     final: bool = False
     route: RouteInfo | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def offset(self) -> int:
+        """Index of this chunk's first token in the completion."""
+        return self.output.offset
+
+
+def estimate_tokens(model: str, prompt: str) -> int:
+    """Prompt length without a tokenizer: ~4 bytes a token (BPE on English and code)."""
+    return len(prompt.encode()) // 4
 
 
 class FrontendMetrics(Protocol):
@@ -88,10 +105,22 @@ class Frontend:
         workers: Mapping[str, list[WorkerClientProtocol]],
         probe: ProbeClientProtocol | None = None,
         metrics: FrontendMetrics | None = None,
+        count_tokens: Callable[[str, str], int] = estimate_tokens,
     ) -> None:
+        """`workers`: clients per model in rank order; `count_tokens(model, prompt)` measures
+        prompts for conditional disaggregation."""
         self.config = config
         self.metrics = metrics
         self.workers = dict(workers)
+        self.clients = {w.name: w for ws in self.workers.values() for w in ws}
+        roles = {s.name: s for s in config.models}
+        self.pool = WorkerPool(
+            (w.name, model, roles[model].role_of(i) if model in roles else "mixed")
+            for model, ws in self.workers.items()
+            for i, w in enumerate(ws)
+        )
+        self.dispatcher = Dispatcher(self.pool, self.clients, config.pd)
+        self.count_tokens = count_tokens
         self.default_model = config.models[0].name
         self.probe = probe if config.adaptive else None
         self.router = Router(config.routing)
@@ -101,8 +130,6 @@ class Frontend:
         """Per model, the recent prefill time per request its workers last reported (polled)."""
         self._awaiting_first = {model: 0 for model in self.workers}
         self.in_flight = 0
-        self._load: dict[str, int] = {w.name: 0 for ws in self.workers.values() for w in ws}
-        self._rr = itertools.count()
         self._poller: asyncio.Task[None] | None = None
 
     # -- routing ---------------------------------------------------------------------------
@@ -161,12 +188,15 @@ class Frontend:
         prefill time (spread over its workers); the workers' own report is the floor. A burst
         thus moves spillable intents as it arrives, not one poll interval later.
         """
+        prefillers = {
+            m: max(1, sum(e.takes_prefill for e in self.pool.of_model(m))) for m in self.workers
+        }
         return {
             model: max(
                 self.queue_delay_ms.get(model, 0.0),
-                self._awaiting_first[model] * self.prefill_ms.get(model, 0.0) / len(workers),
+                self._awaiting_first[model] * self.prefill_ms.get(model, 0.0) / prefillers[model],
             )
-            for model, workers in self.workers.items()
+            for model in self.workers
         }
 
     async def _poll(self, interval_s: float) -> None:
@@ -184,13 +214,6 @@ class Frontend:
             except Exception:
                 log.exception("poll.failed")
             await asyncio.sleep(interval_s)
-
-    def pick_worker(self, model: str) -> WorkerClientProtocol:
-        """Least-loaded worker of the model (ties round-robin)."""
-        workers = self.workers[model]
-        start = next(self._rr)
-        order = [workers[(start + i) % len(workers)] for i in range(len(workers))]
-        return min(order, key=lambda w: self._load[w.name])
 
     # -- generation ------------------------------------------------------------------------
 
@@ -216,21 +239,17 @@ class Frontend:
                 model = route.model
                 if self.metrics is not None:
                     self.metrics.routed(route)
-                worker = self.pick_worker(route.model)
-                route = replace(route, worker=worker.name)
                 sampling = replace(req.sampling, strategy=route.strategy)
-                self._load[worker.name] += 1
                 self._awaiting_first[route.model] += 1
                 awaiting = True
                 try:
-                    async for chunk in self._stream(rid, req, sampling, worker, route, arrival):
+                    async for chunk in self._stream(rid, req, sampling, route, arrival):
                         if awaiting and (chunk.output.token_ids or chunk.final):
                             awaiting = False
                             self._awaiting_first[route.model] -= 1
                         final_sent = chunk.final
                         yield chunk
                 finally:
-                    self._load[worker.name] -= 1
                     if awaiting:
                         self._awaiting_first[route.model] -= 1
         except TimeoutError as exc:
@@ -257,55 +276,107 @@ class Frontend:
         rid: str,
         req: GenerationInput,
         sampling: SamplingParams,
-        worker: WorkerClientProtocol,
         route: RouteInfo,
         arrival: float,
     ) -> AsyncIterator[Chunk]:
+        """Follow the request through its workers; prove its offsets contiguous; time it."""
         first_token: float | None = None
-        stream = worker.stream(rid, req.prompt, list(req.prompt_token_ids), sampling)
-        async for out in stream:
-            now = time.monotonic()
-            if first_token is None and out.token_ids:
-                first_token = now
-            if out.finish_reason == "error":
-                raise WorkerUnavailableError(f"worker {worker.name} failed while serving {rid}")
-            if not out.finished:
-                yield Chunk(rid, out)
-                continue
-            timings = {
-                "queue_ms": out.queue_ms,
-                "prefill_ms": out.prefill_ms,
-                "ttft_ms": ((first_token or now) - arrival) * 1000.0,
-                "total_ms": (now - arrival) * 1000.0,
-                "probe_ms": route.probe_ms,
-            }
-            final_route = replace(route, strategy=out.strategy)
-            if self.metrics is not None:
-                self.metrics.done(
-                    route.model,
-                    timings["ttft_ms"],
-                    timings["total_ms"],
-                    out.completion_tokens,
-                )
-            log.info(
-                "request.done",
-                model=route.model,
-                worker=worker.name,
-                tokens=out.completion_tokens,
-                ttft_ms=round(timings["ttft_ms"], 1),
-                total_ms=round(timings["total_ms"], 1),
-                reason=out.finish_reason,
+        expected = 0
+        ids = list(req.prompt_token_ids)
+        n_prompt = len(ids) if ids else self.count_tokens(route.model, req.prompt)
+        outputs = self.dispatcher.run(rid, route.model, req.prompt, ids, n_prompt, sampling)
+        async with aclosing(outputs):  # releases its worker loads when this block ends
+            async for out, hop in outputs:
+                now = time.monotonic()
+                if out.offset != expected:
+                    raise WorkerUnavailableError(
+                        f"stream of {rid} broke: chunk at token {out.offset}, expected {expected}"
+                    )
+                expected += len(out.token_ids)
+                if first_token is None and out.token_ids:
+                    first_token = now
+                if not out.finished:
+                    yield Chunk(rid, out)
+                    continue
+                yield self._final(rid, out, hop, route, arrival, first_token or now, now)
+                return
+        raise WorkerUnavailableError(f"the stream of {rid} ended without its final chunk")
+
+    def _final(
+        self,
+        rid: str,
+        out: RequestOutput,
+        hop: Hop,
+        route: RouteInfo,
+        arrival: float,
+        first_token: float,
+        now: float,
+    ) -> Chunk:
+        """The last chunk, with timings and the full route; counted in metrics and logged."""
+        timings = {
+            "queue_ms": out.queue_ms,
+            "prefill_ms": out.prefill_ms,
+            "ttft_ms": (first_token - arrival) * 1000.0,
+            "total_ms": (now - arrival) * 1000.0,
+            "probe_ms": route.probe_ms,
+        }
+        final_route = replace(
+            route,
+            worker=hop.decode_worker,
+            prefill_worker=hop.prefill_worker,
+            strategy=out.strategy,
+            kv_transport=out.kv_transport or "local",
+            kv_bytes=out.kv_bytes,
+            kv_transfer_ms=out.kv_transfer_ms,
+        )
+        if self.metrics is not None:
+            self.metrics.done(
+                route.model, timings["ttft_ms"], timings["total_ms"], out.completion_tokens
             )
-            yield Chunk(rid, out, final=True, route=final_route, timings=timings)
+        log.info(
+            "request.done",
+            model=route.model,
+            worker=hop.decode_worker,
+            prefill_worker=hop.prefill_worker,
+            kv_transport=final_route.kv_transport,
+            tokens=out.completion_tokens,
+            ttft_ms=round(timings["ttft_ms"], 1),
+            total_ms=round(timings["total_ms"], 1),
+            reason=out.finish_reason,
+        )
+        return Chunk(rid, out, final=True, route=final_route, timings=timings)
+
+    # -- operator changes ------------------------------------------------------------------
+
+    async def set_role(self, worker: str, role: str) -> WorkerStatus:
+        """Change a worker's role for new requests (work it holds goes on); a log event."""
+        entry = self.pool.get(worker)
+        old = entry.role
+        self.pool.set_role(worker, role)
+        try:
+            await self.clients[worker].set_role(role)
+        except WorkerUnavailableError:
+            self.pool.set_role(worker, old)
+            raise
+        log.info("worker.role_changed", worker=worker, old=old, role=role)
+        return await self._status_of(self.clients[worker])
+
+    async def drain(self, worker: str, draining: bool = True) -> WorkerStatus:
+        """Send a worker no new requests (or again); what it holds finishes. A log event."""
+        self.pool.set_draining(worker, draining)
+        log.info("worker.drain", worker=worker, draining=draining)
+        return await self._status_of(self.clients[worker])
 
     # -- admin -----------------------------------------------------------------------------
 
     async def status(self) -> list[WorkerStatus]:
-        async def one(w: WorkerClientProtocol) -> WorkerStatus:
-            try:
-                return await w.status()
-            except WorkerUnavailableError:
-                return WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
+        return list(await asyncio.gather(*(self._status_of(w) for w in self.clients.values())))
 
-        all_workers = [w for ws in self.workers.values() for w in ws]
-        return list(await asyncio.gather(*(one(w) for w in all_workers)))
+    async def _status_of(self, w: WorkerClientProtocol) -> WorkerStatus:
+        """A worker's report, with the role and draining flag the gateway dispatches by."""
+        entry = self.pool.get(w.name)
+        try:
+            s = await w.status()
+        except WorkerUnavailableError:
+            s = WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
+        return replace(s, role=entry.role, draining=entry.draining)

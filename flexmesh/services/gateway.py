@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -14,7 +15,7 @@ from flexmesh.actors.telemetry import GatewayMetrics
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.services.errors import ErrorInterceptor
-from flexmesh.services.frontend import Frontend
+from flexmesh.services.frontend import Frontend, estimate_tokens
 from flexmesh.services.servicers import AdminServicer, GenerationServicer
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
@@ -46,7 +47,12 @@ async def serve_frontend(frontend: Frontend, host: str, port: int) -> tuple[grpc
 class Gateway:
     """Actor shell: builds worker clients from actor names and serves gRPC on its event loop."""
 
-    def __init__(self, config: MeshConfig, worker_names: dict[str, list[str]]) -> None:
+    def __init__(
+        self,
+        config: MeshConfig,
+        worker_names: dict[str, list[str]],
+        model_paths: dict[str, str] | None = None,
+    ) -> None:
         configure_logging()
         self.config = config
         timeout = config.gateway.worker_timeout_s
@@ -62,7 +68,9 @@ class Gateway:
             probe = ProbeClient(
                 ray.get_actor("probe", namespace=config.namespace), config.probe.timeout_s
             )
-        self.frontend = Frontend(config, clients, probe, GatewayMetrics())
+        self.frontend = Frontend(
+            config, clients, probe, GatewayMetrics(), _token_counter(worker_names, model_paths)
+        )
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
@@ -78,6 +86,31 @@ class Gateway:
 
     def ping(self) -> int:
         return self.frontend.in_flight
+
+
+def _token_counter(
+    worker_names: dict[str, list[str]], model_paths: dict[str, str] | None
+) -> Callable[[str, str], int]:
+    """Exact prompt lengths (for conditional disaggregation) from the tokenizers of the models
+    that have more than one worker; an estimate for the others, which never hand off."""
+    from transformers import AutoTokenizer
+
+    paths = model_paths or {}
+    tokenizers = {
+        model: AutoTokenizer.from_pretrained(paths[model])
+        for model, names in worker_names.items()
+        if len(names) > 1 and model in paths
+    }
+
+    def count(model: str, prompt: str) -> int:
+        tok = tokenizers.get(model)
+        return (
+            len(tok.encode(prompt, add_special_tokens=False))
+            if tok
+            else estimate_tokens(model, prompt)
+        )
+
+    return count
 
 
 GatewayActor: Any = ray.remote(num_cpus=0, max_concurrency=1000)(Gateway)

@@ -99,6 +99,21 @@ def worker_options(spec: ModelSpec, device: str) -> dict[str, Any]:
     return {"num_cpus": spec.num_cpus}
 
 
+def join_kv_group(config: MeshConfig, model: str, workers: list[Any]) -> None:
+    """Put a model's workers in one collective group for KV hand-offs (rank = worker index).
+
+    Without it (a join that fails, e.g. no backend for the device) hand-offs go through the
+    object store: slower, never wrong.
+    """
+    group = f"{config.namespace}-kv-{model}"
+    try:
+        refs = [w.join_kv_group.remote(group, len(workers), i) for i, w in enumerate(workers)]
+        backends = ray.get(refs, timeout=60)
+        log.info("kv.group_joined", group=group, backend=backends[0], size=len(workers))
+    except Exception as exc:
+        log.warning("kv.group_failed", group=group, error=f"{type(exc).__name__}: {exc}")
+
+
 def start_mesh(
     config: MeshConfig,
     address: str | None = None,
@@ -126,12 +141,17 @@ def start_mesh(
                 spec.name,
                 paths[spec.name],
                 engine_cfg,
-                spec.role,
+                spec.role_of(i),
                 config.gateway,
                 paths[spec.draft_model] if spec.draft_model else None,
+                config.pd,
+                config.namespace,
             )
             names.setdefault(spec.name, []).append(name)
     ray.get([w.ready.remote() for w in actors.values()])
+    for model, members in names.items():
+        if len(members) > 1 and config.pd.transport != "object_store":
+            join_kv_group(config, model, [actors[n] for n in members])
     if config.adaptive:
         small = config.routing.small_model
         actors["probe"] = ProbeActor.options(name="probe", namespace=config.namespace).remote(
@@ -149,7 +169,9 @@ def start_mesh(
         )
     if "probe" in actors:
         ray.get(actors["probe"].ready.remote())  # fail here, not on the first request
-    gateway = GatewayActor.options(name="gateway", namespace=config.namespace).remote(config, names)
+    gateway = GatewayActor.options(name="gateway", namespace=config.namespace).remote(
+        config, names, paths
+    )
     port = ray.get(gateway.start.remote())
     address = f"{config.gateway.host}:{port}"
     log.info("mesh.serving", address=address, actors=sorted(actors))

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from flexmesh.meshcore.errors import FlexMeshError, InvalidRequestError
+from flexmesh.meshcore.messages import WorkerStatus
 from flexmesh.meshcore.routing import RoutingConfig
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
@@ -48,7 +49,9 @@ def to_input(req: pb.GenerateRequest) -> GenerationInput:
 
 def to_response(chunk: Chunk) -> pb.GenerateResponse:
     out = chunk.output
-    msg = pb.GenerateResponse(request_id=chunk.request_id, token_ids=out.token_ids, text=out.text)
+    msg = pb.GenerateResponse(
+        request_id=chunk.request_id, token_ids=out.token_ids, text=out.text, offset=chunk.offset
+    )
     if chunk.final:
         msg.finish_reason = out.finish_reason
         msg.usage.CopyFrom(
@@ -67,8 +70,10 @@ def to_response(chunk: Chunk) -> pb.GenerateResponse:
                 probe_ms=r.probe_ms,
                 draft_tokens_accepted=out.draft_tokens_accepted,
                 draft_tokens_proposed=out.draft_tokens_proposed,
-                prefill_worker=r.worker,
-                kv_transport="local",
+                prefill_worker=r.prefill_worker or r.worker,
+                kv_transport=r.kv_transport,
+                kv_bytes=r.kv_bytes,
+                kv_transfer_ms=r.kv_transfer_ms,
             )
         )
     return msg
@@ -168,23 +173,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     ) -> pb.GetStatusResponse:
         workers = await self.frontend.status()
         return pb.GetStatusResponse(
-            workers=[
-                pb.WorkerStatus(
-                    name=w.name,
-                    model=w.model,
-                    model_path=w.model_path,
-                    role=w.role,
-                    device=w.device,
-                    queue_length=w.queue_length,
-                    running_requests=w.running_requests,
-                    kv_blocks_used=w.kv_blocks_used,
-                    kv_blocks_total=w.kv_blocks_total,
-                    uptime_s=w.uptime_s,
-                    alive=w.alive,
-                    tokens_generated=w.tokens_generated,
-                )
-                for w in workers
-            ],
+            workers=[worker_to_proto(w) for w in workers],
             in_flight=self.frontend.in_flight,
             max_queue_len=self.frontend.config.gateway.max_queue_len,
             policy_version=self.frontend.router.policy.version,
@@ -200,3 +189,18 @@ class AdminServicer(pb_grpc.AdminServicer):
     ) -> pb.Policy:
         changes = policy_changes(request, self.frontend.router.policy)
         return policy_to_proto(self.frontend.set_policy(changes, request.expected_version))
+
+    async def SetWorkerRole(
+        self, request: pb.SetWorkerRoleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WorkerStatus:
+        return worker_to_proto(await self.frontend.set_role(request.worker, request.role))
+
+    async def DrainWorker(
+        self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WorkerStatus:
+        return worker_to_proto(await self.frontend.drain(request.worker, not request.resume))
+
+
+def worker_to_proto(w: WorkerStatus) -> pb.WorkerStatus:
+    """Every `WorkerStatus` field has a proto field of the same name."""
+    return pb.WorkerStatus(**dataclasses.asdict(w))

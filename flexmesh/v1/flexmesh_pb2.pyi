@@ -37,7 +37,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("token_ids", "text", "finish_reason", "usage", "timings", "route", "request_id")
+    __slots__ = ("token_ids", "text", "finish_reason", "usage", "timings", "route", "request_id", "offset")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class GenerateResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
     finish_reason: str
@@ -52,7 +53,8 @@ class GenerateResponse(_message.Message):
     timings: Timings
     route: Route
     request_id: str
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., route: _Optional[_Union[Route, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., route: _Optional[_Union[Route, _Mapping]] = ..., request_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -77,7 +79,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., probe_ms: _Optional[float] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("model", "worker", "intent", "confidence", "strategy", "probe_ms", "draft_tokens_accepted", "draft_tokens_proposed", "prefill_worker", "kv_transport")
+    __slots__ = ("model", "worker", "intent", "confidence", "strategy", "probe_ms", "draft_tokens_accepted", "draft_tokens_proposed", "prefill_worker", "kv_transport", "kv_bytes", "kv_transfer_ms")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     INTENT_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +90,8 @@ class Route(_message.Message):
     DRAFT_TOKENS_PROPOSED_FIELD_NUMBER: _ClassVar[int]
     PREFILL_WORKER_FIELD_NUMBER: _ClassVar[int]
     KV_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
     model: str
     worker: str
     intent: str
@@ -98,7 +102,9 @@ class Route(_message.Message):
     draft_tokens_proposed: int
     prefill_worker: str
     kv_transport: str
-    def __init__(self, model: _Optional[str] = ..., worker: _Optional[str] = ..., intent: _Optional[str] = ..., confidence: _Optional[float] = ..., strategy: _Optional[str] = ..., probe_ms: _Optional[float] = ..., draft_tokens_accepted: _Optional[int] = ..., draft_tokens_proposed: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., kv_transport: _Optional[str] = ...) -> None: ...
+    kv_bytes: int
+    kv_transfer_ms: float
+    def __init__(self, model: _Optional[str] = ..., worker: _Optional[str] = ..., intent: _Optional[str] = ..., confidence: _Optional[float] = ..., strategy: _Optional[str] = ..., probe_ms: _Optional[float] = ..., draft_tokens_accepted: _Optional[int] = ..., draft_tokens_proposed: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., kv_transport: _Optional[str] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_ms: _Optional[float] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("prompt",)
@@ -132,7 +138,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated")
+    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +151,15 @@ class WorkerStatus(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_WAITING_FIELD_NUMBER: _ClassVar[int]
+    DECODE_BATCH_FIELD_NUMBER: _ClassVar[int]
+    STEP_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_path: str
@@ -157,7 +172,16 @@ class WorkerStatus(_message.Message):
     uptime_s: float
     alive: bool
     tokens_generated: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ...) -> None: ...
+    prefill_tokens_waiting: int
+    decode_batch: int
+    step_ms: float
+    tpot_ms: float
+    kv_blocks_in_flight: int
+    kv_transport: str
+    draining: bool
+    queue_delay_ms: float
+    prefill_ms: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ..., prefill_tokens_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., step_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., kv_blocks_in_flight: _Optional[int] = ..., kv_transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queue_delay_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("workers", "in_flight", "max_queue_len", "policy_version")
@@ -222,3 +246,19 @@ class SetPolicyRequest(_message.Message):
     routes: _containers.RepeatedCompositeFieldContainer[IntentRoute]
     expected_version: int
     def __init__(self, confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class SetWorkerRoleRequest(_message.Message):
+    __slots__ = ("worker", "role")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    role: str
+    def __init__(self, worker: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class DrainWorkerRequest(_message.Message):
+    __slots__ = ("worker", "resume")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    resume: bool
+    def __init__(self, worker: _Optional[str] = ..., resume: _Optional[bool] = ...) -> None: ...

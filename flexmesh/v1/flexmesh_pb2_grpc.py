@@ -170,6 +170,16 @@ class AdminStub:
                 request_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.SetPolicyRequest.SerializeToString,
                 response_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.Policy.FromString,
                 _registered_method=True)
+        self.SetWorkerRole = channel.unary_unary(
+                '/flexmesh.v1.Admin/SetWorkerRole',
+                request_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.SetWorkerRoleRequest.SerializeToString,
+                response_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
+                _registered_method=True)
+        self.DrainWorker = channel.unary_unary(
+                '/flexmesh.v1.Admin/DrainWorker',
+                request_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.DrainWorkerRequest.SerializeToString,
+                response_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -197,6 +207,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetWorkerRole(self, request, context):
+        """Changes the role a worker is given new requests by; the work it holds goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainWorker(self, request, context):
+        """Stops (or resumes) sending a worker new requests; the work it holds finishes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +238,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetPolicy,
                     request_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.SetPolicyRequest.FromString,
                     response_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.Policy.SerializeToString,
+            ),
+            'SetWorkerRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWorkerRole,
+                    request_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.SetWorkerRoleRequest.FromString,
+                    response_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.SerializeToString,
+            ),
+            'DrainWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainWorker,
+                    request_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.DrainWorkerRequest.FromString,
+                    response_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -298,6 +332,60 @@ class Admin:
             '/flexmesh.v1.Admin/SetPolicy',
             flexmesh_dot_v1_dot_flexmesh__pb2.SetPolicyRequest.SerializeToString,
             flexmesh_dot_v1_dot_flexmesh__pb2.Policy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWorkerRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flexmesh.v1.Admin/SetWorkerRole',
+            flexmesh_dot_v1_dot_flexmesh__pb2.SetWorkerRoleRequest.SerializeToString,
+            flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flexmesh.v1.Admin/DrainWorker',
+            flexmesh_dot_v1_dot_flexmesh__pb2.DrainWorkerRequest.SerializeToString,
+            flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
             options,
             channel_credentials,
             insecure,

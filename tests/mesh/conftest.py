@@ -17,7 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 def mesh(models_dir: Path) -> Iterator[Mesh]:
     """The demo mesh on one shared local Ray instance, gRPC on a free port."""
     cfg = load_mesh_config(REPO / "deploy" / "configs" / "demo.yaml")
-    cfg = replace(cfg, models_dir=str(models_dir), gateway=replace(cfg.gateway, port=0))
+    # 0.9 CPU a worker (still one torch thread): Ray keeps room for the prefill/decode mesh.
+    models = tuple(replace(m, num_cpus=0.9) for m in cfg.models)
+    cfg = replace(
+        cfg, models=models, models_dir=str(models_dir), gateway=replace(cfg.gateway, port=0)
+    )
     m = start_mesh(cfg, log_to_driver=False)
     yield m
     m.shutdown()

@@ -10,7 +10,7 @@ import pytest
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
 from flexmesh.meshcore.errors import WorkerUnavailableError
-from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
+from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.client import stream_generate
@@ -32,7 +32,12 @@ class FakeWorker:
         self.aborted: list[str] = []
 
     async def stream(
-        self, request_id: str, prompt: str, prompt_token_ids: list[int], sampling: SamplingParams
+        self,
+        request_id: str,
+        prompt: str,
+        prompt_token_ids: list[int],
+        sampling: SamplingParams,
+        hand_off: bool = False,
     ) -> AsyncIterator[RequestOutput]:
         try:
             if self.first_token_waits:
@@ -42,14 +47,28 @@ class FakeWorker:
                 raise WorkerUnavailableError(f"worker {self.name} died")
             await self.release.wait()
             yield RequestOutput(
-                request_id, (2,), "b", finished=True, finish_reason="length", completion_tokens=2
+                request_id,
+                (2,),
+                "b",
+                finished=True,
+                finish_reason="length",
+                offset=1,
+                completion_tokens=2,
             )
         except asyncio.CancelledError:
             self.aborted.append(request_id)
             raise
 
+    def resume(
+        self, state: RequestState, src: str = "", src_rank: int = -1
+    ) -> AsyncIterator[RequestOutput]:
+        raise NotImplementedError
+
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
+
+    async def set_role(self, role: str) -> None:
+        pass
 
     async def status(self) -> WorkerStatus:
         return WorkerStatus(

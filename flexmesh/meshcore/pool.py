@@ -1,0 +1,134 @@
+"""The gateway's pool of workers per model: roles, draining, and which worker takes what.
+
+A request needs a prefill-capable worker (role `prefill` or `mixed`, least prefill backlog) and
+a decode-capable one (`decode` or `mixed`, fewest decoding requests). When they are the same
+worker, or the prompt is shorter than `pd.min_prompt_tokens`, the request runs on its decode
+worker alone (conditional disaggregation); otherwise its KV moves from one to the other.
+
+Roles and draining change at run time. A change never touches work already placed: a worker
+that becomes `decode` finishes the prefills it holds, a drained worker finishes everything it
+holds and takes nothing new. Every change keeps at least one prefill-capable and one
+decode-capable worker taking new requests per model, else it is refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flexmesh.meshcore.config import ROLES
+from flexmesh.meshcore.errors import (
+    InvalidRequestError,
+    PreconditionError,
+    UnknownModelError,
+    WorkerUnavailableError,
+)
+
+PREFILL_ROLES = ("prefill", "mixed")
+DECODE_ROLES = ("decode", "mixed")
+
+
+@dataclass
+class PoolEntry:
+    """One worker as the gateway dispatches to it."""
+
+    name: str
+    model: str
+    rank: int
+    """Index among the model's workers: its rank in the model's KV collective group."""
+    role: str = "mixed"
+    draining: bool = False
+    prefilling: int = 0
+    """Requests this gateway sent here that have no first token yet."""
+    decoding: int = 0
+    """Requests this gateway sent here that are past their first token."""
+
+    @property
+    def takes_prefill(self) -> bool:
+        return self.role in PREFILL_ROLES and not self.draining
+
+    @property
+    def takes_decode(self) -> bool:
+        return self.role in DECODE_ROLES and not self.draining
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one request runs: `prefill` is None when its decode worker prefills it too."""
+
+    decode: PoolEntry
+    prefill: PoolEntry | None = None
+
+
+class WorkerPool:
+    """Workers by model, with roles and loads (see module docstring)."""
+
+    def __init__(self, workers: Iterable[tuple[str, str, str]]) -> None:
+        """`workers`: (name, model, role) in rank order per model."""
+        self.entries: dict[str, PoolEntry] = {}
+        ranks: dict[str, itertools.count[int]] = {}
+        for name, model, role in workers:
+            rank = next(ranks.setdefault(model, itertools.count()))
+            self.entries[name] = PoolEntry(name, model, rank, role)
+        self._rr = itertools.count()
+
+    @property
+    def models(self) -> list[str]:
+        return sorted({e.model for e in self.entries.values()})
+
+    def of_model(self, model: str) -> list[PoolEntry]:
+        return [e for e in self.entries.values() if e.model == model]
+
+    def get(self, name: str) -> PoolEntry:
+        if name not in self.entries:
+            raise UnknownModelError(f"no worker {name!r}; workers: {', '.join(self.entries)}")
+        return self.entries[name]
+
+    # -- placement -------------------------------------------------------------------------
+
+    def place(self, model: str, prompt_tokens: int, min_prompt_tokens: int) -> Placement:
+        """Choose the workers of one request (ties go round-robin)."""
+        entries = self.of_model(model)
+        if not entries:
+            raise UnknownModelError(f"model {model!r} is not served")
+        start = next(self._rr)
+        order = [entries[(start + i) % len(entries)] for i in range(len(entries))]
+        decoders = [e for e in order if e.takes_decode]
+        prefillers = [e for e in order if e.takes_prefill]
+        if not decoders or not prefillers:
+            raise WorkerUnavailableError(f"model {model!r} has no worker taking new requests")
+        decode = min(decoders, key=lambda e: (e.decoding, e.prefilling))
+        prefill = min(prefillers, key=lambda e: (e.prefilling, e.decoding))
+        if prefill is decode or prompt_tokens < min_prompt_tokens:
+            return Placement(decode)
+        return Placement(decode, prefill)
+
+    # -- run-time changes ------------------------------------------------------------------
+
+    def set_role(self, name: str, role: str) -> PoolEntry:
+        """Change a worker's role (refused if it would leave its model without a prefill- or
+        decode-capable worker); returns the entry."""
+        if role not in ROLES:
+            raise InvalidRequestError("role", f"must be one of {ROLES}, got {role!r}")
+        entry = self.get(name)
+        self._check_after(entry, role, entry.draining)
+        entry.role = role
+        return entry
+
+    def set_draining(self, name: str, draining: bool) -> PoolEntry:
+        """Stop (or resume) sending new requests to a worker; its held work goes on."""
+        entry = self.get(name)
+        self._check_after(entry, entry.role, draining)
+        entry.draining = draining
+        return entry
+
+    def _check_after(self, entry: PoolEntry, role: str, draining: bool) -> None:
+        others = [e for e in self.of_model(entry.model) if e is not entry]
+        after = [*others, PoolEntry(entry.name, entry.model, entry.rank, role, draining)]
+        for kind, ok in (("prefill", "takes_prefill"), ("decode", "takes_decode")):
+            if not any(getattr(e, ok) for e in after):
+                raise PreconditionError(
+                    f"{entry.name}: model {entry.model} would have no {kind}-capable worker "
+                    "taking new requests"
+                )

@@ -1,0 +1,178 @@
+"""Prefill/decode dispatch over fake workers: placement, hand-off, fallback, offsets, Admin."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec, PDConfig
+from flexmesh.meshcore.errors import WorkerUnavailableError
+from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
+from flexmesh.meshcore.sampling import SamplingParams
+from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.services.gateway import serve_frontend
+from flexmesh.v1 import flexmesh_pb2 as pb
+from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+LONG = "x" * 80  # ~20 tokens by the byte estimate
+TOKENS = 5
+
+
+class PDWorker:
+    """Hands off after one token when asked; decodes to `TOKENS` tokens; can misbehave."""
+
+    def __init__(self, name: str, fault: str = "") -> None:
+        self.name, self.model, self.fault = name, "m", fault
+        self.calls: list[tuple[object, ...]] = []
+        self.role = ""
+
+    async def stream(
+        self,
+        request_id: str,
+        prompt: str,
+        prompt_token_ids: list[int],
+        sampling: SamplingParams,
+        hand_off: bool = False,
+    ) -> AsyncIterator[RequestOutput]:
+        self.calls.append(("stream", hand_off))
+        if self.fault == "dies":
+            raise WorkerUnavailableError(f"worker {self.name} died")
+        if hand_off:
+            state = RequestState(request_id, (9,) * 20, (0,), sampling, 20, sent_tokens=1)
+            yield RequestOutput(request_id, (0,), "t", handoff=state)
+            return
+        async for out in self._decode(request_id, 0, ""):
+            yield out
+
+    async def resume(
+        self, state: RequestState, src: str = "", src_rank: int = -1
+    ) -> AsyncIterator[RequestOutput]:
+        self.calls.append(("resume", src, src_rank))
+        async for out in self._decode(state.request_id, state.sent_tokens, "gloo"):
+            yield out
+
+    async def _decode(self, rid: str, start: int, transport: str) -> AsyncIterator[RequestOutput]:
+        for i in range(start, TOKENS - 1):
+            if self.fault == "gap" and i == 2:
+                continue
+            yield RequestOutput(rid, (i,), "t", offset=i)
+        if self.fault != "truncates":
+            yield RequestOutput(
+                rid,
+                (TOKENS - 1,),
+                "t",
+                finished=True,
+                finish_reason="length",
+                offset=TOKENS - 1,
+                completion_tokens=TOKENS,
+                kv_transport=transport,
+                kv_bytes=1024 if transport else 0,
+            )
+
+    async def abort(self, request_id: str) -> None:
+        pass
+
+    async def status(self) -> WorkerStatus:
+        return WorkerStatus(self.name, "m", "", "?", "cpu", 0, 0, 0, 10, 1.0, 0)
+
+    async def set_role(self, role: str) -> None:
+        self.role = role
+
+
+def _frontend(p: PDWorker, d: PDWorker, fallback: str = "recompute") -> Frontend:
+    cfg = MeshConfig(
+        models=(ModelSpec(name="m", num_workers=2, roles=("prefill", "decode")),),
+        gateway=GatewayConfig(port=0),
+        pd=PDConfig(min_prompt_tokens=8, fallback=fallback),
+    )
+    return Frontend(cfg, {"m": [p, d]})
+
+
+async def _run(frontend: Frontend, prompt: str = LONG) -> list[Chunk]:
+    req = GenerationInput(prompt, (), SamplingParams(max_tokens=TOKENS))
+    return [c async for c in frontend.generate(req)]
+
+
+def _tokens(chunks: list[Chunk]) -> list[int]:
+    offsets = [c.offset for c in chunks]
+    tokens = [t for c in chunks for t in c.output.token_ids]
+    lengths = [len(c.output.token_ids) for c in chunks]
+    assert offsets == [sum(lengths[:i]) for i in range(len(chunks))], "contiguous offsets"
+    return tokens
+
+
+async def test_long_prompt_prefills_on_one_worker_and_decodes_on_the_other() -> None:
+    p, d = PDWorker("p"), PDWorker("d")
+    chunks = await _run(_frontend(p, d))
+    assert _tokens(chunks) == list(range(TOKENS))
+    route = chunks[-1].route
+    assert route is not None
+    assert (route.prefill_worker, route.worker, route.kv_transport) == ("p", "d", "gloo")
+    assert route.kv_bytes == 1024
+    assert p.calls == [("stream", True)] and d.calls == [("resume", "p", 0)]
+
+
+async def test_short_prompt_runs_on_its_decode_worker_alone() -> None:
+    p, d = PDWorker("p"), PDWorker("d")
+    chunks = await _run(_frontend(p, d), prompt="hi")
+    assert _tokens(chunks) == list(range(TOKENS))
+    assert p.calls == [] and d.calls == [("stream", False)]
+    assert chunks[-1].route is not None and chunks[-1].route.kv_transport == "local"
+
+
+async def test_dead_prefill_worker_falls_back_to_the_decode_worker() -> None:
+    p, d = PDWorker("p", fault="dies"), PDWorker("d")
+    frontend = _frontend(p, d)
+    chunks = await _run(frontend)
+    assert _tokens(chunks) == list(range(TOKENS)) and frontend.dispatcher.fallbacks == 1
+    assert d.calls == [("stream", False)]
+    with pytest.raises(WorkerUnavailableError, match="died"):
+        await _run(_frontend(PDWorker("p", fault="dies"), PDWorker("d"), fallback="fail"))
+
+
+@pytest.mark.parametrize(("fault", "match"), [("gap", "broke"), ("truncates", "final chunk")])
+async def test_lost_or_truncated_streams_fail_instead_of_ending_ok(fault: str, match: str) -> None:
+    with pytest.raises(WorkerUnavailableError, match=match):
+        await _run(_frontend(PDWorker("p"), PDWorker("d", fault=fault)))
+
+
+async def test_loads_return_to_zero_after_success_and_failure() -> None:
+    frontend = _frontend(PDWorker("p"), PDWorker("d", fault="truncates"))
+    with pytest.raises(WorkerUnavailableError):
+        await _run(frontend)
+    frontend.dispatcher.clients["d"] = PDWorker("d")
+    await _run(frontend)
+    await _run(frontend, prompt="hi")
+    assert all(e.prefilling == e.decoding == 0 for e in frontend.pool.entries.values())
+    assert frontend.loads() == {"m": 0.0} and frontend.in_flight == 0
+
+
+async def test_admin_changes_roles_and_drains_through_grpc() -> None:
+    p, d = PDWorker("p"), PDWorker("d")
+    frontend = _frontend(p, d)
+    server, port = await serve_frontend(frontend, "127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            admin = pb_grpc.AdminStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker="d", role="prefill"))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "no decode-capable" in err.value.details()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker="zz", role="mixed"))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            w = await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker="p", role="mixed"))
+            assert w.role == "mixed" and p.role == "mixed"
+            w = await admin.DrainWorker(pb.DrainWorkerRequest(worker="d"))
+            assert w.draining
+            st = await admin.GetStatus(pb.GetStatusRequest())
+            assert [(x.name, x.role, x.draining) for x in st.workers] == [
+                ("p", "mixed", False),
+                ("d", "decode", True),
+            ]
+    finally:
+        await server.stop(None)
+    chunks = await _run(frontend)  # d is drained: p, now mixed, serves alone
+    assert chunks[-1].route is not None and chunks[-1].route.worker == "p"

@@ -1,0 +1,193 @@
+"""End to end over gRPC on a prefill/decode mesh: demo-small on a prefill and a decode worker,
+KV handed over through their gloo collective group (own namespace, beside the demo mesh)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import ray
+
+from flexmesh.meshcore.config import MeshConfig
+from flexmesh.services.client import StreamResult, stream_generate
+from flexmesh.services.mesh import Mesh, start_mesh
+from flexmesh.v1 import flexmesh_pb2 as pb
+from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+from tests.runner.conftest import PROMPTS, hf_greedy
+
+pytestmark = pytest.mark.slow
+MODEL = "demo-small"
+P, D = "worker-demo-small-0", "worker-demo-small-1"
+NEW_TOKENS = 16
+Stubs = tuple[pb_grpc.GenerationStub, pb_grpc.AdminStub]
+
+
+@pytest.fixture(scope="module")
+def pd_mesh(mesh: Mesh, models_dir: Path) -> Iterator[Mesh]:
+    """Started after the demo mesh, whose workers take the session's two CPUs."""
+    cfg = MeshConfig.from_dict(
+        {
+            "models": [
+                # Tiny CPU reservations: this mesh shares the test session's Ray with the demo one.
+                {"name": MODEL, "num_workers": 2, "num_cpus": 0.01, "roles": ["prefill", "decode"]}
+            ],
+            "gateway": {"port": 0},
+            "pd": {"min_prompt_tokens": 16, "transfer_timeout_ms": 2000, "hold_timeout_ms": 4000},
+            "models_dir": str(models_dir),
+            "namespace": "flexmesh-pd-test",
+        }
+    )
+    m = start_mesh(cfg, log_to_driver=False)
+    yield m
+    m.shutdown()
+
+
+@pytest.fixture
+async def stubs(pd_mesh: Mesh) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(pd_mesh.address) as ch:
+        yield pb_grpc.GenerationStub(ch), pb_grpc.AdminStub(ch)
+
+
+def _ids(models_dir: Path) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(models_dir / MODEL))
+    ids = [tok.encode(p, add_special_tokens=False) for p in PROMPTS]
+    base = ids[1] * 3
+    return [*ids, base[:16], base[:32], base[:33]]  # two end exactly on a block boundary
+
+
+async def _generate(
+    stub: pb_grpc.GenerationStub, ids: list[int], delay_s: float = 0.0, **fields: object
+) -> StreamResult:
+    await asyncio.sleep(delay_s)
+    req = pb.GenerateRequest(prompt_token_ids=ids, max_tokens=NEW_TOKENS, model=MODEL, **fields)
+    res = await stream_generate(stub, req, 60)
+    assert res.gaps == 0 and res.final is not None
+    return res
+
+
+async def _all_free(admin: pb_grpc.AdminStub, timeout_s: float = 10.0) -> dict[str, int]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        st = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
+        used = {w.name: w.kv_blocks_used for w in st.workers}
+        if not any(used.values()) or loop.time() > deadline:
+            return used
+        await asyncio.sleep(0.1)
+
+
+async def test_disaggregated_greedy_equals_hugging_face(stubs: Stubs, models_dir: Path) -> None:
+    stub, admin = stubs
+    prompts = _ids(models_dir)
+    strategies = ["none", "pld"] * len(prompts)
+    results = await asyncio.gather(
+        *(
+            _generate(stub, ids, delay_s=0.05 * i, strategy=strategies[i])
+            for i, ids in enumerate(prompts)
+        )
+    )
+    path = str(models_dir / MODEL)
+    for ids, res in zip(prompts, results, strict=True):
+        assert res.token_ids == hf_greedy(path, tuple(ids), NEW_TOKENS)
+        route = res.final.route
+        assert route.worker == D
+        if len(ids) >= 16:
+            assert (route.prefill_worker, route.kv_transport) == (P, "gloo")
+            assert route.kv_bytes > 0 and route.kv_transfer_ms > 0
+        else:
+            assert (route.prefill_worker, route.kv_transport) == (D, "local")
+    assert await _all_free(admin) == {P: 0, D: 0}
+
+
+async def test_seeded_sampling_matches_the_colocated_demo_mesh(
+    stubs: Stubs, models_dir: Path, channel: grpc.aio.Channel
+) -> None:
+    stub, _ = stubs
+    ids = _ids(models_dir)[5]
+    sampled = {"temperature": 0.9, "top_p": 0.95, "seed": 11}
+    here = await _generate(stub, ids, **sampled)
+    assert here.final.route.kv_transport == "gloo"
+    colocated = await _generate(pb_grpc.GenerationStub(channel), ids, **sampled)
+    assert colocated.final.route.kv_transport == "local"
+    assert here.token_ids == colocated.token_ids
+
+
+@pytest.mark.parametrize(("fault", "outcome"), [("kv_error", "error"), ("kv_stall", "timeout")])
+async def test_injected_transfer_faults_recompute_and_free_every_block(
+    stubs: Stubs, pd_mesh: Mesh, models_dir: Path, fault: str, outcome: str
+) -> None:
+    stub, admin = stubs
+    ids = _ids(models_dir)[6]
+    await pd_mesh.actors[P].inject_faults.remote(**{fault: 1})
+    res = await _generate(stub, ids)
+    assert res.final.route.kv_transport == f"recompute ({outcome})"
+    assert res.token_ids == hf_greedy(str(models_dir / MODEL), tuple(ids), NEW_TOKENS)
+    assert await _all_free(admin) == {P: 0, D: 0}
+
+
+async def test_cancel_after_the_hand_off_frees_blocks_on_both_workers(
+    stubs: Stubs, models_dir: Path
+) -> None:
+    stub, admin = stubs
+    call = stub.Generate(
+        pb.GenerateRequest(
+            prompt_token_ids=_ids(models_dir)[5], max_tokens=2000, ignore_eos=True, model=MODEL
+        )
+    )
+    n = 0
+    async for msg in call:
+        n += len(msg.token_ids)
+        if n > 20:
+            break
+    call.cancel()
+    assert await _all_free(admin) == {P: 0, D: 0}
+
+
+async def test_role_switch_under_load_completes_every_request(
+    stubs: Stubs, models_dir: Path
+) -> None:
+    stub, admin = stubs
+    prompts = _ids(models_dir)[4:] * 3
+
+    async def switch() -> None:
+        for worker, role in ((D, "mixed"), (P, "decode"), (D, "prefill")):
+            await asyncio.sleep(0.15)
+            w = await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker=worker, role=role))
+            assert w.role == role
+
+    results, _ = await asyncio.gather(
+        asyncio.gather(*(_generate(stub, ids, delay_s=0.05 * i) for i, ids in enumerate(prompts))),
+        switch(),
+    )
+    path = str(models_dir / MODEL)
+    for ids, res in zip(prompts, results, strict=True):
+        assert res.token_ids == hf_greedy(path, tuple(ids), NEW_TOKENS)
+    assert {r.final.route.worker for r in results} == {P, D}, "both sides decoded at some point"
+    for worker, role in ((D, "mixed"), (P, "prefill"), (D, "decode")):
+        await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker=worker, role=role))
+    assert await _all_free(admin) == {P: 0, D: 0}
+
+
+async def test_prefill_worker_killed_mid_prefill_falls_back_within_the_bound(
+    stubs: Stubs, pd_mesh: Mesh, models_dir: Path
+) -> None:
+    stub, admin = stubs
+    ids = (_ids(models_dir)[1] * 40)[:1500]  # a long prefill to be caught in
+    task = asyncio.create_task(_generate(stub, ids, ignore_eos=True))
+    await asyncio.sleep(0.05)
+    ray.kill(pd_mesh.actors[P], no_restart=False)  # Ray restarts it
+    t0 = asyncio.get_running_loop().time()
+    try:
+        res = await asyncio.wait_for(task, 30)
+        assert res.final.route.worker == D
+        assert len(res.token_ids) == NEW_TOKENS
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert asyncio.get_running_loop().time() - t0 < 15
+    used = await _all_free(admin, timeout_s=30)
+    assert used.get(D) == 0
