@@ -47,7 +47,6 @@ async def stream_generate(
     return res
 
 
-
 def request_from_args(args: argparse.Namespace) -> pb.GenerateRequest:
     req = pb.GenerateRequest(
         prompt=args.prompt,
