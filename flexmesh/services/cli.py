@@ -1,4 +1,5 @@
-"""`flexmesh` command line: serve, demo, generate, classify, status, policy, models, loadgen, bench.
+"""`flexmesh` command line: serve, demo, generate, classify, status, workers, policy, models,
+loadgen, bench.
 
 Imports are local to each command so `flexmesh --help` stays fast.
 """
@@ -120,6 +121,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(status_cli(args))
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    from flexmesh.services.client import workers_cli
+
+    return asyncio.run(workers_cli(args))
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from flexmesh.services.client import classify_cli
 
@@ -160,6 +167,17 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print_serving_table(report)
+    return 0
+
+
+def cmd_bench_kv(args: argparse.Namespace) -> int:
+    from flexmesh.bench.kv_bench import print_kv_table, run_kv_bench
+
+    report = run_kv_bench(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_kv_table(report)
     return 0
 
 
@@ -207,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("workers", help="change a worker's role or drain it (live)")
+    wsub = p.add_subparsers(dest="workers_command", required=True)
+    q = wsub.add_parser("role", help="prefill, decode or mixed for new requests")
+    q.add_argument("worker", help="actor name, e.g. worker-demo-large-1")
+    q.add_argument("role", choices=["prefill", "decode", "mixed"])
+    q.add_argument("--target", default=DEFAULT_TARGET)
+    q = wsub.add_parser("drain", help="send the worker no new requests (what it holds finishes)")
+    q.add_argument("worker")
+    q.add_argument("--resume", action="store_true", help="take the worker back into the pool")
+    q.add_argument("--target", default=DEFAULT_TARGET)
+    p.set_defaults(func=cmd_workers)
 
     p = sub.add_parser("classify", help="run the intent probe alone on a prompt")
     p.add_argument("prompt")
@@ -257,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("serve", help="any mesh configs in turn, same workload (--configs)")
     add_serving_bench_arguments(b, ("static-large", "demo"))
     b.set_defaults(func=cmd_bench_serving)
+    b = bsub.add_parser("kv", help="KV hand-off vs raw send/recv of the same bytes, per transport")
+    b.add_argument("--model", default="demo-large")
+    b.add_argument("--models-dir", default=None)
+    b.add_argument("--lengths", default="128,512,1024,2048", help="prompt lengths (tokens)")
+    b.add_argument("--repeats", type=int, default=5, help="measurements per length (medians)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_kv)
     b = bsub.add_parser("strategies", help="plain vs PLD vs draft speculation, identical output")
     b.add_argument("--models-dir", default=None)
     b.add_argument("--new-tokens", type=int, default=128)

@@ -113,8 +113,13 @@ async def status_cli(args: argparse.Namespace) -> int:
         "role",
         "device",
         "queue",
-        "running",
+        "prefill tok",
+        "decoding",
         "KV blocks",
+        "in flight",
+        "step ms",
+        "TPOT ms",
+        "KV group",
         "tokens",
         "up (s)",
         "alive",
@@ -124,16 +129,40 @@ async def status_cli(args: argparse.Namespace) -> int:
         table.add_row(
             w.name,
             w.model,
-            w.role,
+            w.role + (" (draining)" if w.draining else ""),
             w.device,
             str(w.queue_length),
-            str(w.running_requests),
+            str(w.prefill_tokens_waiting),
+            str(w.decode_batch),
             f"{w.kv_blocks_used}/{w.kv_blocks_total}",
+            str(w.kv_blocks_in_flight),
+            f"{w.step_ms:.1f}",
+            f"{w.tpot_ms:.1f}",
+            w.kv_transport or "-",
             str(w.tokens_generated),
             f"{w.uptime_s:.0f}",
             "yes" if w.alive else "NO",
         )
     Console().print(table)
+    return 0
+
+
+async def workers_cli(args: argparse.Namespace) -> int:
+    """`flexmesh workers role W ROLE` and `flexmesh workers drain W [--resume]`."""
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = pb_grpc.AdminStub(channel)
+        try:
+            if args.workers_command == "role":
+                req = pb.SetWorkerRoleRequest(worker=args.worker, role=args.role)
+                w = await stub.SetWorkerRole(req, timeout=30)
+            else:
+                req2 = pb.DrainWorkerRequest(worker=args.worker, resume=args.resume)
+                w = await stub.DrainWorker(req2, timeout=30)
+        except grpc.aio.AioRpcError as err:
+            print(f"flexmesh: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    state = "draining" if w.draining else "taking requests"
+    print(f"{w.name}: role {w.role}, {state}")
     return 0
 
 

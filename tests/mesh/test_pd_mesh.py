@@ -4,6 +4,8 @@ KV handed over through their gloo collective group (own namespace, beside the de
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -171,6 +173,21 @@ async def test_role_switch_under_load_completes_every_request(
     for worker, role in ((D, "mixed"), (P, "prefill"), (D, "decode")):
         await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker=worker, role=role))
     assert await _all_free(admin) == {P: 0, D: 0}
+
+
+def test_workers_cli_changes_roles_and_drains(pd_mesh: Mesh) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "flexmesh.services.cli", "workers", *args]
+        return subprocess.run(
+            [*cmd, "--target", pd_mesh.address], capture_output=True, text=True, timeout=60
+        )
+
+    refused = cli("drain", D)
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+    assert cli("role", P, "mixed").stdout.strip() == f"{P}: role mixed, taking requests"
+    assert cli("drain", D).stdout.strip() == f"{D}: role decode, draining"
+    assert cli("drain", D, "--resume").returncode == 0
+    assert cli("role", P, "prefill").stdout.strip() == f"{P}: role prefill, taking requests"
 
 
 async def test_prefill_worker_killed_mid_prefill_falls_back_within_the_bound(

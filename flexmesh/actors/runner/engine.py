@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,11 +151,16 @@ class Engine:
             self.runner.restore_generator(state.request_id, state.generator_state)
         return list(request.block_ids) if reserved else []
 
-    def export_kv(self, request_id: str) -> torch.Tensor:
-        """A copy of a handed-off request's KV `[layers, 2, blocks, block, kv_heads, dim]`."""
+    def export_kv(
+        self, request_id: str, out: Callable[[tuple[int, ...]], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """A copy of a handed-off request's KV `[layers, 2, blocks, block, kv_heads, dim]`,
+        written into `out(shape)` when given (a staging buffer)."""
         if request_id not in self.scheduler.in_flight:
             raise KeyError(f"{request_id} holds no KV for a hand-off (expired or aborted)")
-        return self.runner.gather_kv(self.scheduler.requests[request_id].block_ids)
+        blocks = self.scheduler.requests[request_id].block_ids
+        buffer = out(self.runner.kv_shape(len(blocks))) if out is not None else None
+        return self.runner.gather_kv(blocks, buffer)
 
     def release_kv(self, request_id: str) -> bool:
         """The decode side took (or gave up on) a handed-off request's KV: free it here."""
@@ -278,6 +284,7 @@ class Engine:
                 prefill_ms=prefill_ms,
                 draft_tokens_proposed=req.draft_tokens_proposed,
                 draft_tokens_accepted=req.draft_tokens_accepted,
+                handed_off_at=time.time(),
             )
             self._release(req.request_id)
             return RequestOutput(req.request_id, new_ids, text, offset=offset, handoff=state)

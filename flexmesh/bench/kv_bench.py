@@ -1,0 +1,187 @@
+"""`flexmesh bench kv`: a request's KV hand-off against raw send/recv of the same bytes.
+
+For each transport that runs here (the gloo collective group, the object store) a two-worker
+prefill/decode mesh serves prompts of several lengths; each request's route reports its KV
+bytes and the hand-off time from the prefill's end to the KV imported on the decode worker.
+In the same run, two bare peer actors move the same byte counts over the same transport
+(`KVGroup.send/recv`; a numpy array returned through the object store). The table prints both
+bandwidths and their ratio per length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from flexmesh.actors.kv import KVGroup
+
+TRANSPORTS = ("collective", "object_store")
+"""Transports that run on this machine (NCCL and HCCL need their devices)."""
+
+
+class KVPeer:
+    """A bare actor holding only a KV group membership: the raw transport's endpoints."""
+
+    def __init__(self) -> None:
+        self.group: KVGroup | None = None
+        self._arrays: dict[int, np.ndarray] = {}
+
+    def join(self, group: str, world_size: int, rank: int) -> str:
+        self.group = KVGroup(group, world_size, rank, "cpu", timeout_s=60.0)
+        return self.group.backend
+
+    def send(self, nbytes: int, dst_rank: int) -> None:
+        assert self.group is not None
+        self.group.send(torch.from_numpy(self.produce(nbytes)), dst_rank)
+
+    def recv(self, nbytes: int, src_rank: int) -> float:
+        assert self.group is not None
+        buffer = torch.from_numpy(self.produce(nbytes))  # reused memory, like the workers'
+        t0 = time.perf_counter()
+        self.group.recv(buffer, src_rank)
+        return (time.perf_counter() - t0) * 1000.0
+
+    def produce(self, nbytes: int) -> np.ndarray:
+        """A ready array of `nbytes` (made once: the transfer alone is timed)."""
+        if nbytes not in self._arrays:
+            self._arrays[nbytes] = np.ones(nbytes // 4, dtype=np.float32)
+        return self._arrays[nbytes]
+
+    async def fetch(self, producer: Any, nbytes: int) -> float:
+        t0 = time.perf_counter()
+        array = await producer.produce.remote(nbytes)
+        assert array.nbytes == nbytes
+        return (time.perf_counter() - t0) * 1000.0
+
+
+def _raw_ms(transport: str, sizes: list[int], repeats: int) -> dict[int, float]:
+    """Median milliseconds to move each byte count between two bare peers."""
+    peer = ray.remote(num_cpus=0)(KVPeer)
+    a, b = peer.remote(), peer.remote()
+    try:
+        if transport == "collective":
+            ray.get(
+                [
+                    a.join.remote("flexmesh-bench-raw", 2, 0),
+                    b.join.remote("flexmesh-bench-raw", 2, 1),
+                ]
+            )
+        out: dict[int, float] = {}
+        for n in sizes:
+            times = []
+            for _ in range(repeats + 1):  # the first is a warm-up
+                if transport == "collective":
+                    ms, _ = ray.get([b.recv.remote(n, 0), a.send.remote(n, 1)])
+                else:
+                    ms = ray.get(b.fetch.remote(a, n))
+                times.append(ms)
+            out[n] = statistics.median(times[1:])
+        return out
+    finally:
+        ray.kill(a)
+        ray.kill(b)
+
+
+async def _handoffs(address: str, model: str, lengths: list[int], repeats: int) -> dict[int, Any]:
+    import grpc
+
+    from flexmesh.services.client import stream_generate
+    from flexmesh.v1 import flexmesh_pb2 as pb
+    from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+    out: dict[int, Any] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        for n in lengths:
+            runs = []
+            for i in range(repeats + 1):  # the first is a warm-up
+                ids = [(7 * j + i) % 5000 + 10 for j in range(n)]
+                req = pb.GenerateRequest(
+                    prompt_token_ids=ids, max_tokens=2, ignore_eos=True, model=model
+                )
+                route = (await stream_generate(stub, req, 120)).final.route
+                runs.append((route.kv_transport, route.kv_bytes, route.kv_transfer_ms))
+            transports = {t for t, _, _ in runs[1:]}
+            out[n] = {
+                "transport": ",".join(sorted(transports)),
+                "bytes": runs[-1][1],
+                "handoff_ms": statistics.median(ms for _, _, ms in runs[1:]),
+            }
+    return out
+
+
+def run_kv_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from flexmesh.meshcore.config import MeshConfig
+    from flexmesh.services.mesh import start_mesh
+
+    lengths = [int(x) for x in args.lengths.split(",")]
+    report: dict[str, Any] = {"model": args.model, "lengths": lengths, "transports": {}}
+    for transport in TRANSPORTS:
+        cfg = MeshConfig.from_dict(
+            {
+                "models": [{"name": args.model, "num_workers": 2, "roles": ["prefill", "decode"]}],
+                "models_dir": args.models_dir or "",
+                "gateway": {"port": 0},
+                "pd": {"min_prompt_tokens": 1, "transport": transport},
+                "namespace": "flexmesh-bench-kv",
+            }
+        )
+        print(f"[{transport}] starting a prefill/decode mesh of {args.model}", flush=True)
+        mesh = start_mesh(cfg, log_to_driver=False)
+        try:
+            handoff = asyncio.run(_handoffs(mesh.address, args.model, lengths, args.repeats))
+            sizes = sorted({h["bytes"] for h in handoff.values()})
+            raw = _raw_ms(transport, sizes, args.repeats)
+        finally:
+            mesh.shutdown()
+        rows = {}
+        for n, h in handoff.items():
+            gbs = h["bytes"] / (h["handoff_ms"] / 1000.0) / 1e9
+            raw_gbs = h["bytes"] / (raw[h["bytes"]] / 1000.0) / 1e9
+            rows[n] = {
+                **h,
+                "raw_ms": round(raw[h["bytes"]], 3),
+                "handoff_gb_s": round(gbs, 3),
+                "raw_gb_s": round(raw_gbs, 3),
+                "ratio": round(gbs / raw_gbs, 3),
+            }
+        report["transports"][transport] = rows
+    return report
+
+
+def print_kv_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"KV hand-off vs raw send/recv of the same bytes ({report['model']})")
+    for col in (
+        "transport",
+        "prompt tokens",
+        "KV MB",
+        "hand-off ms",
+        "raw ms",
+        "hand-off GB/s",
+        "raw GB/s",
+        "ratio",
+    ):
+        table.add_column(col, justify="right")
+    for transport, rows in report["transports"].items():
+        for n, r in rows.items():
+            table.add_row(
+                r["transport"] or transport,
+                str(n),
+                f"{r['bytes'] / 1e6:.1f}",
+                f"{r['handoff_ms']:.1f}",
+                f"{r['raw_ms']:.1f}",
+                f"{r['handoff_gb_s']:.2f}",
+                f"{r['raw_gb_s']:.2f}",
+                f"{r['ratio']:.2f}",
+            )
+    Console().print(table)
