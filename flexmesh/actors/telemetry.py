@@ -119,6 +119,14 @@ class GatewayMetrics:
         self.probe_ms = metrics.Histogram(
             "flexmesh_probe_ms", "Probe latency", boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100]
         )
+        self.pd_fallbacks = metrics.Counter(
+            "flexmesh_pd_prefill_failures",
+            "Prefill workers failing before the first token (request recomputed or failed)",
+            tag_keys=("worker",),
+        )
+
+    def prefill_failed(self, worker: str) -> None:
+        self.pd_fallbacks.inc(1.0, {"worker": worker})
 
     def routed(self, route: Any) -> None:
         tags = {

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,36 +80,47 @@ def _hf_reference(args: argparse.Namespace, model_path: str, tokenizer: str) -> 
     return tokens / (time.perf_counter() - t0)
 
 
-def run_serving_bench(args: argparse.Namespace) -> dict[str, Any]:
+def each_mesh(
+    configs: str, models_dir: str | None
+) -> Iterator[tuple[str, Any, dict[str, str], Any]]:
+    """Start each named mesh config in turn (gRPC on a free port); yield (name, config, model
+    paths, mesh) and shut the mesh down when the caller moves on."""
     from dataclasses import replace
 
     from flexmesh.services.mesh import resolve_model_paths, start_mesh
 
-    results: dict[str, Any] = {}
-    large_path = ""
-    for config in args.configs.split(","):
+    for config in configs.split(","):
         name = Path(config).stem
         cfg = load_mesh_config(_config_path(config))
         cfg = replace(
-            cfg, models_dir=args.models_dir or cfg.models_dir, gateway=replace(cfg.gateway, port=0)
+            cfg, models_dir=models_dir or cfg.models_dir, gateway=replace(cfg.gateway, port=0)
         )
         paths = resolve_model_paths(cfg)
-        large_path = paths.get(cfg.routing.large_model, large_path)
         print(f"[{name}] starting mesh: {', '.join(m.name for m in cfg.models)}", flush=True)
         mesh = start_mesh(cfg, log_to_driver=False)
         try:
-            out = Path(args.out) / name
-            summary = asyncio.run(
-                run_replay(_replay_args(args, mesh.address, next(iter(paths.values())), out))
-            )
+            yield name, cfg, paths, mesh
         finally:
             mesh.shutdown()
-        results[name] = summary
-        print(
-            f"[{name}] {summary['completed']}/{summary['requests_sent']} ok, "
-            f"{summary['output_tok_s']} tok/s",
-            flush=True,
-        )
+
+
+def report_line(name: str, summary: dict[str, Any]) -> None:
+    print(
+        f"[{name}] {summary['completed']}/{summary['requests_sent']} ok, "
+        f"{summary['output_tok_s']} tok/s",
+        flush=True,
+    )
+
+
+def run_serving_bench(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    large_path = ""
+    for name, cfg, paths, mesh in each_mesh(args.configs, args.models_dir):
+        large_path = paths.get(cfg.routing.large_model, large_path)
+        out = Path(args.out) / name
+        replay_args = _replay_args(args, mesh.address, next(iter(paths.values())), out)
+        results[name] = summary = asyncio.run(run_replay(replay_args))
+        report_line(name, summary)
     report: dict[str, Any] = {"configs": results}
     if args.hf_requests > 0 and large_path:
         report["hf_b1_tok_s"] = round(_hf_reference(args, large_path, large_path), 2)
@@ -141,9 +153,13 @@ def print_serving_table(report: dict[str, Any]) -> None:
     row("failed", lambda s: s["failed"])
     row("output tok/s", lambda s: s["output_tok_s"], ratio=True)
     row("req/s", lambda s: s["req_s"], ratio=True)
+    row("goodput req/s (both SLOs)", lambda s: s["goodput_req_s"], ratio=True)
     for m in ("ttft_ms", "tpot_ms", "e2e_ms"):
         row(f"{m} p50", lambda s, m=m: s[m]["p50"] or 0.0)
         row(f"{m} p99", lambda s, m=m: s[m]["p99"] or 0.0)
+    row("TPOT mean ms", lambda s: s["tpot_ms"].get("mean") or 0.0)
+    for label, values in report.get("extra_rows", {}).items():
+        table.add_row(label, *(f"{values[name]:.2f}" for name in configs))
     Console().print(table)
     if "hf_b1_tok_s" in report:
         print(

@@ -10,7 +10,7 @@ itself are handled on the decode worker, which recomputes the prompt or fails li
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -38,9 +38,15 @@ class Dispatcher:
     """Runs requests over a `WorkerPool` of worker clients."""
 
     def __init__(
-        self, pool: WorkerPool, clients: Mapping[str, WorkerClientProtocol], pd: PDConfig
+        self,
+        pool: WorkerPool,
+        clients: Mapping[str, WorkerClientProtocol],
+        pd: PDConfig,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_fallback(worker)` counts a prefill worker's failure that the decode side took."""
         self.pool, self.clients, self.pd = pool, dict(clients), pd
+        self.on_fallback = on_fallback
         self.fallbacks = 0
         """Requests whose prefill worker failed and which were recomputed on the decode side."""
 
@@ -74,6 +80,8 @@ class Dispatcher:
                     if self.pd.fallback == "fail" or load.has_first_token:
                         raise
                     self.fallbacks += 1
+                    if self.on_fallback is not None:
+                        self.on_fallback(prefill.name)
                     log.warning(
                         "pd.prefill_failed",
                         prefill=prefill.name,

@@ -95,6 +95,8 @@ class FrontendMetrics(Protocol):
 
     def failed(self, model: str, code: str) -> None: ...
 
+    def prefill_failed(self, worker: str) -> None: ...
+
 
 class Frontend:
     """Admits, routes and streams requests over worker clients (real actors or fakes)."""
@@ -119,7 +121,9 @@ class Frontend:
             for model, ws in self.workers.items()
             for i, w in enumerate(ws)
         )
-        self.dispatcher = Dispatcher(self.pool, self.clients, config.pd)
+        self.dispatcher = Dispatcher(
+            self.pool, self.clients, config.pd, metrics.prefill_failed if metrics else None
+        )
         self.count_tokens = count_tokens
         self.default_model = config.models[0].name
         self.probe = probe if config.adaptive else None

@@ -98,6 +98,9 @@ class RecordingMetrics:
     def failed(self, model: str, code: str) -> None:
         self.codes.append((model, code))
 
+    def prefill_failed(self, worker: str) -> None:
+        self.codes.append((worker, "PREFILL_FAILED"))
+
 
 Gateway = tuple[pb_grpc.GenerationStub, dict[str, FakeWorker], RecordingMetrics]
 
