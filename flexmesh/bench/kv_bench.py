@@ -4,8 +4,9 @@ For each transport that runs here (the gloo collective group, the object store) 
 prefill/decode mesh serves prompts of several lengths; each request's route reports its KV
 bytes and the hand-off time from the prefill's end to the KV imported on the decode worker.
 In the same run, two bare peer actors move the same byte counts over the same transport
-(`KVGroup.send/recv`; a numpy array returned through the object store). The table prints both
-bandwidths and their ratio per length.
+(`KVGroup.send/recv`; a numpy array returned through the object store), and, for comparison,
+over Ray Direct Transport with gloo (a tensor-returning method feeding another actor's task).
+The table prints the bandwidths and the hand-off's ratio to raw per length.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import ray
 import torch
 
 from flexmesh.actors.kv import KVGroup
+from flexmesh.bench.serving import progress
 
 TRANSPORTS = ("collective", "object_store")
 """Transports that run on this machine (NCCL and HCCL need their devices)."""
@@ -59,6 +61,49 @@ class KVPeer:
         array = await producer.produce.remote(nbytes)
         assert array.nbytes == nbytes
         return (time.perf_counter() - t0) * 1000.0
+
+
+class RDTProducer:
+    """Ray Direct Transport's sender: a method whose tensor result travels over gloo."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[int, torch.Tensor] = {}
+
+    @ray.method(tensor_transport="gloo")
+    def produce(self, nbytes: int) -> torch.Tensor:
+        if nbytes not in self._tensors:
+            self._tensors[nbytes] = torch.ones(nbytes // 4)
+        return self._tensors[nbytes]
+
+
+class RDTConsumer:
+    """Ray Direct Transport's receiver (needs `enable_tensor_transport`, or it deadlocks)."""
+
+    def consume(self, tensor: torch.Tensor) -> int:
+        return int(tensor.numel())
+
+
+def _rdt_ms(sizes: list[int], repeats: int) -> dict[int, float]:
+    """Median milliseconds for an RDT tensor (gloo) to reach a consuming actor's task."""
+    from ray.experimental.collective import create_collective_group
+
+    opts = {"num_cpus": 0, "enable_tensor_transport": True}
+    a = ray.remote(**opts)(RDTProducer).remote()
+    b = ray.remote(**opts)(RDTConsumer).remote()
+    try:
+        create_collective_group([a, b], backend="torch_gloo")
+        out: dict[int, float] = {}
+        for n in sizes:
+            times = []
+            for _ in range(repeats + 1):  # the first is a warm-up
+                t0 = time.perf_counter()
+                ray.get(b.consume.remote(a.produce.remote(n)))
+                times.append((time.perf_counter() - t0) * 1000.0)
+            out[n] = statistics.median(times[1:])
+        return out
+    finally:
+        ray.kill(a)
+        ray.kill(b)
 
 
 def _raw_ms(transport: str, sizes: list[int], repeats: int) -> dict[int, float]:
@@ -133,24 +178,27 @@ def run_kv_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "namespace": "flexmesh-bench-kv",
             }
         )
-        print(f"[{transport}] starting a prefill/decode mesh of {args.model}", flush=True)
+        progress(f"[{transport}] starting a prefill/decode mesh of {args.model}")
         mesh = start_mesh(cfg, log_to_driver=False)
         try:
             handoff = asyncio.run(_handoffs(mesh.address, args.model, lengths, args.repeats))
             sizes = sorted({h["bytes"] for h in handoff.values()})
             raw = _raw_ms(transport, sizes, args.repeats)
+            rdt = _rdt_ms(sizes, args.repeats) if transport == "collective" else {}
         finally:
             mesh.shutdown()
         rows = {}
         for n, h in handoff.items():
-            gbs = h["bytes"] / (h["handoff_ms"] / 1000.0) / 1e9
-            raw_gbs = h["bytes"] / (raw[h["bytes"]] / 1000.0) / 1e9
+            nbytes = h["bytes"]
+            gbs = nbytes / (h["handoff_ms"] / 1000.0) / 1e9
+            raw_gbs = nbytes / (raw[nbytes] / 1000.0) / 1e9
             rows[n] = {
                 **h,
-                "raw_ms": round(raw[h["bytes"]], 3),
+                "raw_ms": round(raw[nbytes], 3),
                 "handoff_gb_s": round(gbs, 3),
                 "raw_gb_s": round(raw_gbs, 3),
                 "ratio": round(gbs / raw_gbs, 3),
+                "rdt_gb_s": round(nbytes / (rdt[nbytes] / 1000.0) / 1e9, 3) if rdt else None,
             }
         report["transports"][transport] = rows
     return report
@@ -161,16 +209,9 @@ def print_kv_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"KV hand-off vs raw send/recv of the same bytes ({report['model']})")
-    for col in (
-        "transport",
-        "prompt tokens",
-        "KV MB",
-        "hand-off ms",
-        "raw ms",
-        "hand-off GB/s",
-        "raw GB/s",
-        "ratio",
-    ):
+    columns = ("transport", "prompt tokens", "KV MB", "hand-off ms", "raw ms", "hand-off GB/s",
+               "raw GB/s", "ratio", "raw RDT GB/s")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="right")
     for transport, rows in report["transports"].items():
         for n, r in rows.items():
@@ -183,5 +224,6 @@ def print_kv_table(report: dict[str, Any]) -> None:
                 f"{r['handoff_gb_s']:.2f}",
                 f"{r['raw_gb_s']:.2f}",
                 f"{r['ratio']:.2f}",
+                "-" if r["rdt_gb_s"] is None else f"{r['rdt_gb_s']:.2f}",
             )
     Console().print(table)

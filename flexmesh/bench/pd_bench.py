@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from flexmesh.bench.serving import each_mesh, report_line
+from flexmesh.bench.serving import each_mesh, progress, report_line
 from flexmesh.loadgen.cli import add_replay_arguments, run_replay
 
 PD_PRESET = ("pd-colocated", "pd-disaggregated")
@@ -80,7 +80,7 @@ def run_pd_bench(args: argparse.Namespace) -> dict[str, Any]:
     idle: dict[str, Any] = {}
     for name, _, paths, mesh in each_mesh(args.configs, args.models_dir):
         idle[name] = asyncio.run(idle_ttft_ms(mesh.address, args.model, args.idle_requests))
-        print(f"[{name}] idle 512-token TTFT {idle[name]['ttft_ms']:.1f} ms", flush=True)
+        progress(f"[{name}] idle 512-token TTFT {idle[name]['ttft_ms']:.1f} ms")
         rargs = _replay_args(args, mesh.address, paths[args.model], Path(args.out) / name)
         results[name] = summary = asyncio.run(run_replay(rargs))
         report_line(name, summary)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +97,7 @@ def each_mesh(
             cfg, models_dir=models_dir or cfg.models_dir, gateway=replace(cfg.gateway, port=0)
         )
         paths = resolve_model_paths(cfg)
-        print(f"[{name}] starting mesh: {', '.join(m.name for m in cfg.models)}", flush=True)
+        progress(f"[{name}] starting mesh: {', '.join(m.name for m in cfg.models)}")
         mesh = start_mesh(cfg, log_to_driver=False)
         try:
             yield name, cfg, paths, mesh
@@ -104,12 +105,14 @@ def each_mesh(
             mesh.shutdown()
 
 
+def progress(message: str) -> None:
+    """Benchmark progress goes to stderr, so `--json` output stays parseable."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def report_line(name: str, summary: dict[str, Any]) -> None:
-    print(
-        f"[{name}] {summary['completed']}/{summary['requests_sent']} ok, "
-        f"{summary['output_tok_s']} tok/s",
-        flush=True,
-    )
+    ok = f"{summary['completed']}/{summary['requests_sent']}"
+    progress(f"[{name}] {ok} ok, {summary['output_tok_s']} tok/s")
 
 
 def run_serving_bench(args: argparse.Namespace) -> dict[str, Any]:

@@ -137,7 +137,7 @@ async def test_full_queue_gives_resource_exhausted(
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     workers["ok"].release.set()
     results = await asyncio.gather(*held)
-    assert all(r.token_ids == [1, 2] and r.final is not None for r in results)
+    assert all(r.token_ids == [1, 2] and r.final is not None and r.gaps == 0 for r in results)
 
 
 async def test_worker_failure_gives_unavailable(

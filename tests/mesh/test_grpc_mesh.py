@@ -51,6 +51,7 @@ async def test_greedy_tokens_equal_hugging_face(
     for prompt, res in zip(PROMPTS, results, strict=True):
         ids = tuple(tok.encode(prompt, add_special_tokens=False))
         assert res.token_ids == hf_greedy(path, ids, 20)
+        assert res.gaps == 0, "chunk offsets are contiguous from 0"
         final = res.final
         assert final is not None and final.route.model == model
         assert final.usage.prompt_tokens == len(ids)
@@ -63,7 +64,7 @@ async def test_stream_arrives_in_several_chunks(channel: grpc.aio.Channel) -> No
     stub = pb_grpc.GenerationStub(channel)
     req = pb.GenerateRequest(prompt="hello", max_tokens=64, ignore_eos=True, model="demo-large")
     res = await stream_generate(stub, req, 60)
-    assert len(res.token_ids) == 64
+    assert len(res.token_ids) == 64 and res.gaps == 0
     assert 2 <= res.chunks < 64, "tokens must be chunked, never one message per token"
     assert res.final is not None and res.final.finish_reason == "length"
 
