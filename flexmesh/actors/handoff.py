@@ -47,6 +47,8 @@ class KVHandoff:
         """KV gathered by `prepare_kv` and not yet sent, by request id: (time, tensor)."""
         self._peers: dict[str, Any] = {}
         self._pair_locks: dict[str, asyncio.Lock] = {}
+        self._transfers: set[asyncio.Future[None]] = set()
+        """Collective transfers under way (kept referenced until their recv really ends)."""
         self._faults: dict[str, int] = {}
 
     # -- KV hand-off: decode side ----------------------------------------------------------
@@ -137,17 +139,32 @@ class KVHandoff:
             (ref,) = await peer.send_kv.remote(meta.request_id, -1)
             kv = from_numpy(await ref, meta)
         else:
-            assert self.kv_group is not None
             # Not returned to the pool if this fails: a recv may still be writing into it.
             kv = self.buffers.take(meta.shape, meta.torch_dtype)
-            async with self._pair_locks.setdefault(src, asyncio.Lock()):
-                # One transfer per pair at a time: recvs must meet their sends in order.
-                await asyncio.gather(
-                    asyncio.to_thread(self.kv_group.recv, kv, src_rank),
-                    peer.send_kv.remote(meta.request_id, self.kv_group.rank),
-                )
+            # Shielded: a cancelled or timed-out request must not release the pair's lock while
+            # its recv is still posted, or the next transfer's recv could meet this one's send.
+            task = asyncio.ensure_future(self._transfer(kv, peer, src, src_rank, meta.request_id))
+            self._transfers.add(task)
+            task.add_done_callback(self._transfers.discard)
+            await asyncio.shield(task)
         await asyncio.to_thread(meta.check, kv, self.model)
         return kv
+
+    async def _transfer(
+        self, kv: torch.Tensor, peer: Any, src: str, src_rank: int, request_id: str
+    ) -> None:
+        """recv here and send there, one transfer per worker pair at a time, in order."""
+        group = self.kv_group
+        assert group is not None
+        async with self._pair_locks.setdefault(src, asyncio.Lock()):
+            results = await asyncio.gather(
+                asyncio.to_thread(group.recv, kv, src_rank),
+                peer.send_kv.remote(request_id, group.rank),
+                return_exceptions=True,  # hold the lock until both ends are really done
+            )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _peer(self, name: str) -> Any:
         if name not in self._peers:
