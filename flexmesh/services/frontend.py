@@ -1,8 +1,10 @@
-"""The gateway's core, free of gRPC: admission, routing, worker choice, timings, cancellation.
+"""The gateway's core, free of gRPC: admission, routing, timings, offsets, cancellation, and
+the operator's role and drain changes. Which workers serve a request, and the KV hand-off
+between them, is `services/dispatch.py`'s.
 
 The servicer converts protobuf to a `GenerationInput`, iterates `Frontend.generate`, and converts
 each `Chunk` back. Every wait on a worker is bounded; leaving the iteration early (client
-cancel, deadline) aborts the request on its worker, which frees its KV blocks.
+cancel, deadline) aborts the request on its workers, which frees its KV blocks.
 """
 
 from __future__ import annotations
