@@ -205,6 +205,43 @@ class PDConfig:
 
 
 @dataclass(frozen=True)
+class ControllerConfig:
+    """The controller actor: its loop and the SLOs its prefill/decode policy steers by."""
+
+    enabled: bool = False
+    """Run the controller (it changes worker roles while serving; off: roles stay as set)."""
+    interval_ms: float = 1000.0
+    """Time between two reconcile rounds."""
+    ttft_slo_ms: float = 3000.0
+    """Time-to-first-token objective; the expected wait before a prefill is read against it."""
+    tpot_slo_ms: float = 150.0
+    """Time-per-output-token objective; decode-only step times are read against it."""
+    high_fraction: float = 0.8
+    """A signal at or above this fraction of its SLO is at risk."""
+    low_fraction: float = 0.5
+    """A signal below this fraction of its SLO is safe (the gap is the hysteresis)."""
+    min_dwell_ms: float = 10_000.0
+    """Least time between two role changes of one model's workers."""
+    status_timeout_ms: float = 500.0
+    """A worker that does not report within this is left out of the round (seen as not alive)."""
+    history: int = 50
+    """Decisions kept for `Admin/GetStatus`."""
+
+    def __post_init__(self) -> None:
+        for name in ("interval_ms", "ttft_slo_ms", "tpot_slo_ms", "status_timeout_ms"):
+            value = getattr(self, name)
+            _check(value > 0, f"controller.{name}", value, "> 0")
+        _check(self.min_dwell_ms >= 0, "controller.min_dwell_ms", self.min_dwell_ms, ">= 0")
+        _check(
+            0 < self.low_fraction < self.high_fraction,
+            "controller.low_fraction",
+            self.low_fraction,
+            "in (0, controller.high_fraction)",
+        )
+        _check(self.history > 0, "controller.history", self.history, "> 0")
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     """Everything one mesh needs, passed down from the CLI."""
 
@@ -218,6 +255,8 @@ class MeshConfig:
     """Intent probe."""
     pd: PDConfig = field(default_factory=PDConfig)
     """Prefill/decode disaggregation and KV hand-off."""
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    """The controller that changes worker roles from live telemetry."""
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     """Routing policy between the small and the large resident model (live-settable)."""
     models_dir: str = ""
