@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from flexmesh.meshcore.sampling import SamplingParams
 
@@ -116,4 +116,22 @@ class WorkerStatus:
     """Backend of this worker's usable KV collective group ("" = object store only)."""
     draining: bool = False
     """The gateway sends this worker no new requests."""
+    pinned: bool = False
+    """The operator set this worker's role: the controller leaves it alone."""
     alive: bool = True
+
+
+@dataclass(frozen=True)
+class RoleDecision:
+    """One change of a worker's role, by the operator or the controller, and why."""
+
+    t_unix: float
+    worker: str
+    old_role: str
+    new_role: str
+    by: str
+    """"operator" or "controller"."""
+    reason: str = ""
+    """The controller's rule, e.g. "ttft_at_risk" ("" for the operator)."""
+    inputs: dict[str, float] = field(default_factory=dict)
+    """The signals the decision was taken on."""

@@ -241,9 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("workers", help="change a worker's role or drain it (live)")
     wsub = p.add_subparsers(dest="workers_command", required=True)
-    q = wsub.add_parser("role", help="prefill, decode or mixed for new requests")
+    q = wsub.add_parser("role", help="prefill, decode or mixed for new requests (pins it)")
     q.add_argument("worker", help="actor name, e.g. worker-demo-large-1")
     q.add_argument("role", choices=["prefill", "decode", "mixed"])
+    q.add_argument("--target", default=DEFAULT_TARGET)
+    q = wsub.add_parser("unpin", help="hand a worker's role back to the controller")
+    q.add_argument("worker")
     q.add_argument("--target", default=DEFAULT_TARGET)
     q = wsub.add_parser("drain", help="send the worker no new requests (what it holds finishes)")
     q.add_argument("worker")

@@ -129,7 +129,7 @@ async def status_cli(args: argparse.Namespace) -> int:
         table.add_row(
             w.name,
             w.model,
-            w.role + (" (draining)" if w.draining else ""),
+            w.role + (" (draining)" if w.draining else "") + (" (pinned)" if w.pinned else ""),
             w.device,
             str(w.queue_length),
             str(w.prefill_tokens_waiting),
@@ -144,17 +144,23 @@ async def status_cli(args: argparse.Namespace) -> int:
             "yes" if w.alive else "NO",
         )
     Console().print(table)
+    for d in status.decisions[-10:]:
+        when = time.strftime("%H:%M:%S", time.localtime(d.t_unix))
+        why = f" ({d.reason}: " + ", ".join(f"{k} {v:.1f}" for k, v in d.inputs.items()) + ")"
+        print(f"{when} {d.by}: {d.worker} {d.old_role} -> {d.new_role}{why if d.reason else ''}")
     return 0
 
 
 async def workers_cli(args: argparse.Namespace) -> int:
-    """`flexmesh workers role W ROLE` and `flexmesh workers drain W [--resume]`."""
+    """`flexmesh workers role W ROLE | drain W [--resume] | unpin W`."""
     async with grpc.aio.insecure_channel(args.target) as channel:
         stub = pb_grpc.AdminStub(channel)
         try:
             if args.workers_command == "role":
                 req = pb.SetWorkerRoleRequest(worker=args.worker, role=args.role)
                 w = await stub.SetWorkerRole(req, timeout=30)
+            elif args.workers_command == "unpin":
+                w = await stub.UnpinWorker(pb.UnpinWorkerRequest(worker=args.worker), timeout=30)
             else:
                 req2 = pb.DrainWorkerRequest(worker=args.worker, resume=args.resume)
                 w = await stub.DrainWorker(req2, timeout=30)
@@ -162,7 +168,8 @@ async def workers_cli(args: argparse.Namespace) -> int:
             print(f"flexmesh: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
     state = "draining" if w.draining else "taking requests"
-    print(f"{w.name}: role {w.role}, {state}")
+    pin = ", pinned (the controller leaves it alone)" if w.pinned else ""
+    print(f"{w.name}: role {w.role}, {state}{pin}")
     return 0
 
 

@@ -1,6 +1,6 @@
-"""The gateway's core, free of gRPC: admission, routing, timings, offsets, cancellation, and
-the operator's role and drain changes. Which workers serve a request, and the KV hand-off
-between them, is `services/dispatch.py`'s.
+"""The gateway's core, free of gRPC: admission, routing, timings, offsets, cancellation.
+Which workers serve a request, and the KV hand-off between them, is `services/dispatch.py`'s;
+role and drain changes and status are `services/operations.py`'s.
 
 The servicer converts protobuf to a `GenerationInput`, iterates `Frontend.generate`, and converts
 each `Chunk` back. Every wait on a worker is bounded; leaving the iteration early (client
@@ -34,6 +34,7 @@ from flexmesh.meshcore.pool import WorkerPool
 from flexmesh.meshcore.routing import ProbeResult, Router, RoutingConfig
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.dispatch import Dispatcher, Hop
+from flexmesh.services.operations import Operations
 
 log = structlog.get_logger(__name__)
 
@@ -126,6 +127,7 @@ class Frontend:
         self.dispatcher = Dispatcher(
             self.pool, self.clients, config.pd, metrics.prefill_failed if metrics else None
         )
+        self.ops = Operations(self.pool, self.clients, config.controller.history)
         self.count_tokens = count_tokens
         self.default_model = config.models[0].name
         self.probe = probe if config.adaptive else None
@@ -352,37 +354,7 @@ class Frontend:
         )
         return Chunk(rid, out, final=True, route=final_route, timings=timings)
 
-    # -- operator changes ------------------------------------------------------------------
-
-    async def set_role(self, worker: str, role: str) -> WorkerStatus:
-        """Change a worker's role for new requests (work it holds goes on); a log event."""
-        entry = self.pool.get(worker)
-        old = entry.role
-        self.pool.set_role(worker, role)
-        try:
-            await self.clients[worker].set_role(role)
-        except WorkerUnavailableError:
-            self.pool.set_role(worker, old)
-            raise
-        log.info("worker.role_changed", worker=worker, old=old, role=role)
-        return await self._status_of(self.clients[worker])
-
-    async def drain(self, worker: str, draining: bool = True) -> WorkerStatus:
-        """Send a worker no new requests (or again); what it holds finishes. A log event."""
-        self.pool.set_draining(worker, draining)
-        log.info("worker.drain", worker=worker, draining=draining)
-        return await self._status_of(self.clients[worker])
-
     # -- admin -----------------------------------------------------------------------------
 
-    async def status(self) -> list[WorkerStatus]:
-        return list(await asyncio.gather(*(self._status_of(w) for w in self.clients.values())))
-
-    async def _status_of(self, w: WorkerClientProtocol) -> WorkerStatus:
-        """A worker's report, with the role and draining flag the gateway dispatches by."""
-        entry = self.pool.get(w.name)
-        try:
-            s = await w.status()
-        except WorkerUnavailableError:
-            s = WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
-        return replace(s, role=entry.role, draining=entry.draining)
+    async def status(self, timeout_s: float | None = None) -> list[WorkerStatus]:
+        return await self.ops.status(timeout_s)

@@ -14,6 +14,7 @@ from flexmesh.actors.client import ProbeClient, WorkerClient, WorkerClientProtoc
 from flexmesh.actors.telemetry import GatewayMetrics
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
+from flexmesh.meshcore.messages import WorkerStatus
 from flexmesh.services.errors import ErrorInterceptor
 from flexmesh.services.frontend import Frontend, estimate_tokens
 from flexmesh.services.servicers import AdminServicer, GenerationServicer
@@ -86,6 +87,18 @@ class Gateway:
 
     def ping(self) -> int:
         return self.frontend.in_flight
+
+    # -- the controller's side of the gateway ----------------------------------------------
+
+    async def snapshot(self, timeout_s: float) -> tuple[list[WorkerStatus], list[str]]:
+        """Every worker's report (each bounded by `timeout_s`) and the pinned workers."""
+        return await self.frontend.ops.status(timeout_s), sorted(self.frontend.ops.pins)
+
+    async def apply_role(
+        self, worker: str, role: str, reason: str, inputs: dict[str, float]
+    ) -> WorkerStatus:
+        """The controller's role change (refused on a pinned worker)."""
+        return await self.frontend.ops.set_role(worker, role, "controller", reason, inputs)
 
 
 def _token_counter(

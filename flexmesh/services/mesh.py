@@ -11,6 +11,7 @@ import platformdirs
 import ray
 import structlog
 
+from flexmesh.actors.controller import ControllerActor
 from flexmesh.actors.probe.actor import ProbeActor
 from flexmesh.actors.runner.demo_models import DEMO_MODELS, build_demo_models
 from flexmesh.actors.worker import WorkerActor
@@ -31,7 +32,7 @@ class Mesh:
     address: str
     gateway: Any
     actors: dict[str, Any]
-    """Named actors besides the gateway: workers and the probe."""
+    """Named actors besides the gateway: workers, the probe, the controller."""
     owns_ray: bool
 
     def shutdown(self) -> None:
@@ -173,6 +174,11 @@ def start_mesh(
         config, names, paths
     )
     port = ray.get(gateway.start.remote())
+    if config.controller.enabled:
+        actors["controller"] = ControllerActor.options(
+            name="controller", namespace=config.namespace
+        ).remote(config)
+        ray.get(actors["controller"].ready.remote())
     address = f"{config.gateway.host}:{port}"
     log.info("mesh.serving", address=address, actors=sorted(actors))
     return Mesh(config, address, gateway, actors, owns_ray)

@@ -174,6 +174,9 @@ class AdminServicer(pb_grpc.AdminServicer):
         workers = await self.frontend.status()
         return pb.GetStatusResponse(
             workers=[worker_to_proto(w) for w in workers],
+            decisions=[
+                pb.RoleDecision(**dataclasses.asdict(d)) for d in self.frontend.ops.decisions
+            ],
             in_flight=self.frontend.in_flight,
             max_queue_len=self.frontend.config.gateway.max_queue_len,
             policy_version=self.frontend.router.policy.version,
@@ -193,12 +196,17 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def SetWorkerRole(
         self, request: pb.SetWorkerRoleRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkerStatus:
-        return worker_to_proto(await self.frontend.set_role(request.worker, request.role))
+        return worker_to_proto(await self.frontend.ops.set_role(request.worker, request.role))
 
     async def DrainWorker(
         self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkerStatus:
-        return worker_to_proto(await self.frontend.drain(request.worker, not request.resume))
+        return worker_to_proto(await self.frontend.ops.drain(request.worker, not request.resume))
+
+    async def UnpinWorker(
+        self, request: pb.UnpinWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WorkerStatus:
+        return worker_to_proto(await self.frontend.ops.unpin(request.worker))
 
 
 def worker_to_proto(w: WorkerStatus) -> pb.WorkerStatus:

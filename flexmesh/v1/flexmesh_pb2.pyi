@@ -138,7 +138,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms")
+    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms", "pinned")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,7 @@ class WorkerStatus(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_path: str
@@ -181,19 +182,47 @@ class WorkerStatus(_message.Message):
     draining: bool
     queue_delay_ms: float
     prefill_ms: float
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ..., prefill_tokens_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., step_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., kv_blocks_in_flight: _Optional[int] = ..., kv_transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queue_delay_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ...) -> None: ...
+    pinned: bool
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ..., prefill_tokens_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., step_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., kv_blocks_in_flight: _Optional[int] = ..., kv_transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queue_delay_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., pinned: _Optional[bool] = ...) -> None: ...
+
+class RoleDecision(_message.Message):
+    __slots__ = ("t_unix", "worker", "old_role", "new_role", "by", "reason", "inputs")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    T_UNIX_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    OLD_ROLE_FIELD_NUMBER: _ClassVar[int]
+    NEW_ROLE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    t_unix: float
+    worker: str
+    old_role: str
+    new_role: str
+    by: str
+    reason: str
+    inputs: _containers.ScalarMap[str, float]
+    def __init__(self, t_unix: _Optional[float] = ..., worker: _Optional[str] = ..., old_role: _Optional[str] = ..., new_role: _Optional[str] = ..., by: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("workers", "in_flight", "max_queue_len", "policy_version")
+    __slots__ = ("workers", "in_flight", "max_queue_len", "policy_version", "decisions")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_LEN_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     in_flight: int
     max_queue_len: int
     policy_version: int
-    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., max_queue_len: _Optional[int] = ..., policy_version: _Optional[int] = ...) -> None: ...
+    decisions: _containers.RepeatedCompositeFieldContainer[RoleDecision]
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., max_queue_len: _Optional[int] = ..., policy_version: _Optional[int] = ..., decisions: _Optional[_Iterable[_Union[RoleDecision, _Mapping]]] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ()
@@ -262,3 +291,9 @@ class DrainWorkerRequest(_message.Message):
     worker: str
     resume: bool
     def __init__(self, worker: _Optional[str] = ..., resume: _Optional[bool] = ...) -> None: ...
+
+class UnpinWorkerRequest(_message.Message):
+    __slots__ = ("worker",)
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    def __init__(self, worker: _Optional[str] = ...) -> None: ...

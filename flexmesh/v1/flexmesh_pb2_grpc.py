@@ -180,6 +180,11 @@ class AdminStub:
                 request_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.DrainWorkerRequest.SerializeToString,
                 response_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
                 _registered_method=True)
+        self.UnpinWorker = channel.unary_unary(
+                '/flexmesh.v1.Admin/UnpinWorker',
+                request_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.UnpinWorkerRequest.SerializeToString,
+                response_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -221,6 +226,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnpinWorker(self, request, context):
+        """Hands a worker pinned by SetWorkerRole back to the controller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +259,11 @@ def add_AdminServicer_to_server(servicer, server):
             'DrainWorker': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainWorker,
                     request_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.DrainWorkerRequest.FromString,
+                    response_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.SerializeToString,
+            ),
+            'UnpinWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnpinWorker,
+                    request_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.UnpinWorkerRequest.FromString,
                     response_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.SerializeToString,
             ),
     }
@@ -385,6 +402,33 @@ class Admin:
             target,
             '/flexmesh.v1.Admin/DrainWorker',
             flexmesh_dot_v1_dot_flexmesh__pb2.DrainWorkerRequest.SerializeToString,
+            flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnpinWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flexmesh.v1.Admin/UnpinWorker',
+            flexmesh_dot_v1_dot_flexmesh__pb2.UnpinWorkerRequest.SerializeToString,
             flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
             options,
             channel_credentials,

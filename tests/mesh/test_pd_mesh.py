@@ -184,10 +184,12 @@ def test_workers_cli_changes_roles_and_drains(pd_mesh: Mesh) -> None:
 
     refused = cli("drain", D)
     assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
-    assert cli("role", P, "mixed").stdout.strip() == f"{P}: role mixed, taking requests"
-    assert cli("drain", D).stdout.strip() == f"{D}: role decode, draining"
+    pinned = ", pinned (the controller leaves it alone)"
+    assert cli("role", P, "mixed").stdout.strip() == f"{P}: role mixed, taking requests{pinned}"
+    assert cli("drain", D).stdout.strip().startswith(f"{D}: role decode, draining")
     assert cli("drain", D, "--resume").returncode == 0
-    assert cli("role", P, "prefill").stdout.strip() == f"{P}: role prefill, taking requests"
+    assert cli("role", P, "prefill").stdout.strip().startswith(f"{P}: role prefill, taking")
+    assert cli("unpin", P).stdout.strip() == f"{P}: role prefill, taking requests"
 
 
 async def test_prefill_worker_killed_mid_prefill_falls_back_within_the_bound(

@@ -1,0 +1,97 @@
+"""Run-time changes to the worker pool and the operator's view of it.
+
+Two writers change roles: the operator (Admin `SetWorkerRole`, `flexmesh workers role`) and the
+controller actor. An operator's change **pins** the worker: the controller never changes a
+pinned worker until the operator unpins it. Every change is a log event and a `RoleDecision`
+kept for `Admin/GetStatus`. Status reads are bounded per worker, so one slow or dead worker
+cannot stall a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import replace
+
+import structlog
+
+from flexmesh.actors.client import WorkerClientProtocol
+from flexmesh.meshcore.errors import PreconditionError, WorkerUnavailableError
+from flexmesh.meshcore.messages import RoleDecision, WorkerStatus
+from flexmesh.meshcore.pool import WorkerPool
+
+log = structlog.get_logger(__name__)
+
+
+class Operations:
+    """Roles, draining, pins and status of the workers behind one gateway."""
+
+    def __init__(
+        self, pool: WorkerPool, clients: Mapping[str, WorkerClientProtocol], history: int
+    ) -> None:
+        self.pool, self.clients = pool, dict(clients)
+        self.pins: set[str] = set()
+        """Workers whose role the operator set: the controller leaves them alone."""
+        self.decisions: deque[RoleDecision] = deque(maxlen=history)
+        """The latest role changes, operator's and controller's."""
+
+    async def set_role(
+        self,
+        worker: str,
+        role: str,
+        by: str = "operator",
+        reason: str = "",
+        inputs: Mapping[str, float] | None = None,
+    ) -> WorkerStatus:
+        """Change a worker's role for new requests (the work it holds goes on).
+
+        `by="operator"` pins the worker; `by="controller"` is refused on a pinned worker.
+        """
+        entry = self.pool.get(worker)
+        if by != "operator" and worker in self.pins:
+            raise PreconditionError(f"{worker} is pinned by the operator (flexmesh workers unpin)")
+        old = entry.role
+        self.pool.set_role(worker, role)
+        try:
+            await self.clients[worker].set_role(role)
+        except WorkerUnavailableError:
+            self.pool.set_role(worker, old)
+            raise
+        if by == "operator":
+            self.pins.add(worker)
+        decision = RoleDecision(time.time(), worker, old, role, by, reason, dict(inputs or {}))
+        self.decisions.append(decision)
+        log.info("worker.role_changed", worker=worker, old=old, role=role, by=by, reason=reason,
+                 inputs=decision.inputs)  # fmt: skip
+        return await self.status_of(self.clients[worker])
+
+    async def unpin(self, worker: str) -> WorkerStatus:
+        """Hand a worker's role back to the controller."""
+        self.pool.get(worker)
+        self.pins.discard(worker)
+        log.info("worker.unpinned", worker=worker)
+        return await self.status_of(self.clients[worker])
+
+    async def drain(self, worker: str, draining: bool = True) -> WorkerStatus:
+        """Send a worker no new requests (or again); what it holds finishes. A log event."""
+        self.pool.set_draining(worker, draining)
+        log.info("worker.drain", worker=worker, draining=draining)
+        return await self.status_of(self.clients[worker])
+
+    async def status(self, timeout_s: float | None = None) -> list[WorkerStatus]:
+        """Every worker's report, each bounded by `timeout_s` (then it reads as not alive)."""
+        clients = list(self.clients.values())
+        return list(await asyncio.gather(*(self.status_of(w, timeout_s) for w in clients)))
+
+    async def status_of(
+        self, w: WorkerClientProtocol, timeout_s: float | None = None
+    ) -> WorkerStatus:
+        """A worker's report, with the role, draining flag and pin the gateway holds."""
+        entry = self.pool.get(w.name)
+        try:
+            s = await asyncio.wait_for(w.status(), timeout_s)
+        except (WorkerUnavailableError, TimeoutError):
+            s = WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
+        return replace(s, role=entry.role, draining=entry.draining, pinned=w.name in self.pins)
