@@ -31,6 +31,13 @@ def add_pd_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts-dir", default=str(data / "prompts"))
     p.add_argument("--duration", type=float, default=60.0, help="seconds of trace replayed")
     p.add_argument("--rate-scale", type=float, default=0.2, help="thin the trace's arrivals")
+    p.add_argument(
+        "--phase",
+        action="append",
+        default=[],
+        metavar="TRACE:START:DURATION[:RATE_SCALE]",
+        help="replay a workload that changes character instead (repeat in order)",
+    )
     p.add_argument("--max-input-tokens", type=int, default=1024)
     p.add_argument("--max-output-tokens", type=int, default=128)
     p.add_argument("--ttft-slo-ms", type=float, default=3000.0)
@@ -41,9 +48,12 @@ def add_pd_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _replay_args(args: argparse.Namespace, target: str, tokenizer: str, out: Path) -> Any:
-    argv = [
+    source = [x for ph in args.phase for x in ("--phase", ph)] or [
         "--trace", args.trace, "--format", "azure", "--duration", str(args.duration),
-        "--rate-scale", str(args.rate_scale), "--max-input-tokens", str(args.max_input_tokens),
+        "--rate-scale", str(args.rate_scale),
+    ]  # fmt: skip
+    argv = [
+        *source, "--max-input-tokens", str(args.max_input_tokens),
         "--max-output-tokens", str(args.max_output_tokens), "--length-mode", "clip",
         "--intent-mix", "chat=0.5,code=0.5", "--prompts-dir", args.prompts_dir,
         "--tokenizer", tokenizer, "--target", target, "--out", str(out), "--model", args.model,

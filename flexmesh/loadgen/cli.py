@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -24,9 +25,11 @@ from flexmesh.loadgen.report import summarize, write_reports
 from flexmesh.loadgen.shaping import ShapeConfig, Workload
 from flexmesh.loadgen.workload import (
     FORMATS,
+    Phase,
     SyntheticConfig,
     build_requests,
     infer_format,
+    load_phases,
     load_workload,
 )
 
@@ -42,6 +45,14 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "--lengths",
         help="ServeGen *_client_length_dists.jsonl.gz "
         "(default: the file beside --trace, when present)",
+    )
+    src.add_argument(
+        "--phase",
+        action="append",
+        default=[],
+        metavar="TRACE:START:DURATION[:RATE_SCALE]",
+        help="a segment of a workload that changes character; repeat in replay order "
+        "(replaces --trace, --start, --duration and --rate-scale)",
     )
     src.add_argument("--rate-rps", type=float, default=1.0, help="poisson/gamma: mean rate")
     src.add_argument("--cv", type=float, default=2.0, help="gamma: inter-arrival CV")
@@ -114,7 +125,8 @@ def prepare(
     args: argparse.Namespace, tokenizer: Tokenizer | None = None
 ) -> tuple[Workload, list[ReplayRequest], dict[str, Any]]:
     """Blocking part of a replay: read the trace, shape it, write prompts."""
-    fmt = args.format or (infer_format(args.trace) if args.trace else None)
+    phases = [Phase.parse(p) for p in args.phase]
+    fmt = "phases" if phases else args.format or (infer_format(args.trace) if args.trace else None)
     if fmt is None:
         raise ValueError("format: give --format (or a --trace to infer it from)")
     if not args.prompts_dir:
@@ -126,12 +138,16 @@ def prepare(
         tokenizer = load_tokenizer(args.tokenizer)
     synthetic = SyntheticConfig(args.rate_rps, args.cv, args.input_tokens, args.output_tokens)
     config = shape_config(args)
-    workload = load_workload(fmt, args.trace, config, lengths=args.lengths, synthetic=synthetic)
+    if phases:
+        workload = load_phases(phases, config, lengths=args.lengths)
+    else:
+        workload = load_workload(fmt, args.trace, config, lengths=args.lengths, synthetic=synthetic)
     requests = build_requests(
         workload, mix, args.prompts_dir, tokenizer, seed=args.seed, progress=not args.no_progress
     )
     meta = {
         "trace": str(args.trace) if args.trace else fmt,
+        "phases": [dataclasses.asdict(p) for p in phases],
         "format": fmt,
         "target": args.target,
         "seed": args.seed,

@@ -120,6 +120,58 @@ def load_workload(
     return workload
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One segment of a workload that changes character: a window of a trace at a rate."""
+
+    trace: str
+    start_s: float
+    duration_s: float
+    rate_scale: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str) -> Phase:
+        """`TRACE:START:DURATION[:RATE_SCALE]`, e.g. `traces/azure_llm_2023_code.csv:0:30:0.3`."""
+        parts = spec.rsplit(":", 3)
+        if len(parts) == 4 and not _is_number(parts[1]):
+            parts = [f"{parts[0]}:{parts[1]}", *parts[2:]]  # a colon inside the path
+        try:
+            numbers = [float(x) for x in parts[1:]]
+        except ValueError:
+            numbers = []
+        if len(parts) < 3 or len(numbers) != len(parts) - 1:
+            raise ValueError(f"phase: {spec!r} is not TRACE:START:DURATION[:RATE_SCALE]")
+        return cls(parts[0], *numbers)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_phases(
+    phases: list[Phase], config: ShapeConfig, *, lengths: str | Path | None = None
+) -> Workload:
+    """Phases one after another: each a shaped window of its trace (its own start, duration and
+    rate scale; the rest of `config` shared), arrivals offset by the phases before it."""
+    requests: list[TraceRequest] = []
+    offset_s = 0.0
+    for ph in phases:
+        shaped = dataclasses.replace(
+            config, start_s=ph.start_s, duration_s=ph.duration_s, rate_scale=ph.rate_scale
+        )
+        w = load_workload(infer_format(ph.trace), ph.trace, shaped, lengths=lengths)
+        requests += [
+            TraceRequest(r.arrival_s + offset_s, r.input_tokens, r.output_tokens, r.hash_ids)
+            for r in w.requests
+        ]
+        offset_s += ph.duration_s / config.speedup
+    return Workload(tuple(requests))
+
+
 def build_requests(
     workload: Workload,
     mix: Mapping[str, float],

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from flexmesh.loadgen.shaping import ShapeConfig, fit_lengths, shape
 from flexmesh.loadgen.traces import TraceRequest
+from flexmesh.loadgen.workload import Phase, load_phases, load_workload
 
 
 def _trace(n: int = 1000, gap: float = 1.0) -> list[TraceRequest]:
@@ -69,3 +73,27 @@ def test_clip_mode_and_untouched() -> None:
 def test_config_validation_names_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         ShapeConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_phases_follow_one_another_with_their_own_windows_and_rates(data_dir: Path) -> None:
+    conv = str(data_dir / "traces" / "azure_llm_2023_conv.csv")
+    code = str(data_dir / "traces" / "azure_llm_2023_code.csv")
+    phases = [Phase.parse(f"{conv}:0:20:0.5"), Phase.parse(f"{code}:0:10"), Phase(conv, 20, 20)]
+    assert phases[1].rate_scale == 1.0 and phases[2].start_s == 20
+    config = ShapeConfig(max_input_tokens=512, length_mode="clip")
+    w = load_phases(phases, config)
+    arrivals = [r.arrival_s for r in w.requests]
+    assert arrivals == sorted(arrivals)
+    alone = [
+        load_workload("azure", p.trace, replace(config, start_s=p.start_s,
+                      duration_s=p.duration_s, rate_scale=p.rate_scale)).requests
+        for p in phases
+    ]  # fmt: skip
+    assert [len(a) for a in alone] == [
+        sum(1 for t in arrivals if lo <= t < hi) for lo, hi in ((0, 20), (20, 30), (30, 50))
+    ]
+    assert all(a for a in alone) and max(r.input_tokens for r in w.requests) <= 512
+    code_part = w.requests[len(alone[0]) : len(alone[0]) + len(alone[1])]
+    assert [r.input_tokens for r in code_part] == [r.input_tokens for r in alone[1]]
+    with pytest.raises(ValueError, match="TRACE:START:DURATION"):
+        Phase.parse("conv.csv:zero:20")
