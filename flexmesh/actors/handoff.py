@@ -188,7 +188,7 @@ class KVHandoff:
         kv = await self.aengine.call(
             lambda: self.engine.export_kv(request_id, lambda s: self.buffers.take(s, dtype))
         )
-        meta = await asyncio.to_thread(describe, kv, request_id, self.model, 0)
+        meta = await asyncio.to_thread(describe, kv, request_id, self.model)
         now = time.monotonic()
         hold_s = self.pd.hold_timeout_ms / 1000.0
         for rid, (t, stale) in list(self._staged.items()):

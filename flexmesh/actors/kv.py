@@ -17,6 +17,7 @@ with `asyncio.to_thread`.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
@@ -43,7 +44,6 @@ class KVMeta:
     model: str
     dtype: str
     shape: tuple[int, ...]
-    num_kv_tokens: int
     checksum: int
     layout_version: int = LAYOUT_VERSION
 
@@ -80,8 +80,9 @@ def checksum(kv: torch.Tensor) -> int:
     return xxhash.xxh3_64_intdigest(data)  # type: ignore[no-any-return]
 
 
-def describe(kv: torch.Tensor, request_id: str, model: str, num_kv_tokens: int) -> KVMeta:
-    return KVMeta(request_id, model, str(kv.dtype), tuple(kv.shape), num_kv_tokens, checksum(kv))
+def describe(kv: torch.Tensor, request_id: str, model: str) -> KVMeta:
+    """The meta of a gathered KV tensor (its block count is the shape's third entry)."""
+    return KVMeta(request_id, model, str(kv.dtype), tuple(kv.shape), checksum(kv))
 
 
 def to_numpy(kv: torch.Tensor) -> np.ndarray:
@@ -123,9 +124,9 @@ class BufferPool:
         """Return a tensor from `take`; its buffer is kept while the cache has room."""
         base = tensor._base if tensor._base is not None else tensor
         self._free.append(base)
-        self._free.sort(key=lambda b: -b.numel())
+        self._free.sort(key=lambda b: b.numel())
         while sum(b.numel() * b.element_size() for b in self._free) > self.max_cached_bytes:
-            self._free.pop()
+            self._free.pop()  # the largest goes first
 
 
 class KVGroup:
@@ -160,11 +161,11 @@ class KVGroup:
 
         self._call(lambda: collective.recv(buffer, src_rank, self.name))
 
-    def _call(self, op: object) -> None:
+    def _call(self, op: Callable[[], None]) -> None:
         if self.broken:
             raise RuntimeError(f"KV group {self.name} is unusable: {self.broken}")
         try:
-            op()  # type: ignore[operator]
+            op()
         except Exception as exc:
             # A failed send/recv leaves the pair's stream in an unknown state: stop using it.
             self.broken = f"{type(exc).__name__}: {exc}"
