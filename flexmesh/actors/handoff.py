@@ -123,10 +123,15 @@ class KVHandoff:
         )
         return {"kv_transport": transport, "kv_bytes": meta.nbytes, "kv_transfer_ms": ms}
 
+    def _usable_group(self) -> KVGroup | None:
+        """This worker's collective group, unless it has none or the group broke."""
+        group = self.kv_group
+        return group if group is not None and not group.broken else None
+
     def _transport(self, peer_group: str) -> str:
         """The collective backend when both ends share a usable group, else the object store."""
-        group = self.kv_group
-        shared = group is not None and not group.broken and group.name == peer_group
+        group = self._usable_group()
+        shared = group is not None and group.name == peer_group
         if self.pd.transport == "object_store" or (self.pd.transport == "auto" and not shared):
             return "object_store"
         if group is None or not shared:
@@ -196,8 +201,8 @@ class KVHandoff:
                 del self._staged[rid]  # its decode worker never came for it
                 self.buffers.give(stale)
         self._staged[request_id] = (now, kv)
-        group = self.kv_group
-        return meta.pack(), group.name if group is not None and not group.broken else ""
+        group = self._usable_group()
+        return meta.pack(), group.name if group is not None else ""
 
     async def send_kv(self, request_id: str, dst_rank: int) -> Any:
         """Send prepared KV to `dst_rank` of the group, or put it in the object store as numpy

@@ -31,7 +31,6 @@ log = structlog.get_logger(__name__)
 
 LAYOUT_VERSION = 1
 """Version of the block layout `[layers, 2, blocks, block_size, kv_heads, head_dim]`."""
-TRANSPORTS = ("auto", "collective", "object_store")
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 """Collective backend by device type; the route reports this name as its KV transport."""
 

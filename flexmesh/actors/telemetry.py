@@ -57,7 +57,7 @@ class WorkerMetrics:
         )
         self.transfer_ms = metrics.Histogram(
             "flexmesh_kv_transfer_ms",
-            "KV hand-off time, asking the prefill worker to imported",
+            "KV hand-off time, the prefill's end to the KV imported",
             boundaries=_MS_BUCKETS,
             tag_keys=transfer_keys,
         )

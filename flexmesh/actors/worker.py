@@ -161,7 +161,7 @@ class Worker(KVHandoff):
         return await self.aengine.call(self._status)
 
     def _status(self) -> WorkerStatus:
-        sched, group = self.engine.scheduler, self.kv_group
+        sched, group = self.engine.scheduler, self._usable_group()
         status = WorkerStatus(
             name=self.name,
             model=self.model,
@@ -181,7 +181,7 @@ class Worker(KVHandoff):
             step_ms=self.engine.recent_step_ms,
             tpot_ms=self.engine.recent_decode_step_ms,
             kv_blocks_in_flight=sched.num_blocks_in_flight,
-            kv_transport=group.backend if group is not None and not group.broken else "",
+            kv_transport=group.backend if group is not None else "",
         )
         self.metrics.observe_status(status)
         return status

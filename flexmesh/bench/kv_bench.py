@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,11 @@ class RDTConsumer:
         return int(tensor.numel())
 
 
+def _medians(sizes: list[int], repeats: int, once: Callable[[int], float]) -> dict[int, float]:
+    """Per size, the median of `repeats` measurements after one warm-up."""
+    return {n: statistics.median([once(n) for _ in range(repeats + 1)][1:]) for n in sizes}
+
+
 def _rdt_ms(sizes: list[int], repeats: int) -> dict[int, float]:
     """Median milliseconds for an RDT tensor (gloo) to reach a consuming actor's task."""
     from ray.experimental.collective import create_collective_group
@@ -92,15 +98,13 @@ def _rdt_ms(sizes: list[int], repeats: int) -> dict[int, float]:
     b = ray.remote(**opts)(RDTConsumer).remote()
     try:
         create_collective_group([a, b], backend="torch_gloo")
-        out: dict[int, float] = {}
-        for n in sizes:
-            times = []
-            for _ in range(repeats + 1):  # the first is a warm-up
-                t0 = time.perf_counter()
-                ray.get(b.consume.remote(a.produce.remote(n)))
-                times.append((time.perf_counter() - t0) * 1000.0)
-            out[n] = statistics.median(times[1:])
-        return out
+
+        def once(n: int) -> float:
+            t0 = time.perf_counter()
+            ray.get(b.consume.remote(a.produce.remote(n)))
+            return (time.perf_counter() - t0) * 1000.0
+
+        return _medians(sizes, repeats, once)
     finally:
         ray.kill(a)
         ray.kill(b)
@@ -118,17 +122,14 @@ def _raw_ms(transport: str, sizes: list[int], repeats: int) -> dict[int, float]:
                     b.join.remote("flexmesh-bench-raw", 2, 1),
                 ]
             )
-        out: dict[int, float] = {}
-        for n in sizes:
-            times = []
-            for _ in range(repeats + 1):  # the first is a warm-up
-                if transport == "collective":
-                    ms, _ = ray.get([b.recv.remote(n, 0), a.send.remote(n, 1)])
-                else:
-                    ms = ray.get(b.fetch.remote(a, n))
-                times.append(ms)
-            out[n] = statistics.median(times[1:])
-        return out
+
+        def once(n: int) -> float:
+            if transport == "collective":
+                ms, _ = ray.get([b.recv.remote(n, 0), a.send.remote(n, 1)])
+                return float(ms)
+            return float(ray.get(b.fetch.remote(a, n)))
+
+        return _medians(sizes, repeats, once)
     finally:
         ray.kill(a)
         ray.kill(b)

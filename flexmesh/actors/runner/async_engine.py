@@ -142,17 +142,15 @@ class AsyncEngine:
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         """Hand a step's outputs to their streams: one event-loop wake-up per loop per step."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, StreamItem]]] = {}
+        items: list[tuple[asyncio.AbstractEventLoop, Stream, StreamItem]] = []
         for out in outputs:
             target = self._streams.get(out.request_id)
             if target is None:
                 continue
             if out.finished or out.handoff is not None:
                 del self._streams[out.request_id]
-            loop, q = target
-            by_loop.setdefault(loop, []).append((q, out))
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_put_all, items)
+            items.append((*target, out))
+        _post(items)
 
     def _fail_all(self) -> None:
         """After a failed step, abort every request (parked ones too) and end every stream with
@@ -160,12 +158,21 @@ class AsyncEngine:
         for rid in list(self.engine.scheduler.requests):
             self.engine.abort(rid)
         streams, self._streams = self._streams, {}
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, StreamItem]]] = {}
-        for rid, (loop, q) in streams.items():
-            error = EngineFailedError(f"the engine failed a step while serving {rid}")
-            by_loop.setdefault(loop, []).append((q, error))
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_put_all, items)
+        _post(
+            [
+                (loop, q, EngineFailedError(f"the engine failed a step while serving {rid}"))
+                for rid, (loop, q) in streams.items()
+            ]
+        )
+
+
+def _post(items: list[tuple[asyncio.AbstractEventLoop, Stream, StreamItem]]) -> None:
+    """Put items on their streams from the engine thread: one wake-up per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, StreamItem]]] = {}
+    for loop, q, item in items:
+        by_loop.setdefault(loop, []).append((q, item))
+    for loop, pairs in by_loop.items():
+        loop.call_soon_threadsafe(_put_all, pairs)
 
 
 def _put_all(items: list[tuple[Stream, StreamItem]]) -> None:

@@ -265,11 +265,8 @@ class Engine:
         text, stopped = tracked.detok.update(req.output_token_ids, final=req.finished)
         if stopped and not req.finished:
             self.scheduler.finish(req.request_id, RequestStatus.FINISHED_STOPPED)
-        queue_ms, prefill_ms = tracked.timings_ms or (
-            _ms(req.arrival_time, req.first_scheduled_time),
-            _ms(req.first_scheduled_time, req.first_token_time),
-        )
         if req.status == RequestStatus.KV_IN_FLIGHT:
+            queue_ms, prefill_ms = _timings(tracked)
             del self._tracked[req.request_id]
             state = RequestState(
                 request_id=req.request_id,
@@ -292,6 +289,7 @@ class Engine:
             return RequestOutput(req.request_id, new_ids, text, offset=offset)
         self._tracked.pop(req.request_id, None)
         self._release(req.request_id)
+        queue_ms, prefill_ms = _timings(tracked)
         return RequestOutput(
             request_id=req.request_id,
             token_ids=new_ids,
@@ -336,6 +334,15 @@ class Engine:
         ids = [i % self.runner.model.vocab_size for i in range(n)]
         self.generate([ids], SamplingParams(max_tokens=1, ignore_eos=True))
         self.tokens_generated = 0
+
+
+def _timings(tracked: _Tracked) -> tuple[float, float]:
+    """(queue, prefill) ms: measured here, or where a handed-over request was prefilled."""
+    req = tracked.request
+    return tracked.timings_ms or (
+        _ms(req.arrival_time, req.first_scheduled_time),
+        _ms(req.first_scheduled_time, req.first_token_time),
+    )
 
 
 def _ms(start: float | None, end: float | None) -> float:

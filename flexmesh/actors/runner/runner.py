@@ -144,7 +144,7 @@ class ModelRunner:
 
     def scatter_kv(self, block_ids: Sequence[int], kv: torch.Tensor) -> None:
         """Write `kv` (as `gather_kv` returns it) into these blocks."""
-        expected = (*self.kv_cache.shape[:2], len(block_ids), *self.kv_cache.shape[3:])
+        expected = self.kv_shape(len(block_ids))
         if tuple(kv.shape) != expected:
             raise ValueError(f"KV of shape {tuple(kv.shape)} does not fit {expected}")
         index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
