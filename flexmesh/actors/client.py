@@ -40,6 +40,8 @@ class WorkerClientProtocol(Protocol):
 
     async def set_role(self, role: str) -> None: ...
 
+    async def set_prefill_budget(self, tokens: int) -> None: ...
+
 
 class WorkerClient:
     """Talks to one named worker actor.
@@ -107,6 +109,9 @@ class WorkerClient:
 
     async def set_role(self, role: str) -> None:
         await self._call(self.handle.set_role.remote(role))
+
+    async def set_prefill_budget(self, tokens: int) -> None:
+        await self._call(self.handle.set_prefill_budget.remote(tokens))
 
     async def _call(self, ref: Any) -> Any:
         try:

@@ -1,18 +1,20 @@
 """The controller actor: a reconcile loop around the pure policies of `meshcore/controller.py`.
 
-Every `controller.interval_ms` it takes one snapshot from the gateway (each worker's report
-bounded by `controller.status_timeout_ms`, the operator's pins), asks the policy for actions and
-applies them through the gateway, the single place that dispatches by role. Each decision is a
-`controller.decision` log event with its inputs and reason, a metric, and an entry in
-`Admin/GetStatus`. The loop survives every exception. The controller keeps nothing that
-matters: restarted by Ray, it reads the roles back from the gateway and goes on; while it is
-down, serving goes on with the roles as they are.
+Every `controller.interval_ms` it takes one snapshot from the gateway (the workers' latest
+reports from the gateway's bounded poll, pins, the live and configured routing policy, the
+traffic window), asks the policies for actions and sends them to the gateway, the single place
+that applies them. Each decision is a `decision` log event with its inputs and reason, a
+counter by kind and rule, and an entry in `Admin/GetStatus`; the routing thresholds are gauges.
+The loop survives every exception. The controller keeps nothing that matters: restarted by Ray,
+it reads roles, budgets and the policy back from the gateway and goes on; while it is down,
+serving goes on with everything as it is.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -21,26 +23,34 @@ from ray.util import metrics
 
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
-from flexmesh.meshcore.controller import PDState, Snapshot, decide
+from flexmesh.meshcore.controller import Action, ControllerState, decide
 
 log = structlog.get_logger(__name__)
 
+APPLY_TIMEOUT_S = 30.0
+"""Longest wait for the gateway to apply one round's actions."""
+
 
 class Controller:
-    """Thin shell: the loop thread, the gateway handle, the policy's state."""
+    """Thin shell: the loop thread, the gateway handle, the policies' state."""
 
     def __init__(self, config: MeshConfig) -> None:
         configure_logging()
         self.config = config
         self.cfg = config.controller
         self.gateway = ray.get_actor("gateway", namespace=config.namespace)
-        self.state = PDState()
+        self.state = ControllerState()
         self.rounds = 0
         self.decisions = metrics.Counter(
-            "flexmesh_controller_decisions", "Role changes decided", tag_keys=("kind",)
+            "flexmesh_controller_decisions",
+            "Changes decided by the controller",
+            tag_keys=("kind", "reason"),
         )
         self.failures = metrics.Counter(
             "flexmesh_controller_round_failures", "Reconcile rounds that raised"
+        )
+        self.thresholds = metrics.Gauge(
+            "flexmesh_routing_threshold", "Live routing thresholds", tag_keys=("field",)
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="controller-loop", daemon=True)
@@ -65,25 +75,22 @@ class Controller:
             self.rounds += 1
             self._stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
 
-    def reconcile(self) -> list[Any]:
-        """One round: snapshot, decide, apply. Returns the actions applied."""
-        timeout_s = self.cfg.status_timeout_ms / 1000.0
-        workers, pins = ray.get(self.gateway.snapshot.remote(timeout_s), timeout=timeout_s + 5)
-        snap = Snapshot(time.monotonic(), tuple(workers))
-        actions, self.state = decide(snap, self.state, frozenset(pins), self.cfg)
+    def reconcile(self) -> list[Action]:
+        """One round: snapshot, decide, apply. Returns the actions sent."""
+        snap = ray.get(self.gateway.snapshot.remote(), timeout=APPLY_TIMEOUT_S)
+        snap = replace(snap, t_s=time.monotonic())  # the policies' dwell runs on our clock
+        if snap.policy is not None:
+            for name in ("confidence_threshold", "spill_queue_ms", "return_queue_ms"):
+                self.thresholds.set(getattr(snap.policy, name), {"field": name})
+        actions, self.state = decide(snap, self.state, self.cfg)
+        if not actions:
+            return actions
+        version = snap.policy.version if snap.policy is not None else 0
+        ref = self.gateway.apply.remote(actions, version)
+        for error in ray.get(ref, timeout=APPLY_TIMEOUT_S):
+            log.warning("controller.refused", error=error)
         for a in actions:
-            log.info(
-                "controller.decision",
-                worker=a.worker,
-                model=a.model,
-                old=a.old,
-                new=a.new,
-                reason=a.reason,
-                inputs={k: round(v, 2) for k, v in a.inputs.items()},
-            )
-            ref = self.gateway.apply_role.remote(a.worker, a.new, a.reason, dict(a.inputs))
-            ray.get(ref, timeout=30)
-            self.decisions.inc(1.0, {"kind": a.reason})
+            self.decisions.inc(1.0, {"kind": a.kind, "reason": a.reason})
         return actions
 
 

@@ -43,7 +43,12 @@ class WorkerMetrics:
         )
         self.step_ms = metrics.Gauge("flexmesh_worker_step_ms", "Recent step time", tag_keys=keys)
         self.tpot_ms = metrics.Gauge(
-            "flexmesh_worker_tpot_ms", "Recent decode-only step time", tag_keys=keys
+            "flexmesh_worker_tpot_ms", "Recent time of a step that decodes", tag_keys=keys
+        )
+        self.prefill_budget = metrics.Gauge(
+            "flexmesh_worker_prefill_budget_tokens",
+            "Most prompt tokens one step computes (the controller's co-location knob)",
+            tag_keys=keys,
         )
         self.kv_in_flight = metrics.Gauge(
             "flexmesh_worker_kv_blocks_in_flight", "KV blocks held for hand-offs", tag_keys=keys
@@ -92,6 +97,7 @@ class WorkerMetrics:
         self.step_ms.set(s.step_ms, self.tags)
         self.tpot_ms.set(s.tpot_ms, self.tags)
         self.kv_in_flight.set(s.kv_blocks_in_flight, self.tags)
+        self.prefill_budget.set(s.prefill_budget_tokens, self.tags)
 
 
 class GatewayMetrics:

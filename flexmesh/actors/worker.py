@@ -81,6 +81,10 @@ class Worker(KVHandoff):
         self.role = role
         return role
 
+    async def set_prefill_budget(self, tokens: int) -> int:
+        """Change the prefill share of each step's token budget (from the next step on)."""
+        return await self.aengine.call(lambda: self.engine.scheduler.set_prefill_budget(tokens))
+
     # -- streams ---------------------------------------------------------------------------
 
     async def generate(
@@ -182,6 +186,9 @@ class Worker(KVHandoff):
             tpot_ms=self.engine.recent_decode_step_ms,
             kv_blocks_in_flight=sched.num_blocks_in_flight,
             kv_transport=group.backend if group is not None else "",
+            prefill_budget_tokens=sched.prefill_budget_tokens,
+            max_batched_tokens=sched.config.max_batched_tokens,
+            draft_acceptance=dict(self.engine.draft_acceptance),
         )
         self.metrics.observe_status(status)
         return status

@@ -133,9 +133,17 @@ class GatewayConfig:
     """Longest wait for a worker to answer a control call (status, abort) before UNAVAILABLE."""
     request_timeout_s: float = 600.0
     """Deadline of a Generate call whose client set none (DEADLINE_EXCEEDED after it)."""
+    status_poll_ms: float = 250.0
+    """Interval of the gateway's poll of every worker's report (router loads, controller
+    snapshot, worker gauges)."""
+    status_timeout_ms: float = 2000.0
+    """A worker that does not report within this reads as not alive in that poll (a report
+    waits for the worker's current step)."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.port < 65536, "gateway.port", self.port, "in [0, 65535]")
+        for name in ("status_poll_ms", "status_timeout_ms"):
+            _check(getattr(self, name) > 0, f"gateway.{name}", getattr(self, name), "> 0")
         _check(self.max_queue_len > 0, "gateway.max_queue_len", self.max_queue_len, "> 0")
         _check(
             self.stream_interval_ms >= 0,
@@ -221,16 +229,39 @@ class ControllerConfig:
     low_fraction: float = 0.5
     """A signal below this fraction of its SLO is safe (the gap is the hysteresis)."""
     min_dwell_ms: float = 10_000.0
-    """Least time between two role changes of one model's workers."""
-    status_timeout_ms: float = 500.0
-    """A worker that does not report within this is left out of the round (seen as not alive)."""
+    """Least time between two role changes of one model's workers, or two changes of one
+    routing policy field."""
+    min_prefill_budget_tokens: int = 32
+    """Smallest prefill share of a mixed worker's step budget (decode-first)."""
+    attainment_target: float = 0.9
+    """A model whose recent requests meet both SLOs less often than this is under pressure."""
+    traffic_window_s: float = 30.0
+    """Window of the gateway's SLO attainment and arrival rates."""
+    min_spill_queue_ms: float = 50.0
+    """Lowest `routing.spill_queue_ms` the controller sets."""
+    min_confidence_threshold: float = 0.05
+    """Lowest `routing.confidence_threshold` the controller sets."""
+    confidence_step: float = 0.1
+    """How far one decision moves the confidence threshold."""
+    min_acceptance: float = 0.3
+    """A route's PLD/speculation is switched off below this draft acceptance."""
+    spec_max_batch: int = 8
+    """... or when its model decodes this many requests at once (back on below half)."""
     history: int = 50
     """Decisions kept for `Admin/GetStatus`."""
 
     def __post_init__(self) -> None:
-        for name in ("interval_ms", "ttft_slo_ms", "tpot_slo_ms", "status_timeout_ms"):
+        for name in ("interval_ms", "ttft_slo_ms", "tpot_slo_ms", "traffic_window_s"):
             value = getattr(self, name)
             _check(value > 0, f"controller.{name}", value, "> 0")
+        for name in ("min_prefill_budget_tokens", "spec_max_batch", "min_spill_queue_ms"):
+            value = getattr(self, name)
+            _check(value > 0, f"controller.{name}", value, "> 0")
+        for name in ("attainment_target", "min_confidence_threshold", "min_acceptance"):
+            value = getattr(self, name)
+            _check(0 <= value <= 1, f"controller.{name}", value, "in [0, 1]")
+        step = self.confidence_step
+        _check(0 < step <= 1, "controller.confidence_step", step, "in (0, 1]")
         _check(self.min_dwell_ms >= 0, "controller.min_dwell_ms", self.min_dwell_ms, ">= 0")
         _check(
             0 < self.low_fraction < self.high_fraction,

@@ -114,6 +114,12 @@ class WorkerStatus:
     """KV blocks held for hand-offs: waiting to be sent from here, or reserved to receive."""
     kv_transport: str = ""
     """Backend of this worker's usable KV collective group ("" = object store only)."""
+    prefill_budget_tokens: int = 0
+    """Most prompt tokens one step computes (the rest of the step budget is for decodes)."""
+    max_batched_tokens: int = 0
+    """The whole token budget of one step."""
+    draft_acceptance: dict[str, float] = field(default_factory=dict)
+    """Per strategy (pld, spec), recent fraction of draft tokens accepted."""
     draining: bool = False
     """The gateway sends this worker no new requests."""
     pinned: bool = False
@@ -122,13 +128,17 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True)
-class RoleDecision:
-    """One change of a worker's role, by the operator or the controller, and why."""
+class Decision:
+    """One change made while serving, by the operator or the controller, and why."""
 
     t_unix: float
-    worker: str
-    old_role: str
-    new_role: str
+    kind: str
+    """"role" (a worker's role), "prefill_budget" (a mixed worker's prefill share of each
+    step) or "policy" (a routing policy field)."""
+    target: str
+    """The worker, or the policy field (e.g. "spill_queue_ms", "routes.code.strategy")."""
+    old: str
+    new: str
     by: str
     """"operator" or "controller"."""
     reason: str = ""

@@ -272,6 +272,17 @@ def apply_update(
     return RoutingConfig.from_dict(merged)
 
 
+def leaves(changes: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested change set as dotted field paths: {"routes.code.strategy": "none", ...}."""
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        if isinstance(value, Mapping):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in changes.items():

@@ -6,6 +6,13 @@ when KV blocks run out the newest running request is preempted (its blocks freed
 later from its tokens). Waiting requests are then admitted while the step's token budget, the
 sequence limit and free blocks allow.
 
+The step's budget is split: prompt tokens (prefill chunks) may take at most
+`prefill_budget_tokens` of it, decode tokens the rest. That is FlexNPU's co-location knob on one
+worker, which the controller turns while serving: the whole budget when TTFT is at risk
+(prefill-first), a small share when TPOT is (decode-first: steps stay short for the decodes).
+A step with no prefill yet always takes one chunk, so prompts never starve; without chunked
+prefill that chunk is the whole prompt.
+
 Hand-off between workers adds two parking places outside the step loop, so neither is ever
 scheduled nor keeps the engine spinning: a prefill worker's request that has its first token
 and waits for a decode worker to take its KV (`in_flight`, status `KV_IN_FLIGHT`), and a decode
@@ -101,6 +108,16 @@ class Scheduler:
         """Requests whose blocks are reserved while their KV arrives, by id: deadline."""
         self.recent_prefill_ms = 0.0
         """Moving average of a request's first step to its first token: its prefill's cost."""
+        self.prefill_budget_tokens = config.max_batched_tokens
+        """Most prompt tokens one step computes (the rest of the budget is for decodes)."""
+        self._prefill_left = 0
+        self._prefilled = False
+        """Planning state of the step being scheduled: prefill share left, a chunk taken."""
+
+    def set_prefill_budget(self, tokens: int) -> int:
+        """Change the prefill share of the step budget (clamped to [1, max_batched_tokens])."""
+        self.prefill_budget_tokens = max(1, min(int(tokens), self.config.max_batched_tokens))
+        return self.prefill_budget_tokens
 
     # -- admission -------------------------------------------------------------------------
 
@@ -211,16 +228,22 @@ class Scheduler:
         """Plan one step; `drafts` are proposed tokens for decoding requests (PLD, draft model)."""
         drafts = drafts or {}
         budget = self.config.max_batched_tokens
+        self._prefill_left = self.prefill_budget_tokens
+        self._prefilled = False
         chunks: list[ScheduledChunk] = []
         preempted: list[str] = []
         finished: list[Request] = []
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            remaining = req.num_tokens - req.num_computed_tokens
+            n = self._room(remaining, budget)
+            if n == 0:
+                i += 1  # a prefill past this step's prefill share: it goes on next step
+                continue
             spec = drafts.get(req.request_id, ()) if n == 1 else ()
             spec = spec[: max(0, budget - n)]
-            if n < req.num_tokens - req.num_computed_tokens and not self.config.chunked_prefill:
+            if n < remaining and not self.config.chunked_prefill:
                 break
             if n + len(spec) + req.num_computed_tokens > self.max_model_len_tokens:
                 spec = ()
@@ -234,14 +257,15 @@ class Scheduler:
                 continue  # `req` itself was preempted; the list shrank
             chunks.append(plan_chunk(req, n, spec))
             budget -= n + len(spec)
+            self._took(remaining, n)
             i += 1
         while self.waiting and not preempted and budget > 0:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             req = self.waiting[0]
             remaining = req.num_tokens - req.num_computed_tokens
-            n = min(remaining, budget)
-            if n < remaining and not self.config.chunked_prefill:
+            n = self._room(remaining, budget)
+            if n == 0 or (n < remaining and not self.config.chunked_prefill):
                 break
             extra = blocks_needed(req.num_computed_tokens + n, self.config.block_size_tokens)
             extra = max(extra - len(req.block_ids), 0)
@@ -255,7 +279,22 @@ class Scheduler:
             self.running.append(req)
             chunks.append(plan_chunk(req, n))
             budget -= n
+            self._took(remaining, n)
         return SchedulerOutput(tuple(chunks), tuple(preempted), tuple(finished))
+
+    def _room(self, remaining: int, budget: int) -> int:
+        """Tokens a request with `remaining` uncomputed tokens may compute in this step."""
+        if remaining <= 1:
+            return min(remaining, budget)  # a decode token (or a one-token prompt)
+        if not self._prefilled:  # the step's first prefill chunk is never held back
+            cap = self._prefill_left if self.config.chunked_prefill else remaining
+            return min(remaining, budget, max(cap, self.config.block_size_tokens))
+        return min(remaining, budget, self._prefill_left)
+
+    def _took(self, remaining: int, n: int) -> None:
+        if remaining > 1:
+            self._prefill_left = max(0, self._prefill_left - n)
+            self._prefilled = True
 
     def _grow(self, req: Request, n: int, preempted: list[str]) -> bool:
         """Give `req` blocks for `n` more tokens, preempting the newest running requests."""

@@ -262,10 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("policy", help="get or set the live routing policy")
     psub = p.add_subparsers(dest="policy_command", required=True)
-    for name in ("get", "set"):
+    for name in ("unpin", "get", "set"):
         q = psub.add_parser(name)
         q.add_argument("--target", default=DEFAULT_TARGET)
         q.set_defaults(func=cmd_policy)
+        if name == "unpin":
+            q.add_argument("fields", nargs="*", help="e.g. spill_queue_ms routes.code (none: all)")
     q.add_argument("--confidence-threshold", type=float, default=None)
     q.add_argument("--spill-queue-ms", type=float, default=None)
     q.add_argument("--return-queue-ms", type=float, default=None)

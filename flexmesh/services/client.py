@@ -119,6 +119,7 @@ async def status_cli(args: argparse.Namespace) -> int:
         "in flight",
         "step ms",
         "TPOT ms",
+        "prefill budget",
         "KV group",
         "tokens",
         "up (s)",
@@ -138,6 +139,7 @@ async def status_cli(args: argparse.Namespace) -> int:
             str(w.kv_blocks_in_flight),
             f"{w.step_ms:.1f}",
             f"{w.tpot_ms:.1f}",
+            f"{w.prefill_budget_tokens}/{w.max_batched_tokens}",
             w.kv_transport or "-",
             str(w.tokens_generated),
             f"{w.uptime_s:.0f}",
@@ -146,8 +148,9 @@ async def status_cli(args: argparse.Namespace) -> int:
     Console().print(table)
     for d in status.decisions[-10:]:
         when = time.strftime("%H:%M:%S", time.localtime(d.t_unix))
-        why = f" ({d.reason}: " + ", ".join(f"{k} {v:.1f}" for k, v in d.inputs.items()) + ")"
-        print(f"{when} {d.by}: {d.worker} {d.old_role} -> {d.new_role}{why if d.reason else ''}")
+        why = f" ({d.reason}: " + ", ".join(f"{k} {v:.2f}" for k, v in d.inputs.items()) + ")"
+        what = f"{d.kind} {d.target} {d.old} -> {d.new}"
+        print(f"{when} {d.by}: {what}{why if d.reason else ''}")
     return 0
 
 
@@ -214,6 +217,9 @@ async def policy_cli(args: argparse.Namespace) -> int:
         try:
             if args.policy_command == "get":
                 policy = await stub.GetPolicy(pb.GetPolicyRequest(), timeout=10)
+            elif args.policy_command == "unpin":
+                unpin = pb.UnpinPolicyRequest(fields=args.fields)
+                policy = await stub.UnpinPolicy(unpin, timeout=10)
             else:
                 req = pb.SetPolicyRequest(
                     routes=[_parse_route(r) for r in args.route],

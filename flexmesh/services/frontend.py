@@ -21,9 +21,11 @@ import structlog
 
 from flexmesh.actors.client import ProbeClientProtocol, WorkerClientProtocol
 from flexmesh.meshcore.config import MeshConfig
+from flexmesh.meshcore.controller import Snapshot
 from flexmesh.meshcore.errors import (
     DeadlineExceededError,
     InvalidRequestError,
+    PreconditionError,
     QueueFullError,
     UnknownModelError,
     WorkerUnavailableError,
@@ -31,8 +33,9 @@ from flexmesh.meshcore.errors import (
 )
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
 from flexmesh.meshcore.pool import WorkerPool
-from flexmesh.meshcore.routing import ProbeResult, Router, RoutingConfig
+from flexmesh.meshcore.routing import ProbeResult, Router, RoutingConfig, leaves
 from flexmesh.meshcore.sampling import SamplingParams
+from flexmesh.meshcore.traffic import TrafficWindow
 from flexmesh.services.dispatch import Dispatcher, Hop
 from flexmesh.services.operations import Operations
 
@@ -84,6 +87,15 @@ class Chunk:
         return self.output.offset
 
 
+SLO_MISSES = ("DEADLINE_EXCEEDED", "UNAVAILABLE", "INTERNAL")
+"""Failures that count against a model's SLO attainment (not the client's own mistakes)."""
+
+
+def _pinned(path: str, pins: set[str]) -> bool:
+    """`path` is a pinned field or lies under one ("routes.code" pins "routes.code.strategy")."""
+    return any(path == p or path.startswith(p + ".") for p in pins)
+
+
 def estimate_tokens(model: str, prompt: str) -> int:
     """Prompt length without a tokenizer: ~4 bytes a token (BPE on English and code)."""
     return len(prompt.encode()) // 4
@@ -132,6 +144,11 @@ class Frontend:
         self.default_model = config.models[0].name
         self.probe = probe if config.adaptive else None
         self.router = Router(config.routing)
+        self.policy_pins: set[str] = set()
+        """Policy fields the operator set (dotted paths): the controller leaves them alone."""
+        self.traffic = TrafficWindow(config.controller.traffic_window_s)
+        self.last_status: list[WorkerStatus] = []
+        """Every worker's report from the latest poll."""
         self.queue_delay_ms: dict[str, float] = {}
         """Per model, the lowest queue delay its workers last reported (polled)."""
         self.prefill_ms: dict[str, float] = {}
@@ -171,18 +188,61 @@ class Frontend:
             reason=d.reason,
         )
 
-    def set_policy(self, changes: Mapping[str, object], expected_version: int) -> RoutingConfig:
-        """Apply a live policy change (version-checked); every change is a log event."""
+    def set_policy(
+        self,
+        changes: Mapping[str, object],
+        expected_version: int,
+        by: str = "operator",
+        reasons: Mapping[str, str] | None = None,
+    ) -> RoutingConfig:
+        """Apply a live policy change (version-checked); each changed field is a `Decision`.
+
+        The operator's change pins the fields it sets; the controller's (`reasons` by field) is
+        refused when it touches a pinned field.
+        """
+        paths = leaves(changes)
+        if by != "operator":
+            pinned = sorted(p for p in paths if _pinned(p, self.policy_pins))
+            if pinned:
+                raise PreconditionError(f"policy fields pinned by the operator: {pinned}")
+        old = leaves(self.router.policy.to_dict())
         policy = self.router.update(changes, expected_version or self.router.policy.version)
-        log.info("policy.changed", version=policy.version, changes=dict(changes))
+        new = leaves(policy.to_dict())
+        if by == "operator":
+            self.policy_pins.update(paths)
+        for path in paths:
+            if old.get(path) != new.get(path):
+                reason = (reasons or {}).get(path, "")
+                self.ops.record("policy", path, old.get(path), new.get(path), by, reason)
+        log.info("policy.changed", version=policy.version, by=by, changes=dict(changes))
         return policy
+
+    def unpin_policy(self, fields: list[str]) -> list[str]:
+        """Hand policy fields (all when `fields` is empty) back to the controller."""
+        gone = {p for p in self.policy_pins if not fields or _pinned(p, set(fields))}
+        self.policy_pins -= gone
+        log.info("policy.unpinned", fields=sorted(gone))
+        return sorted(self.policy_pins)
+
+    def snapshot(self) -> Snapshot:
+        """What the controller reads: the latest worker reports, the policy, the traffic."""
+        routed = self.probe is not None
+        return Snapshot(
+            t_s=time.monotonic(),
+            workers=tuple(self.last_status),
+            policy=self.router.policy if routed else None,
+            base_policy=self.config.routing if routed else None,
+            policy_pins=frozenset(self.policy_pins),
+            traffic=self.traffic.summary(time.monotonic()),
+        )
 
     # -- load telemetry --------------------------------------------------------------------
 
-    def start(self, interval_s: float = 0.25) -> None:
-        """Poll worker loads in the background (queue delays feed the spill rule)."""
-        if self._poller is None and self.probe is not None:
-            self._poller = asyncio.get_running_loop().create_task(self._poll(interval_s))
+    def start(self) -> None:
+        """Poll every worker's report in the background (`gateway.status_poll_ms`): queue
+        delays feed the spill rule, the reports the controller's snapshot and the gauges."""
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     def stop(self) -> None:
         if self._poller is not None:
@@ -207,12 +267,14 @@ class Frontend:
             for model in self.workers
         }
 
-    async def _poll(self, interval_s: float) -> None:
+    async def _poll(self) -> None:
+        gw = self.config.gateway
         while True:
             try:
                 delays: dict[str, float] = {}
                 prefill: dict[str, float] = {}
-                for s in await self.status():
+                self.last_status = await self.status(gw.status_timeout_ms / 1000.0)
+                for s in self.last_status:
                     if s.alive:
                         delays[s.model] = min(
                             delays.get(s.model, s.queue_delay_ms), s.queue_delay_ms
@@ -221,7 +283,7 @@ class Frontend:
                 self.queue_delay_ms, self.prefill_ms = delays, prefill
             except Exception:
                 log.exception("poll.failed")
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(gw.status_poll_ms / 1000.0)
 
     # -- generation ------------------------------------------------------------------------
 
@@ -245,6 +307,7 @@ class Frontend:
             async with asyncio.timeout(timeout_s):  # covers probe, queueing and decoding
                 route = await self.route(req)
                 model = route.model
+                self.traffic.arrived(time.monotonic(), route.intent)
                 if self.metrics is not None:
                     self.metrics.routed(route)
                 sampling = replace(req.sampling, strategy=route.strategy)
@@ -278,6 +341,8 @@ class Frontend:
         """Count a request that ended with status `code` (not OK) in the metrics."""
         if self.metrics is not None:
             self.metrics.failed(model, code)
+        if code in SLO_MISSES and model in self.workers:
+            self.traffic.ended(time.monotonic(), model, met_slo=False)
 
     async def _stream(
         self,
@@ -341,6 +406,10 @@ class Frontend:
             self.metrics.done(
                 route.model, timings["ttft_ms"], timings["total_ms"], out.completion_tokens
             )
+        slo = self.config.controller
+        tpot_ms = (timings["total_ms"] - timings["ttft_ms"]) / max(1, out.completion_tokens - 1)
+        met = timings["ttft_ms"] <= slo.ttft_slo_ms and tpot_ms <= slo.tpot_slo_ms
+        self.traffic.ended(now, route.model, met)
         log.info(
             "request.done",
             model=route.model,

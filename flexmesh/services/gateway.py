@@ -14,7 +14,8 @@ from flexmesh.actors.client import ProbeClient, WorkerClient, WorkerClientProtoc
 from flexmesh.actors.telemetry import GatewayMetrics
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
-from flexmesh.meshcore.messages import WorkerStatus
+from flexmesh.meshcore.controller import Action, Snapshot, policy_changes
+from flexmesh.meshcore.errors import FlexMeshError
 from flexmesh.services.errors import ErrorInterceptor
 from flexmesh.services.frontend import Frontend, estimate_tokens
 from flexmesh.services.servicers import AdminServicer, GenerationServicer
@@ -90,15 +91,38 @@ class Gateway:
 
     # -- the controller's side of the gateway ----------------------------------------------
 
-    async def snapshot(self, timeout_s: float) -> tuple[list[WorkerStatus], list[str]]:
-        """Every worker's report (each bounded by `timeout_s`) and the pinned workers."""
-        return await self.frontend.ops.status(timeout_s), sorted(self.frontend.ops.pins)
+    def snapshot(self) -> Snapshot:
+        """The latest worker reports, the live and configured policy, pins and traffic."""
+        return self.frontend.snapshot()
 
-    async def apply_role(
-        self, worker: str, role: str, reason: str, inputs: dict[str, float]
-    ) -> WorkerStatus:
-        """The controller's role change (refused on a pinned worker)."""
-        return await self.frontend.ops.set_role(worker, role, "controller", reason, inputs)
+    async def apply(self, actions: list[Action], policy_version: int) -> list[str]:
+        """Carry out the controller's actions; returns one error line per action refused.
+
+        Policy changes apply together, only if the policy is still at `policy_version` (an
+        operator's change in between wins; the controller decides again next round).
+        """
+        errors: list[str] = []
+        ops = self.frontend.ops
+        for a in actions:
+            try:
+                if a.kind == "role":
+                    await ops.set_role(a.target, str(a.new), "controller", a.reason, a.inputs)
+                elif a.kind == "prefill_budget":
+                    await ops.set_prefill_budget(
+                        a.target, int(a.old), int(a.new), a.reason, a.inputs
+                    )
+            except FlexMeshError as exc:
+                errors.append(f"{a.kind} {a.target}: {exc}")
+        policy = [a for a in actions if a.kind == "policy"]
+        if policy:
+            try:
+                reasons = {a.target: a.reason for a in policy}
+                self.frontend.set_policy(
+                    policy_changes(policy), policy_version, "controller", reasons
+                )
+            except FlexMeshError as exc:
+                errors.append(f"policy: {exc}")
+        return errors
 
 
 def _token_counter(

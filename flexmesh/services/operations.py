@@ -1,10 +1,10 @@
 """Run-time changes to the worker pool and the operator's view of it.
 
 Two writers change roles: the operator (Admin `SetWorkerRole`, `flexmesh workers role`) and the
-controller actor. An operator's change **pins** the worker: the controller never changes a
-pinned worker until the operator unpins it. Every change is a log event and a `RoleDecision`
-kept for `Admin/GetStatus`. Status reads are bounded per worker, so one slow or dead worker
-cannot stall a snapshot.
+controller actor, which also sets mixed workers' prefill budgets. An operator's change **pins**
+the worker: the controller never changes a pinned worker until the operator unpins it. Every
+change is a log event and a `Decision` kept for `Admin/GetStatus`. Status reads are bounded per
+worker, so one slow or dead worker cannot stall a snapshot.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import structlog
 
 from flexmesh.actors.client import WorkerClientProtocol
 from flexmesh.meshcore.errors import PreconditionError, WorkerUnavailableError
-from flexmesh.meshcore.messages import RoleDecision, WorkerStatus
+from flexmesh.meshcore.messages import Decision, WorkerStatus
 from flexmesh.meshcore.pool import WorkerPool
 
 log = structlog.get_logger(__name__)
@@ -34,8 +34,8 @@ class Operations:
         self.pool, self.clients = pool, dict(clients)
         self.pins: set[str] = set()
         """Workers whose role the operator set: the controller leaves them alone."""
-        self.decisions: deque[RoleDecision] = deque(maxlen=history)
-        """The latest role changes, operator's and controller's."""
+        self.decisions: deque[Decision] = deque(maxlen=history)
+        """The latest changes (roles, budgets, policy), operator's and controller's."""
 
     async def set_role(
         self,
@@ -61,11 +61,36 @@ class Operations:
             raise
         if by == "operator":
             self.pins.add(worker)
-        decision = RoleDecision(time.time(), worker, old, role, by, reason, dict(inputs or {}))
-        self.decisions.append(decision)
-        log.info("worker.role_changed", worker=worker, old=old, role=role, by=by, reason=reason,
-                 inputs=decision.inputs)  # fmt: skip
+        self.record("role", worker, old, role, by, reason, inputs)
         return await self.status_of(self.clients[worker])
+
+    async def set_prefill_budget(
+        self, worker: str, old: int, tokens: int, reason: str, inputs: Mapping[str, float]
+    ) -> None:
+        """The controller's change of a mixed worker's prefill share (refused when pinned)."""
+        self.pool.get(worker)
+        if worker in self.pins:
+            raise PreconditionError(f"{worker} is pinned by the operator (flexmesh workers unpin)")
+        await self.clients[worker].set_prefill_budget(tokens)
+        self.record("prefill_budget", worker, old, tokens, "controller", reason, inputs)
+
+    def record(
+        self,
+        kind: str,
+        target: str,
+        old: object,
+        new: object,
+        by: str,
+        reason: str = "",
+        inputs: Mapping[str, float] | None = None,
+    ) -> Decision:
+        """Keep a change for `Admin/GetStatus` and log it with its inputs."""
+        values = {k: round(float(v), 3) for k, v in (inputs or {}).items()}
+        d = Decision(time.time(), kind, target, str(old), str(new), by, reason, values)
+        self.decisions.append(d)
+        log.info("decision", kind=kind, target=target, old=d.old, new=d.new, by=by,
+                 reason=reason, inputs=values)  # fmt: skip
+        return d
 
     async def unpin(self, worker: str) -> WorkerStatus:
         """Hand a worker's role back to the controller."""

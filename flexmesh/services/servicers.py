@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -109,7 +109,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         )
 
 
-def policy_to_proto(p: RoutingConfig) -> pb.Policy:
+def policy_to_proto(p: RoutingConfig, pinned: Iterable[str] = ()) -> pb.Policy:
     routes = [
         pb.IntentRoute(
             intent=f.name,
@@ -129,6 +129,7 @@ def policy_to_proto(p: RoutingConfig) -> pb.Policy:
         long_context_tokens=p.long_context_tokens,
         large_model=p.large_model,
         small_model=p.small_model,
+        pinned=sorted(pinned),
     )
 
 
@@ -174,9 +175,7 @@ class AdminServicer(pb_grpc.AdminServicer):
         workers = await self.frontend.status()
         return pb.GetStatusResponse(
             workers=[worker_to_proto(w) for w in workers],
-            decisions=[
-                pb.RoleDecision(**dataclasses.asdict(d)) for d in self.frontend.ops.decisions
-            ],
+            decisions=[pb.Decision(**dataclasses.asdict(d)) for d in self.frontend.ops.decisions],
             in_flight=self.frontend.in_flight,
             max_queue_len=self.frontend.config.gateway.max_queue_len,
             policy_version=self.frontend.router.policy.version,
@@ -185,13 +184,20 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def GetPolicy(
         self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
-        return policy_to_proto(self.frontend.router.policy)
+        return policy_to_proto(self.frontend.router.policy, self.frontend.policy_pins)
 
     async def SetPolicy(
         self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
         changes = policy_changes(request, self.frontend.router.policy)
-        return policy_to_proto(self.frontend.set_policy(changes, request.expected_version))
+        policy = self.frontend.set_policy(changes, request.expected_version)
+        return policy_to_proto(policy, self.frontend.policy_pins)
+
+    async def UnpinPolicy(
+        self, request: pb.UnpinPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Policy:
+        pinned = self.frontend.unpin_policy(list(request.fields))
+        return policy_to_proto(self.frontend.router.policy, pinned)
 
     async def SetWorkerRole(
         self, request: pb.SetWorkerRoleRequest, context: grpc.aio.ServicerContext

@@ -138,7 +138,14 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms", "pinned")
+    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms", "pinned", "prefill_budget_tokens", "max_batched_tokens", "draft_acceptance")
+    class DraftAcceptanceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +168,9 @@ class WorkerStatus(_message.Message):
     QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_path: str
@@ -183,10 +193,13 @@ class WorkerStatus(_message.Message):
     queue_delay_ms: float
     prefill_ms: float
     pinned: bool
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ..., prefill_tokens_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., step_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., kv_blocks_in_flight: _Optional[int] = ..., kv_transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queue_delay_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    prefill_budget_tokens: int
+    max_batched_tokens: int
+    draft_acceptance: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ..., prefill_tokens_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., step_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., kv_blocks_in_flight: _Optional[int] = ..., kv_transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queue_delay_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., pinned: _Optional[bool] = ..., prefill_budget_tokens: _Optional[int] = ..., max_batched_tokens: _Optional[int] = ..., draft_acceptance: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
-class RoleDecision(_message.Message):
-    __slots__ = ("t_unix", "worker", "old_role", "new_role", "by", "reason", "inputs")
+class Decision(_message.Message):
+    __slots__ = ("t_unix", "kind", "target", "old", "new", "by", "reason", "inputs")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -195,20 +208,22 @@ class RoleDecision(_message.Message):
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     T_UNIX_FIELD_NUMBER: _ClassVar[int]
-    WORKER_FIELD_NUMBER: _ClassVar[int]
-    OLD_ROLE_FIELD_NUMBER: _ClassVar[int]
-    NEW_ROLE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OLD_FIELD_NUMBER: _ClassVar[int]
+    NEW_FIELD_NUMBER: _ClassVar[int]
     BY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     t_unix: float
-    worker: str
-    old_role: str
-    new_role: str
+    kind: str
+    target: str
+    old: str
+    new: str
     by: str
     reason: str
     inputs: _containers.ScalarMap[str, float]
-    def __init__(self, t_unix: _Optional[float] = ..., worker: _Optional[str] = ..., old_role: _Optional[str] = ..., new_role: _Optional[str] = ..., by: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    def __init__(self, t_unix: _Optional[float] = ..., kind: _Optional[str] = ..., target: _Optional[str] = ..., old: _Optional[str] = ..., new: _Optional[str] = ..., by: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("workers", "in_flight", "max_queue_len", "policy_version", "decisions")
@@ -221,8 +236,8 @@ class GetStatusResponse(_message.Message):
     in_flight: int
     max_queue_len: int
     policy_version: int
-    decisions: _containers.RepeatedCompositeFieldContainer[RoleDecision]
-    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., max_queue_len: _Optional[int] = ..., policy_version: _Optional[int] = ..., decisions: _Optional[_Iterable[_Union[RoleDecision, _Mapping]]] = ...) -> None: ...
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., max_queue_len: _Optional[int] = ..., policy_version: _Optional[int] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ()
@@ -241,7 +256,7 @@ class IntentRoute(_message.Message):
     def __init__(self, intent: _Optional[str] = ..., model: _Optional[str] = ..., strategy: _Optional[str] = ..., spillable: _Optional[bool] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "routes", "confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "large_model", "small_model")
+    __slots__ = ("version", "routes", "confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "large_model", "small_model", "pinned")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +265,7 @@ class Policy(_message.Message):
     LONG_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LARGE_MODEL_FIELD_NUMBER: _ClassVar[int]
     SMALL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     version: int
     routes: _containers.RepeatedCompositeFieldContainer[IntentRoute]
     confidence_threshold: float
@@ -258,7 +274,8 @@ class Policy(_message.Message):
     long_context_tokens: int
     large_model: str
     small_model: str
-    def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., large_model: _Optional[str] = ..., small_model: _Optional[str] = ...) -> None: ...
+    pinned: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., large_model: _Optional[str] = ..., small_model: _Optional[str] = ..., pinned: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SetPolicyRequest(_message.Message):
     __slots__ = ("confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "routes", "expected_version")
@@ -291,6 +308,12 @@ class DrainWorkerRequest(_message.Message):
     worker: str
     resume: bool
     def __init__(self, worker: _Optional[str] = ..., resume: _Optional[bool] = ...) -> None: ...
+
+class UnpinPolicyRequest(_message.Message):
+    __slots__ = ("fields",)
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UnpinWorkerRequest(_message.Message):
     __slots__ = ("worker",)

@@ -185,6 +185,11 @@ class AdminStub:
                 request_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.UnpinWorkerRequest.SerializeToString,
                 response_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
                 _registered_method=True)
+        self.UnpinPolicy = channel.unary_unary(
+                '/flexmesh.v1.Admin/UnpinPolicy',
+                request_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.UnpinPolicyRequest.SerializeToString,
+                response_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.Policy.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -206,7 +211,8 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetPolicy(self, request, context):
-        """Replaces fields of the routing policy; answers with the new version.
+        """Replaces fields of the routing policy; answers with the new version. The fields set are
+        pinned: the controller leaves them alone until UnpinPolicy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +234,13 @@ class AdminServicer:
 
     def UnpinWorker(self, request, context):
         """Hands a worker pinned by SetWorkerRole back to the controller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnpinPolicy(self, request, context):
+        """Hands policy fields pinned by SetPolicy back to the controller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -265,6 +278,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.UnpinWorker,
                     request_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.UnpinWorkerRequest.FromString,
                     response_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.SerializeToString,
+            ),
+            'UnpinPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnpinPolicy,
+                    request_deserializer=flexmesh_dot_v1_dot_flexmesh__pb2.UnpinPolicyRequest.FromString,
+                    response_serializer=flexmesh_dot_v1_dot_flexmesh__pb2.Policy.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +448,33 @@ class Admin:
             '/flexmesh.v1.Admin/UnpinWorker',
             flexmesh_dot_v1_dot_flexmesh__pb2.UnpinWorkerRequest.SerializeToString,
             flexmesh_dot_v1_dot_flexmesh__pb2.WorkerStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnpinPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flexmesh.v1.Admin/UnpinPolicy',
+            flexmesh_dot_v1_dot_flexmesh__pb2.UnpinPolicyRequest.SerializeToString,
+            flexmesh_dot_v1_dot_flexmesh__pb2.Policy.FromString,
             options,
             channel_credentials,
             insecure,

@@ -196,12 +196,12 @@ async def test_every_outcome_is_counted_by_status_code(gateway: Gateway) -> None
 async def test_a_burst_spills_as_it_arrives_and_returns_when_drained() -> None:
     cfg = MeshConfig(
         models=(ModelSpec(name="demo-large"), ModelSpec(name="demo-small")),
-        gateway=GatewayConfig(port=0),
+        gateway=GatewayConfig(port=0, status_poll_ms=10),
     )
     large = FakeWorker("w-large", "demo-large", first_token_waits=True)
     small = FakeWorker("w-small", "demo-small")
     frontend = Frontend(cfg, {"demo-large": [large], "demo-small": [small]}, KnowledgeProbe())
-    frontend.start(interval_s=0.01)  # the fakes report 300 ms per prefill and no queue
+    frontend.start()  # the fakes report 300 ms per prefill and no queue
     await asyncio.sleep(0.05)
     req = GenerationInput("who wrote hamlet", (), SamplingParams(max_tokens=2))
 

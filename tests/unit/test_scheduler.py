@@ -248,3 +248,31 @@ def test_reserve_refuses_when_blocks_are_short_and_abort_frees_a_reservation() -
     assert not s.reserve_for_kv(_imported("a", prompt=9), 9, deadline=1.0)  # 3 needed, 2 free
     assert list(s.requests) == ["b"] and s.pool.num_free == 2
     assert s.abort("b") is req and s.pool.num_free == 3 and not s.waiting_for_kv
+
+
+def test_prefill_budget_caps_prompt_tokens_per_step_but_not_decodes() -> None:
+    s = _sched(budget=64)
+    s.add(_req("d", 4, max_tokens=20))
+    _step(s)  # "d" is decoding now
+    s.add(_req("p", 40))
+    assert s.set_prefill_budget(8) == 8
+    plan = _step(s)
+    sizes = {c.request_id: c.num_tokens for c in plan.chunks}
+    assert sizes == {"d": 1, "p": 8}, "decode first, then a prefill chunk within its share"
+    s.add(_req("q", 40))
+    plan = _step(s)
+    assert {c.request_id: c.num_tokens for c in plan.chunks} == {"d": 1, "p": 8}, (
+        "the share is spent: the next prompt waits"
+    )
+    assert s.set_prefill_budget(10_000) == 64, "clamped to the step budget"
+    plan = _step(s)
+    assert sum(c.num_tokens for c in plan.chunks if c.request_id != "d") == 63
+
+
+def test_a_tiny_prefill_budget_still_moves_one_prompt_per_step() -> None:
+    s = _sched(budget=64)
+    s.set_prefill_budget(1)
+    s.add(_req("p", 12))
+    sizes = [_step(s).num_batched_tokens for _ in range(3)]
+    assert sizes == [4, 4, 4], "at least one block of one prompt each step"
+    assert s.requests["p"].first_token_time is not None

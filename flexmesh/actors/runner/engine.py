@@ -27,7 +27,7 @@ from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.meshcore.messages import RequestOutput, RequestState
 from flexmesh.meshcore.request import Request, RequestStatus
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.meshcore.scheduler import Scheduler
+from flexmesh.meshcore.scheduler import Scheduler, SchedulerOutput
 from flexmesh.meshcore.speculation import propose_prompt_lookup
 
 WARM_UP_PROMPT_TOKENS = 128
@@ -78,7 +78,10 @@ class Engine:
         self.recent_step_ms = 0.0
         """Moving average of a step's wall time."""
         self.recent_decode_step_ms = 0.0
-        """Moving average of a decode-only step's wall time: the time per output token."""
+        """Moving average of the wall time of steps that decode: the time per output token
+        (prefill chunks sharing a step with decodes count, since the decodes wait for them)."""
+        self.draft_acceptance: dict[str, float] = {}
+        """Per strategy (pld, spec), moving average of the fraction of draft tokens accepted."""
 
     @property
     def max_model_len_tokens(self) -> int:
@@ -217,9 +220,19 @@ class Engine:
         self.steps += 1
         step_ms = (now - start) * 1000.0
         self.recent_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_step_ms)
-        if all(c.start > 0 and c.num_tokens - c.num_draft == 1 for c in plan.chunks):
+        if any(c.start > 0 and c.num_tokens - c.num_draft == 1 for c in plan.chunks):
             self.recent_decode_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_decode_step_ms)
+        self._observe_acceptance(plan, sampled)
         return [out for req in touched if (out := self._output(req)) is not None]
+
+    def _observe_acceptance(self, plan: SchedulerOutput, sampled: dict[str, list[int]]) -> None:
+        for c in plan.chunks:
+            if c.num_draft == 0 or c.request_id not in sampled:
+                continue
+            rate = (len(sampled[c.request_id]) - 1) / c.num_draft
+            strategy = c.sampling.strategy  # drafts come only from an applied strategy
+            old = self.draft_acceptance.get(strategy, rate)
+            self.draft_acceptance[strategy] = old + STEP_EWMA_WEIGHT * (rate - old)
 
     def strategy_of(self, req: Request) -> str:
         """The strategy actually applied: "spec" needs a draft model, else it runs as "none"."""
