@@ -6,6 +6,7 @@ never touches a display or a global backend. Empty data still yields a labelled 
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -128,9 +129,10 @@ def plot_timeline(records: Sequence[RequestRecord], path: str | Path) -> Path:
 
 
 def plot_status(samples: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """`Admin/GetStatus` samples: queue lengths, running requests and roles per worker."""
-    fig = Figure(figsize=(12, 9), dpi=DPI, layout="constrained")
-    ax_q, ax_run, ax_role = fig.subplots(3, 1, sharex=True)
+    """`Admin/GetStatus` samples: queue lengths and running requests per worker (roles, budgets
+    and thresholds are in `plot_controller`'s picture)."""
+    fig = Figure(figsize=(12, 6), dpi=DPI, layout="constrained")
+    ax_q, ax_run = fig.subplots(2, 1, sharex=True)
     series: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         for w in s.get("workers", []):
@@ -138,9 +140,8 @@ def plot_status(samples: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
             d["t"].append(s["t_s"])
             d["queue"].append(w.get("queue_length", 0))
             d["running"].append(w.get("running_requests", 0))
-            d["role"].append(w.get("role", ""))
     if not series:
-        for ax in (ax_q, ax_run, ax_role):
+        for ax in (ax_q, ax_run):
             _no_data(ax, "status samples")
         return _save(fig, path)
     names = sorted(series)
@@ -159,21 +160,96 @@ def plot_status(samples: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     )
     ax_q.set(ylabel="queue length", title="Queue length per worker")
     ax_run.set(ylabel="running requests", title="Running requests per worker")
-    step = float(np.median(np.diff(t_all))) if len(t_all) > 1 else 1.0
-    for y, name in enumerate(names):
-        d = series[name]
-        ends = [*d["t"][1:], d["t"][-1] + step]
-        for t0, t1, role in zip(d["t"], ends, d["role"], strict=True):
-            ax_role.broken_barh(
-                [(t0, t1 - t0)], (y - 0.4, 0.8), color=ROLE_COLORS.get(role, "tab:gray")
-            )
-    ax_role.set_yticks(range(len(names)), names)
-    ax_role.set(xlabel="time since replay start (s)", title="Worker role over time")
-    patches = [Patch(color=c, label=role) for role, c in ROLE_COLORS.items()]
-    ax_role.legend(handles=patches, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax_run.set_xlabel("time since replay start (s)")
     for ax in (ax_q, ax_run):
         ax.legend(fontsize=8, loc="upper left")
         ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _role_bars(ax: Axes, samples: Sequence[Mapping[str, Any]]) -> None:
+    """Each worker's role as coloured bars over the sampled times."""
+    series: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for s in samples:
+        for w in s.get("workers", []):
+            series[w["name"]].append((s["t_s"], w.get("role", "")))
+    t_all = [s["t_s"] for s in samples]
+    step = float(np.median(np.diff(t_all))) if len(t_all) > 1 else 1.0
+    names = sorted(series)
+    for y, name in enumerate(names):
+        points = series[name]
+        ends = [t for t, _ in points[1:]] + [points[-1][0] + step]
+        for (t0, role), t1 in zip(points, ends, strict=True):
+            ax.broken_barh([(t0, t1 - t0)], (y - 0.4, 0.8), color=ROLE_COLORS.get(role, "tab:gray"))
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="time since replay start (s)", title="Worker role over time")
+    patches = [Patch(color=c, label=role) for role, c in ROLE_COLORS.items()]
+    ax.legend(handles=patches, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+
+
+def plot_controller(
+    records: Sequence[RequestRecord],
+    samples: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    ttft_slo_ms: float | None = None,
+    tpot_slo_ms: float | None = None,
+) -> Path:
+    """What the controller did beside what clients saw: TTFT and TPOT per request by send
+    time, worker roles, mixed workers' prefill budgets and the routing thresholds over time."""
+    fig = Figure(figsize=(12, 13), dpi=DPI, layout="constrained")
+    ax_ttft, ax_tpot, ax_role, ax_budget, ax_thr = fig.subplots(5, 1, sharex=True)
+    ok = [r for r in records if r.ok and r.send_s is not None]
+    for ax, values, slo, what in (
+        (ax_ttft, [(r.send_s, r.ttft_s) for r in ok], ttft_slo_ms, "TTFT"),
+        (ax_tpot, [(r.send_s, r.tpot_s) for r in ok], tpot_slo_ms, "TPOT"),
+    ):
+        pts = [(t, v * 1000) for t, v in values if v is not None]
+        if not pts:
+            _no_data(ax, f"{what} values")
+            continue
+        ax.scatter(*zip(*pts, strict=True), s=6, color="tab:blue")
+        if slo:
+            ax.axhline(slo, color="tab:red", linestyle="--", label=f"SLO {slo:g} ms")
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set(ylabel=f"{what} (ms)", yscale="log", title=f"{what} per request, by send time")
+        ax.grid(alpha=0.3)
+    _role_bars(ax_role, samples)
+    ax_role.set_xlabel("")
+    budgets: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for s in samples:
+        for w in s.get("workers", []):
+            if w.get("max_batched_tokens"):
+                budgets[w["name"]].append((s["t_s"], w["prefill_budget_tokens"]))
+    for name, pts in sorted(budgets.items()):
+        ax_budget.step(*zip(*pts, strict=True), where="post", label=name)
+    if budgets:
+        ax_budget.legend(fontsize=8, loc="upper left")
+    else:
+        _no_data(ax_budget, "prefill budgets")
+    ax_budget.set(ylabel="tokens", title="Prefill share of each step's token budget")
+    ax_budget.grid(alpha=0.3)
+    policy = [(s["t_s"], s["policy"]) for s in samples if "policy" in s]
+    if policy:
+        t = [p[0] for p in policy]
+        ax_thr.step(t, [p["confidence_threshold"] for _, p in policy], where="post",
+                    color="tab:purple", label="confidence threshold")  # fmt: skip
+        ax_thr.set_ylabel("confidence threshold")
+        ax_ms = ax_thr.twinx()
+        for key, style in (("spill_queue_ms", "-"), ("return_queue_ms", ":")):
+            ax_ms.step(t, [p[key] for _, p in policy], where="post", color="tab:orange",
+                       linestyle=style, label=key)  # fmt: skip
+        ax_ms.set_ylabel("queue delay (ms)")
+        for (_, a), (t1, b) in itertools.pairwise(policy):
+            for intent, strategy in b["strategies"].items():
+                if a["strategies"].get(intent) != strategy:
+                    ax_thr.annotate(f"{intent}: {strategy}", (t1, 0), fontsize=7, rotation=90,
+                                    xycoords=("data", "axes fraction"), va="bottom")  # fmt: skip
+        handles = ax_thr.get_legend_handles_labels()[0] + ax_ms.get_legend_handles_labels()[0]
+        ax_thr.legend(handles=handles, fontsize=8, loc="upper left")
+    else:
+        _no_data(ax_thr, "routing policy (the mesh does not route)")
+    ax_thr.set(xlabel="time since replay start (s)", title="Routing thresholds and strategies")
+    ax_thr.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -199,4 +275,9 @@ def write_plots(
     ]
     if status_samples:
         paths.append(plot_status(status_samples, out / "status.png"))
+        paths.append(
+            plot_controller(
+                records, status_samples, out / "controller.png", ttft_slo_ms, tpot_slo_ms
+            )
+        )
     return paths

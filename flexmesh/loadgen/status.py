@@ -32,9 +32,23 @@ def status_to_dict(t_s: float, resp: flexmesh_pb2.GetStatusResponse) -> dict[str
                 "kv_blocks_total": w.kv_blocks_total,
                 "alive": w.alive,
                 "tokens_generated": w.tokens_generated,
+                "queue_delay_ms": round(w.queue_delay_ms, 3),
+                "tpot_ms": round(w.tpot_ms, 3),
+                "prefill_budget_tokens": w.prefill_budget_tokens,
+                "max_batched_tokens": w.max_batched_tokens,
             }
             for w in resp.workers
         ],
+        **({"policy": _policy(resp.policy)} if resp.HasField("policy") else {}),
+    }
+
+
+def _policy(p: flexmesh_pb2.Policy) -> dict[str, Any]:
+    return {
+        "confidence_threshold": round(p.confidence_threshold, 4),
+        "spill_queue_ms": p.spill_queue_ms,
+        "return_queue_ms": p.return_queue_ms,
+        "strategies": {r.intent: r.strategy for r in p.routes},
     }
 
 
@@ -63,7 +77,7 @@ class StatusSampler:
             t = self.clock()
             try:
                 resp = await self.stub.GetStatus(
-                    flexmesh_pb2.GetStatusRequest(), timeout=max(1.0, self.interval_s)
+                    flexmesh_pb2.GetStatusRequest(cached=True), timeout=max(1.0, self.interval_s)
                 )
                 self.samples.append(status_to_dict(t, resp))
             except grpc.aio.AioRpcError as e:

@@ -26,8 +26,8 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "deploy" / "configs"
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
-def _default_config() -> str:
-    return str(REPO_CONFIGS / "demo.yaml")
+def _default_config(name: str = "demo.yaml") -> str:
+    return str(REPO_CONFIGS / name)
 
 
 def load_config(args: argparse.Namespace) -> Any:
@@ -53,8 +53,8 @@ def _builtin_demo_config() -> dict[str, Any]:
     return {"models": [{"name": "demo-large"}, {"name": "demo-small"}]}
 
 
-def _add_mesh_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=_default_config(), help="mesh YAML (default: demo)")
+def _add_mesh_args(p: argparse.ArgumentParser, config: str = "demo.yaml") -> None:
+    p.add_argument("--config", default=_default_config(config), help=f"mesh YAML ({config})")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
     p.add_argument("--models-dir", default=None, help="where models live / demo models are built")
     p.add_argument("--host", default=None, help="gRPC bind address (default 127.0.0.1)")
@@ -95,7 +95,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("starting the mesh (Ray, demo models, gateway) ...", flush=True)
     mesh = start_mesh(cfg, address=args.address, dashboard=args.dashboard, log_to_driver=False)
     try:
-        return run_demo(args, mesh.address, resolve_model_paths(cfg)[cfg.models[0].name])
+        tokenizer = resolve_model_paths(cfg)[cfg.models[0].name]
+        return run_demo(args, mesh.address, tokenizer, cfg.controller)
     finally:
         mesh.shutdown()
 
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="start the mesh, replay a minute of a real trace, report")
-    _add_mesh_args(p)
+    _add_mesh_args(p, "demo-full.yaml")
     add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
 

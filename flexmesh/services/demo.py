@@ -1,5 +1,7 @@
-"""`flexmesh demo`: start the embedded mesh, replay about a minute of a real trace with a mixed
-intent mix through gRPC, print the summary and where the reports and plots are.
+"""`flexmesh demo`: start the embedded mesh (`deploy/configs/demo-full.yaml`: the probe, both
+demo models, the large model's prefill/decode pool and the controller), replay about a minute
+of a real trace with a mixed intent mix through gRPC, print the summary and where the reports
+and plots are (`controller.png`: roles, prefill budgets and routing thresholds over time).
 
 Without `../shared/data` it replays Poisson arrivals over a few built-in prompts instead.
 """
@@ -13,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from flexmesh.loadgen.cli import add_replay_arguments, print_summary, run_replay
+from flexmesh.meshcore.config import ControllerConfig
 
 DEMO_INTENT_MIX = "code=0.25,math=0.15,knowledge_qa=0.15,chinese_exam=0.1,chat=0.35"
 DEMO_TRACE = "traces/azure_llm_2023_conv.csv"
@@ -39,12 +42,18 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def replay_args(
-    args: argparse.Namespace, target: str, tokenizer_dir: str, scratch: Path
+    args: argparse.Namespace,
+    target: str,
+    tokenizer_dir: str,
+    scratch: Path,
+    slo: ControllerConfig | None = None,
 ) -> argparse.Namespace:
-    """The `loadgen replay` options of the demo."""
+    """The `loadgen replay` options of the demo; goodput is read against the mesh's SLOs."""
     data = Path(args.data) if args.data else default_shared_data()
+    slo = slo or ControllerConfig()
     common = [
         "--target", target, "--out", args.out, "--tokenizer", tokenizer_dir,
+        "--ttft-slo-ms", str(slo.ttft_slo_ms), "--tpot-slo-ms", str(slo.tpot_slo_ms),
         "--max-input-tokens", "512", "--max-output-tokens", "64", "--length-mode", "clip",
         "--status-interval-s", "1", "--max-in-flight", "64", "--deadline-s", "120",
     ]  # fmt: skip
@@ -68,9 +77,11 @@ def replay_args(
     return add_replay_arguments(argparse.ArgumentParser()).parse_args(common + source)
 
 
-def run_demo(args: argparse.Namespace, target: str, tokenizer_dir: str) -> int:
+def run_demo(
+    args: argparse.Namespace, target: str, tokenizer_dir: str, slo: ControllerConfig
+) -> int:
     with tempfile.TemporaryDirectory() as scratch:
-        rargs = replay_args(args, target, tokenizer_dir, Path(scratch))
+        rargs = replay_args(args, target, tokenizer_dir, Path(scratch), slo)
         print(f"replaying {rargs.trace or 'Poisson arrivals'} against {target} ...", flush=True)
         summary = asyncio.run(run_replay(rargs))
     print_summary(summary)

@@ -229,7 +229,7 @@ class Frontend:
         routed = self.probe is not None
         return Snapshot(
             t_s=time.monotonic(),
-            workers=tuple(self.last_status),
+            workers=tuple(self.ops.overlay(s) for s in self.last_status),
             policy=self.router.policy if routed else None,
             base_policy=self.config.routing if routed else None,
             policy_pins=frozenset(self.policy_pins),
@@ -426,4 +426,12 @@ class Frontend:
     # -- admin -----------------------------------------------------------------------------
 
     async def status(self, timeout_s: float | None = None) -> list[WorkerStatus]:
+        """Every worker's report, asked now (each bounded by `timeout_s`)."""
         return await self.ops.status(timeout_s)
+
+    async def latest_status(self) -> list[WorkerStatus]:
+        """The latest poll's reports with the roles, drains and pins in force now (no wait on
+        a worker's step); a bounded poll when there is none yet."""
+        if not self.last_status:
+            return await self.status(self.config.gateway.status_timeout_ms / 1000.0)
+        return [self.ops.overlay(s) for s in self.last_status]

@@ -114,9 +114,13 @@ class Operations:
         self, w: WorkerClientProtocol, timeout_s: float | None = None
     ) -> WorkerStatus:
         """A worker's report, with the role, draining flag and pin the gateway holds."""
-        entry = self.pool.get(w.name)
         try:
             s = await asyncio.wait_for(w.status(), timeout_s)
         except (WorkerUnavailableError, TimeoutError):
             s = WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
-        return replace(s, role=entry.role, draining=entry.draining, pinned=w.name in self.pins)
+        return self.overlay(s)
+
+    def overlay(self, s: WorkerStatus) -> WorkerStatus:
+        """A report with the role, draining flag and pin the gateway holds for its worker."""
+        entry = self.pool.get(s.name)
+        return replace(s, role=entry.role, draining=entry.draining, pinned=s.name in self.pins)

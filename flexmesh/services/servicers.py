@@ -172,13 +172,19 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatusResponse:
-        workers = await self.frontend.status()
+        frontend = self.frontend
+        workers = await (frontend.latest_status() if request.cached else frontend.status())
         return pb.GetStatusResponse(
             workers=[worker_to_proto(w) for w in workers],
             decisions=[pb.Decision(**dataclasses.asdict(d)) for d in self.frontend.ops.decisions],
             in_flight=self.frontend.in_flight,
             max_queue_len=self.frontend.config.gateway.max_queue_len,
             policy_version=self.frontend.router.policy.version,
+            policy=(
+                policy_to_proto(self.frontend.router.policy, self.frontend.policy_pins)
+                if self.frontend.probe is not None
+                else None
+            ),
         )
 
     async def GetPolicy(

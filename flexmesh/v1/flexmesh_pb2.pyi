@@ -134,8 +134,10 @@ class ClassifyResponse(_message.Message):
     def __init__(self, intent: _Optional[str] = ..., confidence: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., probe_ms: _Optional[float] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("cached",)
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    cached: bool
+    def __init__(self, cached: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
     __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms", "pinned", "prefill_budget_tokens", "max_batched_tokens", "draft_acceptance")
@@ -226,18 +228,20 @@ class Decision(_message.Message):
     def __init__(self, t_unix: _Optional[float] = ..., kind: _Optional[str] = ..., target: _Optional[str] = ..., old: _Optional[str] = ..., new: _Optional[str] = ..., by: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("workers", "in_flight", "max_queue_len", "policy_version", "decisions")
+    __slots__ = ("workers", "in_flight", "max_queue_len", "policy_version", "decisions", "policy")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_LEN_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     in_flight: int
     max_queue_len: int
     policy_version: int
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
-    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., max_queue_len: _Optional[int] = ..., policy_version: _Optional[int] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+    policy: Policy
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., max_queue_len: _Optional[int] = ..., policy_version: _Optional[int] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ()

@@ -47,7 +47,7 @@ async def test_run_replay_writes_everything(
     assert summary["shaping"]["input_scale"] < 1.0
     for name in ("summary.json", "summary.md", "requests.jsonl", "status.jsonl"):
         assert (out / name).stat().st_size > 0
-    for name in ("latency_cdf.png", "throughput.png", "status.png"):
+    for name in ("latency_cdf.png", "throughput.png", "status.png", "controller.png"):
         assert (out / name).stat().st_size > 8_000
     rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
     assert max(r["target_prompt_tokens"] for r in rows) == 300

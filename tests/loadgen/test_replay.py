@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from flexmesh.loadgen.plots import plot_status, write_plots
+from flexmesh.loadgen.plots import plot_controller, plot_status, write_plots
 from flexmesh.loadgen.records import NOT_SENT, ReplayRequest
 from flexmesh.loadgen.replay import replay
 from flexmesh.loadgen.report import summarize, write_reports
@@ -68,7 +68,7 @@ async def test_replay_records_every_request(tmp_path: Path) -> None:
     assert "| ttft_ms |" in md and "RESOURCE_EXHAUSTED" in md
     for png in write_plots(tmp_path, records, result.status_samples, 100, 50):
         assert png.stat().st_size > MIN_PNG_BYTES, png
-    assert (tmp_path / "status.png").exists()
+    assert (tmp_path / "status.png").exists() and (tmp_path / "controller.png").exists()
 
 
 async def test_time_limit_and_unreachable_target() -> None:
@@ -93,3 +93,18 @@ def test_plots_without_data(tmp_path: Path) -> None:
     for png in write_plots(tmp_path, []):
         assert png.stat().st_size > 5_000
     assert plot_status([], tmp_path / "s.png").stat().st_size > 5_000
+    assert plot_controller([], [], tmp_path / "c.png").stat().st_size > 5_000
+
+
+def test_controller_plot_draws_roles_budgets_and_thresholds(tmp_path: Path) -> None:
+    def sample(t: float, role: str, budget: int, spill: float, code: str) -> dict[str, object]:
+        worker = {"name": "w1", "role": role, "prefill_budget_tokens": budget,
+                  "max_batched_tokens": 512}  # fmt: skip
+        policy = {"confidence_threshold": 0.3, "spill_queue_ms": spill,
+                  "return_queue_ms": spill / 5, "strategies": {"code": code}}  # fmt: skip
+        return {"t_s": t, "workers": [worker], "policy": policy}
+
+    samples = [sample(0, "decode", 512, 500, "pld"), sample(1, "mixed", 256, 250, "none")]
+    empty = plot_controller([], [], tmp_path / "empty.png").stat().st_size
+    drawn = plot_controller([], samples, tmp_path / "c.png", 3000, 150).stat().st_size
+    assert drawn > empty, "the role bars, budget steps and threshold lines add ink"

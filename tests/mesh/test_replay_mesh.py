@@ -36,6 +36,6 @@ async def test_replay_against_demo_mesh(mesh: Mesh, shared_data: Path, tmp_path:
     assert all(
         r["route_model"] in ("demo-small", "demo-large") and r["route_intent"] for r in records
     )
-    for name in ("latency_cdf.png", "throughput.png", "status.png"):
+    for name in ("latency_cdf.png", "throughput.png", "status.png", "controller.png"):
         assert (out / name).stat().st_size > 5000, name
     assert json.loads((out / "summary.json").read_text())["completed"] == summary["completed"]
