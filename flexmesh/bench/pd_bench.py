@@ -1,9 +1,13 @@
-"""`flexmesh bench pd`: one trace replay against prefill/decode configurations side by side.
+"""`flexmesh bench pd`: one workload that changes character, replayed against prefill/decode
+configurations side by side.
 
-Each configuration (default: `pd-colocated`, `pd-disaggregated`: demo-large on two one-core
-workers) first answers `--idle-requests` sequential 512-token prompts on the idle mesh (their
-median TTFT is the idle-TTFT row), then replays the same window of a real trace. The replay's
-reports land in `--out/<config>/`, with `status.png` showing each worker's role over time.
+Each configuration (default: `pd-colocated`, `pd-disaggregated`, `pd-dynamic`: demo-large on two
+one-core workers, the last with the controller) first answers `--idle-requests` sequential
+512-token prompts on the idle mesh (their median TTFT is the idle-TTFT row), then replays the
+phases: by default a window of the Azure conversation trace, a prefill-heavy burst of the
+Azure code trace, then conversation again. Ratio rows compare the last configuration with the
+first two (the goals of docs/controller.md), goodput is also given per phase. Reports land in
+`--out/<config>/`, `controller.png` showing roles, prefill budgets and TTFT/TPOT over time.
 """
 
 from __future__ import annotations
@@ -11,15 +15,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flexmesh.bench.serving import each_mesh, progress, report_line
 from flexmesh.loadgen.cli import add_replay_arguments, run_replay
 
-PD_PRESET = ("pd-colocated", "pd-disaggregated")
+PD_PRESET = ("pd-colocated", "pd-disaggregated", "pd-dynamic")
 IDLE_PROMPT_TOKENS = 512
+DEFAULT_PHASES = (
+    "azure_llm_2023_conv.csv:0:40:0.15",
+    "azure_llm_2023_code.csv:0:30:1.5",
+    "azure_llm_2023_conv.csv:40:40:0.08",
+)
+"""Conversation (decode-heavy, light), a code burst (long prompts, short answers), then
+conversation again: traces under `shared/data/traces`, TRACE:START:DURATION:RATE_SCALE."""
 
 
 def add_pd_bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,16 +40,13 @@ def add_pd_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", default=",".join(PD_PRESET), help="first = baseline")
     p.add_argument("--models-dir", default=None)
     p.add_argument("--model", default="demo-large", help="the model the configs serve")
-    p.add_argument("--trace", default=str(data / "traces" / "azure_llm_2023_conv.csv"))
     p.add_argument("--prompts-dir", default=str(data / "prompts"))
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of trace replayed")
-    p.add_argument("--rate-scale", type=float, default=0.2, help="thin the trace's arrivals")
     p.add_argument(
         "--phase",
         action="append",
         default=[],
         metavar="TRACE:START:DURATION[:RATE_SCALE]",
-        help="replay a workload that changes character instead (repeat in order)",
+        help="the workload's phases, in order (default: conversation, code burst, conversation)",
     )
     p.add_argument("--max-input-tokens", type=int, default=1024)
     p.add_argument("--max-output-tokens", type=int, default=128)
@@ -48,12 +58,11 @@ def add_pd_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _replay_args(args: argparse.Namespace, target: str, tokenizer: str, out: Path) -> Any:
-    source = [x for ph in args.phase for x in ("--phase", ph)] or [
-        "--trace", args.trace, "--format", "azure", "--duration", str(args.duration),
-        "--rate-scale", str(args.rate_scale),
-    ]  # fmt: skip
+    traces = Path(args.prompts_dir).parent / "traces"
+    phases = args.phase or [str(traces / ph) for ph in DEFAULT_PHASES]
     argv = [
-        *source, "--max-input-tokens", str(args.max_input_tokens),
+        *(x for ph in phases for x in ("--phase", ph)),
+        "--max-input-tokens", str(args.max_input_tokens),
         "--max-output-tokens", str(args.max_output_tokens), "--length-mode", "clip",
         "--intent-mix", "chat=0.5,code=0.5", "--prompts-dir", args.prompts_dir,
         "--tokenizer", tokenizer, "--target", target, "--out", str(out), "--model", args.model,
@@ -85,6 +94,14 @@ async def idle_ttft_ms(address: str, model: str, n: int) -> dict[str, Any]:
     return {"ttft_ms": statistics.median(ttfts), "kv_transport": ",".join(sorted(transports))}
 
 
+def _ratios(
+    results: dict[str, Any], ref: dict[str, Any], get: Callable[[dict[str, Any]], float | None]
+) -> dict[str, float]:
+    """Each configuration's figure over `ref`'s (NaN when either is missing)."""
+    den = get(ref) or 0.0
+    return {k: ((get(v) or 0.0) / den if den else math.nan) for k, v in results.items()}
+
+
 def run_pd_bench(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     idle: dict[str, Any] = {}
@@ -95,16 +112,23 @@ def run_pd_bench(args: argparse.Namespace) -> dict[str, Any]:
         results[name] = summary = asyncio.run(run_replay(rargs))
         report_line(name, summary)
     base = next(iter(results))
-    report: dict[str, Any] = {
-        "configs": results,
-        "idle": idle,
-        "extra_rows": {
-            "idle 512-token TTFT ms": {k: v["ttft_ms"] for k, v in idle.items()},
-            "idle TTFT x first config": {
-                k: v["ttft_ms"] / idle[base]["ttft_ms"] for k, v in idle.items()
-            },
+    rows: dict[str, dict[str, float]] = {
+        "idle 512-token TTFT ms": {k: v["ttft_ms"] for k, v in idle.items()},
+        "idle TTFT x first config": {
+            k: v["ttft_ms"] / idle[base]["ttft_ms"] for k, v in idle.items()
         },
     }
+    names = list(results)
+    for ref in names[:2]:  # each configuration against the static ones
+        r = results[ref]
+        rows[f"TTFT p99 x {ref}"] = _ratios(results, r, lambda s: s["ttft_ms"]["p99"])
+        rows[f"TPOT mean x {ref}"] = _ratios(results, r, lambda s: s["tpot_ms"]["mean"])
+        rows[f"output tok/s x {ref}"] = _ratios(results, r, lambda s: s["output_tok_s"])
+    for i, phase in enumerate(results[base].get("by_phase", [])):
+        rows[f"goodput req/s, {phase['phase']}"] = {
+            k: v["by_phase"][i]["goodput_req_s"] for k, v in results.items()
+        }
+    report: dict[str, Any] = {"configs": results, "idle": idle, "extra_rows": rows}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "bench.json").write_text(json.dumps(report, indent=2))
     return report

@@ -21,7 +21,7 @@ from flexmesh.loadgen.plots import write_plots
 from flexmesh.loadgen.prompts import DEFAULT_INTENT_MIX, Tokenizer, parse_intent_mix
 from flexmesh.loadgen.records import ReplayRequest
 from flexmesh.loadgen.replay import ReplayResult, replay
-from flexmesh.loadgen.report import summarize, write_reports
+from flexmesh.loadgen.report import phase_summaries, summarize, write_reports
 from flexmesh.loadgen.shaping import ShapeConfig, Workload
 from flexmesh.loadgen.workload import (
     FORMATS,
@@ -31,6 +31,7 @@ from flexmesh.loadgen.workload import (
     infer_format,
     load_phases,
     load_workload,
+    phase_bounds,
 )
 
 log = structlog.get_logger(__name__)
@@ -192,6 +193,10 @@ async def run_replay(
     )
     meta["started_unix"] = round(result.started_unix, 3)
     summary = summarize(result.records, result.wall_s, args.ttft_slo_ms, args.tpot_slo_ms, meta)
+    if args.phase:
+        bounds = phase_bounds([Phase.parse(p) for p in args.phase], args.speedup)
+        slos = (args.ttft_slo_ms, args.tpot_slo_ms)
+        summary["by_phase"] = phase_summaries(result.records, bounds, *slos)
     out = Path(args.out)
     files = await asyncio.to_thread(_write_all, out, result, summary, args)
     summary = {**summary, "files": [str(p) for p in files]}

@@ -45,6 +45,36 @@ def meets_slo(r: RequestRecord, ttft_slo_ms: float | None, tpot_slo_ms: float | 
     return tpot_slo_ms is None or tpot is None or tpot * 1000 <= tpot_slo_ms
 
 
+def phase_summaries(
+    records: Sequence[RequestRecord],
+    bounds_s: Sequence[tuple[str, float, float]],
+    ttft_slo_ms: float | None = None,
+    tpot_slo_ms: float | None = None,
+) -> list[dict[str, Any]]:
+    """Per phase `(name, start_s, end_s)` of scheduled arrival time: the requests that arrived
+    in it, how many met both SLOs, their goodput over the phase and their latencies."""
+    out = []
+    for name, start, end in bounds_s:
+        rs = [r for r in records if start <= r.arrival_s < end and r.status != NOT_SENT]
+        ok = [r for r in rs if r.ok]
+        good = sum(meets_slo(r, ttft_slo_ms, tpot_slo_ms) for r in rs)
+        out.append(
+            {
+                "phase": name,
+                "start_s": round(start, 3),
+                "end_s": round(end, 3),
+                "requests": len(rs),
+                "ok": len(ok),
+                "met_slo": good,
+                "goodput_req_s": round(good / max(end - start, 1e-9), 4),
+                "output_tokens": sum(r.completion_tokens for r in ok),
+                "ttft_ms": percentiles((r.ttft_s for r in ok if r.ttft_s is not None), 1000.0),
+                "tpot_ms": percentiles((t for r in ok if (t := r.tpot_s) is not None), 1000.0),
+            }
+        )
+    return out
+
+
 def _route_mix(ok: Sequence[RequestRecord]) -> dict[str, Any]:
     by_intent: dict[str, list[RequestRecord]] = defaultdict(list)
     for r in ok:

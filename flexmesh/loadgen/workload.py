@@ -158,8 +158,7 @@ def load_phases(
     """Phases one after another: each a shaped window of its trace (its own start, duration and
     rate scale; the rest of `config` shared), arrivals offset by the phases before it."""
     requests: list[TraceRequest] = []
-    offset_s = 0.0
-    for ph in phases:
+    for ph, (_, offset_s, _) in zip(phases, phase_bounds(phases, config.speedup), strict=True):
         shaped = dataclasses.replace(
             config, start_s=ph.start_s, duration_s=ph.duration_s, rate_scale=ph.rate_scale
         )
@@ -168,8 +167,17 @@ def load_phases(
             TraceRequest(r.arrival_s + offset_s, r.input_tokens, r.output_tokens, r.hash_ids)
             for r in w.requests
         ]
-        offset_s += ph.duration_s / config.speedup
     return Workload(tuple(requests))
+
+
+def phase_bounds(phases: list[Phase], speedup: float = 1.0) -> list[tuple[str, float, float]]:
+    """Each phase's name and its `[start, end)` in replay time (seconds)."""
+    bounds, t = [], 0.0
+    for ph in phases:
+        length = ph.duration_s / speedup
+        bounds.append((f"{Path(ph.trace).stem}@{ph.start_s:g}s x{ph.rate_scale:g}", t, t + length))
+        t += length
+    return bounds
 
 
 def build_requests(

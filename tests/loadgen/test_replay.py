@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 from flexmesh.loadgen.plots import plot_controller, plot_status, write_plots
-from flexmesh.loadgen.records import NOT_SENT, ReplayRequest
+from flexmesh.loadgen.records import NOT_SENT, ReplayRequest, RequestRecord
 from flexmesh.loadgen.replay import replay
-from flexmesh.loadgen.report import summarize, write_reports
+from flexmesh.loadgen.report import phase_summaries, summarize, write_reports
 from tests.loadgen.fake_server import CHUNK, fake_server, outcome
 
 MIN_PNG_BYTES = 8_000
@@ -108,3 +108,17 @@ def test_controller_plot_draws_roles_budgets_and_thresholds(tmp_path: Path) -> N
     empty = plot_controller([], [], tmp_path / "empty.png").stat().st_size
     drawn = plot_controller([], samples, tmp_path / "c.png", 3000, 150).stat().st_size
     assert drawn > empty, "the role bars, budget steps and threshold lines add ink"
+
+
+def test_phase_summaries_split_requests_by_arrival_and_count_slo_hits() -> None:
+    def rec(i: int, arrival: float, ttft_s: float, status: str = "OK") -> RequestRecord:
+        return RequestRecord(
+            i, str(i), "chat", arrival, status, send_s=arrival, end_s=arrival + 1,
+            ttft_s=ttft_s, e2e_s=ttft_s + 0.9, completion_tokens=10,
+        )  # fmt: skip
+
+    records = [rec(0, 1, 0.1), rec(1, 5, 3.0), rec(2, 12, 0.2), rec(3, 15, 0.1, "UNAVAILABLE")]
+    a, b = phase_summaries(records, [("a", 0, 10), ("b", 10, 20)], 1000, 200)
+    assert (a["requests"], a["ok"], a["met_slo"]) == (2, 2, 1)
+    assert (b["requests"], b["ok"], b["met_slo"]) == (2, 1, 1)
+    assert a["goodput_req_s"] == 0.1 and a["ttft_ms"]["max"] == 3000

@@ -9,7 +9,7 @@ import pytest
 
 from flexmesh.loadgen.shaping import ShapeConfig, fit_lengths, shape
 from flexmesh.loadgen.traces import TraceRequest
-from flexmesh.loadgen.workload import Phase, load_phases, load_workload
+from flexmesh.loadgen.workload import Phase, load_phases, load_workload, phase_bounds
 
 
 def _trace(n: int = 1000, gap: float = 1.0) -> list[TraceRequest]:
@@ -89,8 +89,11 @@ def test_phases_follow_one_another_with_their_own_windows_and_rates(data_dir: Pa
                       duration_s=p.duration_s, rate_scale=p.rate_scale)).requests
         for p in phases
     ]  # fmt: skip
+    bounds = phase_bounds(phases)
+    assert [(lo, hi) for _, lo, hi in bounds] == [(0, 20), (20, 30), (30, 50)]
+    assert bounds[1][0] == "azure_llm_2023_code@0s x1"
     assert [len(a) for a in alone] == [
-        sum(1 for t in arrivals if lo <= t < hi) for lo, hi in ((0, 20), (20, 30), (30, 50))
+        sum(1 for t in arrivals if lo <= t < hi) for _, lo, hi in bounds
     ]
     assert all(a for a in alone) and max(r.input_tokens for r in w.requests) <= 512
     code_part = w.requests[len(alone[0]) : len(alone[0]) + len(alone[1])]
