@@ -27,50 +27,75 @@ from flexmesh.loadgen.cli import add_replay_arguments, run_replay
 PD_PRESET = ("pd-colocated", "pd-disaggregated", "pd-dynamic")
 IDLE_PROMPT_TOKENS = 512
 DEFAULT_PHASES = (
-    "azure_llm_2023_conv.csv:0:40:0.15",
-    "azure_llm_2023_code.csv:0:30:1.5",
-    "azure_llm_2023_conv.csv:40:40:0.08",
+    "azure_llm_2023_conv.csv:0:60:0.1",
+    "azure_llm_2023_code.csv:260:40:0.12",
+    "azure_llm_2023_conv.csv:60:60:0.06",
 )
-"""Conversation (decode-heavy, light), a code burst (long prompts, short answers), then
-conversation again: traces under `shared/data/traces`, TRACE:START:DURATION:RATE_SCALE."""
+"""Conversation (~0.25 req/s, ~100 prompt and ~25 output tokens/s), a code burst (~0.45
+req/s, ~450 prompt tokens/s: one demo-large worker's whole prefill rate here, ~7 output
+tokens/s), then conversation again (~0.25 req/s): traces under `shared/data/traces`,
+TRACE:START:DURATION:RATE_SCALE."""
 
 
-def add_pd_bench_arguments(p: argparse.ArgumentParser) -> None:
+def add_phased_arguments(p: argparse.ArgumentParser, preset: tuple[str, ...], out: str) -> None:
+    """Options shared by the benchmarks that replay a phased workload against configs."""
     data = Path(__file__).resolve().parents[3] / "shared" / "data"
-    p.add_argument("--configs", default=",".join(PD_PRESET), help="first = baseline")
+    p.add_argument("--configs", default=",".join(preset), help="first = baseline")
     p.add_argument("--models-dir", default=None)
-    p.add_argument("--model", default="demo-large", help="the model the configs serve")
     p.add_argument("--prompts-dir", default=str(data / "prompts"))
     p.add_argument(
         "--phase",
         action="append",
         default=[],
         metavar="TRACE:START:DURATION[:RATE_SCALE]",
-        help="the workload's phases, in order (default: conversation, code burst, conversation)",
+        help="the workload's phases, in order (default: see the command's help)",
     )
     p.add_argument("--max-input-tokens", type=int, default=1024)
     p.add_argument("--max-output-tokens", type=int, default=128)
     p.add_argument("--ttft-slo-ms", type=float, default=3000.0)
     p.add_argument("--tpot-slo-ms", type=float, default=150.0)
-    p.add_argument("--idle-requests", type=int, default=5, help="512-token prompts, idle mesh")
-    p.add_argument("--out", default="bench-out/pd", help="folder for JSON and plots")
+    p.add_argument("--out", default=out, help="folder for JSON and plots")
     p.add_argument("--json", action="store_true")
 
 
-def _replay_args(args: argparse.Namespace, target: str, tokenizer: str, out: Path) -> Any:
+def add_pd_bench_arguments(p: argparse.ArgumentParser) -> None:
+    add_phased_arguments(p, PD_PRESET, "bench-out/pd")
+    p.add_argument("--model", default="demo-large", help="the model the configs serve")
+    p.add_argument("--idle-requests", type=int, default=5, help="512-token prompts, idle mesh")
+
+
+def phased_replay_args(
+    args: argparse.Namespace,
+    target: str,
+    tokenizer: str,
+    out: Path,
+    default_phases: tuple[str, ...],
+    extra: list[str],
+) -> Any:
+    """`loadgen replay` options of one configuration's run of the phased workload."""
     traces = Path(args.prompts_dir).parent / "traces"
-    phases = args.phase or [str(traces / ph) for ph in DEFAULT_PHASES]
+    phases = args.phase or [str(traces / ph) for ph in default_phases]
     argv = [
-        *(x for ph in phases for x in ("--phase", ph)),
+        *(x for ph in phases for x in ("--phase", ph)), *extra,
         "--max-input-tokens", str(args.max_input_tokens),
         "--max-output-tokens", str(args.max_output_tokens), "--length-mode", "clip",
-        "--intent-mix", "chat=0.5,code=0.5", "--prompts-dir", args.prompts_dir,
-        "--tokenizer", tokenizer, "--target", target, "--out", str(out), "--model", args.model,
-        "--max-in-flight", "256", "--deadline-s", "600", "--seed", "0", "--no-progress",
-        "--status-interval-s", "1", "--ttft-slo-ms", str(args.ttft_slo_ms),
+        "--prompts-dir", args.prompts_dir, "--tokenizer", tokenizer, "--target", target,
+        "--out", str(out), "--max-in-flight", "256", "--deadline-s", "600", "--seed", "0",
+        "--no-progress", "--status-interval-s", "1", "--ttft-slo-ms", str(args.ttft_slo_ms),
         "--tpot-slo-ms", str(args.tpot_slo_ms),
     ]  # fmt: skip
     return add_replay_arguments(argparse.ArgumentParser()).parse_args(argv)
+
+
+def phase_goodput_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """One row per phase: each configuration's goodput (requests meeting both SLOs, per s)."""
+    base = next(iter(results.values()))
+    return {
+        f"goodput req/s, {phase['phase']}": {
+            k: v["by_phase"][i]["goodput_req_s"] for k, v in results.items()
+        }
+        for i, phase in enumerate(base.get("by_phase", []))
+    }
 
 
 async def idle_ttft_ms(address: str, model: str, n: int) -> dict[str, Any]:
@@ -108,7 +133,11 @@ def run_pd_bench(args: argparse.Namespace) -> dict[str, Any]:
     for name, _, paths, mesh in each_mesh(args.configs, args.models_dir):
         idle[name] = asyncio.run(idle_ttft_ms(mesh.address, args.model, args.idle_requests))
         progress(f"[{name}] idle 512-token TTFT {idle[name]['ttft_ms']:.1f} ms")
-        rargs = _replay_args(args, mesh.address, paths[args.model], Path(args.out) / name)
+        extra = ["--model", args.model, "--intent-mix", "chat=0.5,code=0.5"]
+        out = Path(args.out) / name
+        rargs = phased_replay_args(
+            args, mesh.address, paths[args.model], out, DEFAULT_PHASES, extra
+        )
         results[name] = summary = asyncio.run(run_replay(rargs))
         report_line(name, summary)
     base = next(iter(results))
@@ -124,10 +153,7 @@ def run_pd_bench(args: argparse.Namespace) -> dict[str, Any]:
         rows[f"TTFT p99 x {ref}"] = _ratios(results, r, lambda s: s["ttft_ms"]["p99"])
         rows[f"TPOT mean x {ref}"] = _ratios(results, r, lambda s: s["tpot_ms"]["mean"])
         rows[f"output tok/s x {ref}"] = _ratios(results, r, lambda s: s["output_tok_s"])
-    for i, phase in enumerate(results[base].get("by_phase", [])):
-        rows[f"goodput req/s, {phase['phase']}"] = {
-            k: v["by_phase"][i]["goodput_req_s"] for k, v in results.items()
-        }
+    rows.update(phase_goodput_rows(results))
     report: dict[str, Any] = {"configs": results, "idle": idle, "extra_rows": rows}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "bench.json").write_text(json.dumps(report, indent=2))

@@ -77,6 +77,13 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     )
     pr = parser.add_argument_group("prompts")
     pr.add_argument("--intent-mix", default=DEFAULT_INTENT_MIX, help="e.g. code=0.3,chat=0.7")
+    pr.add_argument(
+        "--phase-intent-mix",
+        action="append",
+        default=[],
+        metavar="MIX",
+        help="the intent mix of each --phase, in order (an intent mix that shifts)",
+    )
     pr.add_argument("--prompts-dir", help="folder of *.jsonl(.gz) with task and prompt fields")
     pr.add_argument("--tokenizer", help="Hugging Face folder of the target model's tokenizer")
     pr.add_argument("--seed", type=int, default=0, help="seed of every random choice")
@@ -143,8 +150,16 @@ def prepare(
         workload = load_phases(phases, config, lengths=args.lengths)
     else:
         workload = load_workload(fmt, args.trace, config, lengths=args.lengths, synthetic=synthetic)
+    if args.phase_intent_mix and len(args.phase_intent_mix) != len(phases):
+        raise ValueError(
+            f"phase_intent_mix: {len(args.phase_intent_mix)} given, one per --phase "
+            f"({len(phases)}) expected"
+        )
+    bounds = phase_bounds(phases, config.speedup)
+    mixes = args.phase_intent_mix or [args.intent_mix] * len(phases)
+    phase_mixes = [(end, parse_intent_mix(m)) for (_, _, end), m in zip(bounds, mixes, strict=True)]
     requests = build_requests(
-        workload, mix, args.prompts_dir, tokenizer, seed=args.seed, progress=not args.no_progress
+        workload, mix, args.prompts_dir, tokenizer, args.seed, not args.no_progress, phase_mixes
     )
     meta = {
         "trace": str(args.trace) if args.trace else fmt,
@@ -153,6 +168,7 @@ def prepare(
         "target": args.target,
         "seed": args.seed,
         "intent_mix": mix,
+        "phase_intent_mix": list(args.phase_intent_mix),
         "shaping": {
             "start_s": config.start_s,
             "duration_s": config.duration_s,

@@ -121,10 +121,20 @@ def synthesize(
     seed: int = 0,
     tolerance: int = 1,
     progress: bool = False,
+    phase_mixes: Sequence[tuple[float, Mapping[str, float]]] = (),
 ) -> list[ReplayRequest]:
-    """One `ReplayRequest` per workload request, in arrival order."""
-    pool.check_covers(set(mix))
-    drawn = _draw_intents(mix, len(workload.requests), np.random.default_rng([seed, 3]))
+    """One `ReplayRequest` per workload request, in arrival order.
+
+    `phase_mixes` (`(end_s, mix)` in time order) gives the requests arriving before each
+    `end_s` that mix instead of `mix`: an intent mix that shifts while the replay runs.
+    """
+    pool.check_covers({k for m in (mix, *(m for _, m in phase_mixes)) for k in m})
+    rng = np.random.default_rng([seed, 3])
+    drawn = _draw_intents(mix, len(workload.requests), rng)
+    for i, req in enumerate(workload.requests):
+        phase_mix = next((m for end, m in phase_mixes if req.arrival_s < end), None)
+        if phase_mix is not None:
+            drawn[i] = _draw_intents(phase_mix, 1, rng)[0]
     blocks = _Blocks(pool, workload.block_tokens, seed)
     out: list[ReplayRequest] = []
     reqs: Sequence[TraceRequest] = workload.requests

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -187,7 +187,9 @@ def build_requests(
     tokenizer: Tokenizer,
     seed: int = 0,
     progress: bool = False,
+    phase_mixes: Sequence[tuple[float, Mapping[str, float]]] = (),
 ) -> list[ReplayRequest]:
-    """Attach prompts of the mix's intents to a shaped workload."""
-    pool = PromptPool.from_dir(prompts_dir, tokenizer, set(mix))
-    return synthesize(workload, mix, pool, seed=seed, progress=progress)
+    """Attach prompts of the mix's intents (per phase: `synthesize`) to a shaped workload."""
+    intents = {k for m in (mix, *(m for _, m in phase_mixes)) for k in m}
+    pool = PromptPool.from_dir(prompts_dir, tokenizer, intents)
+    return synthesize(workload, mix, pool, seed=seed, progress=progress, phase_mixes=phase_mixes)

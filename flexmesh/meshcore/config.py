@@ -233,6 +233,8 @@ class ControllerConfig:
     routing policy field."""
     min_prefill_budget_tokens: int = 32
     """Smallest prefill share of a mixed worker's step budget (decode-first)."""
+    budget_dwell_ms: float = 2000.0
+    """Least time between two changes of one worker's prefill budget."""
     attainment_target: float = 0.9
     """A model whose recent requests meet both SLOs less often than this is under pressure."""
     traffic_window_s: float = 30.0
@@ -262,7 +264,9 @@ class ControllerConfig:
             _check(0 <= value <= 1, f"controller.{name}", value, "in [0, 1]")
         step = self.confidence_step
         _check(0 < step <= 1, "controller.confidence_step", step, "in (0, 1]")
-        _check(self.min_dwell_ms >= 0, "controller.min_dwell_ms", self.min_dwell_ms, ">= 0")
+        for name in ("min_dwell_ms", "budget_dwell_ms"):
+            value = getattr(self, name)
+            _check(value >= 0, f"controller.{name}", value, ">= 0")
         _check(
             0 < self.low_fraction < self.high_fraction,
             "controller.low_fraction",

@@ -3,15 +3,17 @@ by the controller actor's reconcile loop (`actors/controller.py`) on an immutabl
 
 Two levers from the same telemetry (docs/controller.md argues each rule):
 
-- **Prefill/decode split**, per model with two or more live workers.
-  *Roles* (dynamic disaggregation): TTFT at risk (the longest expected wait before a prefill on
-  a prefill-capable worker) while TPOT is not: a decode worker becomes `mixed`; TPOT at risk
-  (the slowest step that decodes on a decode-capable worker) while TTFT is safe: a `mixed`
-  worker becomes `decode`. At most one role change per model per `min_dwell_ms`; one
+- **Prefill/decode split**, per model, the gentle lever first.
+  *Budgets* (dynamic co-location), per `mixed` worker on its own signals: the prefill share of
+  each step's token budget halves when its TPOT is at risk and its TTFT is not (decode-first),
+  and doubles when its TTFT is at risk and its TPOT is safe (prefill-first), at most once per
+  `budget_dwell_ms`.
+  *Roles* (dynamic disaggregation), for models with two or more live workers, only in a round
+  where no budget moved: TTFT at risk (the longest expected wait before a prefill on a
+  prefill-capable worker): a decode worker with TPOT headroom of its own becomes `mixed`; TPOT
+  at risk (the slowest step that decodes on a decode-capable worker) while TTFT is safe: a
+  `mixed` worker becomes `decode`. At most one role change per model per `min_dwell_ms`; one
   prefill-capable and one decode-capable worker per model always remain.
-  *Budgets* (dynamic co-location), per `mixed` worker: the prefill share of each step's token
-  budget halves when its TPOT is at risk and its TTFT is not (decode-first), and doubles when
-  its TTFT is at risk and its TPOT is safe (prefill-first).
 - **Routing**, when the mesh routes between a small and a large model: while one model misses
   its SLOs (attainment below `attainment_target`, or a queue past the TTFT risk line) and the
   other is relaxed, spilling starts sooner (`spill_queue_ms` halves) and fewer low-confidence
@@ -28,7 +30,7 @@ the controller never touches a worker or a policy field the operator set.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from flexmesh.meshcore.config import ControllerConfig
@@ -88,12 +90,15 @@ def decide(
     actions: list[Action] = []
     for model in sorted({w.model for w in snap.workers}):
         workers = [w for w in snap.workers if w.model == model and w.alive]
-        role = _role_action(snap.t_s, workers, last, cfg)
+        # One lever per model per round, the gentle one first: a role changes only when no
+        # mixed worker's budget can move the way its signals ask.
+        budgets = _budget_actions(snap.t_s, workers, last, cfg)
+        role = None if budgets else _role_action(snap.t_s, workers, last, cfg)
+        for a in (*budgets, *([role] if role else [])):
+            actions.append(a)
+            last[a.target] = snap.t_s
         if role is not None:
-            actions.append(role)
             last[model] = snap.t_s
-        else:  # one lever per model per round: let the budgets act on the roles as they are
-            actions += _budget_actions(workers, cfg)
     if snap.policy is not None and snap.base_policy is not None:
         for a in _routing_actions(snap, last, cfg):
             actions.append(a)
@@ -131,18 +136,30 @@ def _role_action(
     if now - last.get(model, -1e18) < cfg.min_dwell_ms / 1000.0:
         return None
     r = _ratios(signals(workers), cfg)
-    if r["ttft_ratio"] >= cfg.high_fraction and r["tpot_ratio"] < cfg.high_fraction:
-        return _switch(workers, "decode", "mixed", "ttft_at_risk", r)
+    if r["ttft_ratio"] >= cfg.high_fraction:
+        # Only a decode worker with TPOT headroom of its own can take prompts on.
+        def roomy(w: WorkerStatus) -> bool:
+            return w.tpot_ms < cfg.high_fraction * cfg.tpot_slo_ms or w.decode_batch == 0
+
+        return _switch(workers, "decode", "mixed", "ttft_at_risk", r, roomy)
     if r["tpot_ratio"] >= cfg.high_fraction and r["ttft_ratio"] < cfg.low_fraction:
         return _switch(workers, "mixed", "decode", "tpot_at_risk", r)
     return None
 
 
 def _switch(
-    workers: list[WorkerStatus], old: str, new: str, reason: str, inputs: Mapping[str, float]
+    workers: list[WorkerStatus],
+    old: str,
+    new: str,
+    reason: str,
+    inputs: Mapping[str, float],
+    eligible: Callable[[WorkerStatus], bool] = lambda w: True,
 ) -> Action | None:
-    """The least busy unpinned worker in role `old` moved to `new`, if the invariant holds."""
-    candidates = [w for w in workers if w.role == old and not w.pinned and not w.draining]
+    """The least busy unpinned eligible worker in role `old` moved to `new`, if the invariant
+    holds."""
+    candidates = [
+        w for w in workers if w.role == old and not w.pinned and not w.draining and eligible(w)
+    ]
     for w in sorted(candidates, key=lambda w: (w.decode_batch, w.prefill_tokens_waiting)):
         after = [new if x is w else x.role for x in workers if not x.draining]
         if any(r in PREFILL_ROLES for r in after) and any(r in DECODE_ROLES for r in after):
@@ -150,11 +167,16 @@ def _switch(
     return None
 
 
-def _budget_actions(workers: list[WorkerStatus], cfg: ControllerConfig) -> list[Action]:
-    """Each unpinned mixed worker's prefill share: halve for TPOT, double for TTFT."""
+def _budget_actions(
+    now: float, workers: list[WorkerStatus], last: Mapping[str, float], cfg: ControllerConfig
+) -> list[Action]:
+    """Each unpinned mixed worker's prefill share: halve for TPOT, double for TTFT, at most
+    once per `budget_dwell_ms` (its step-time signal needs a few steps to show the change)."""
     actions = []
     for w in workers:
         if w.role != "mixed" or w.pinned or w.draining or w.max_batched_tokens <= 0:
+            continue
+        if now - last.get(w.name, -1e18) < cfg.budget_dwell_ms / 1000.0:
             continue
         tpot_ms = w.tpot_ms if w.decode_batch > 0 else 0.0
         r = _ratios({"queue_delay_ms": w.queue_delay_ms, "tpot_ms": tpot_ms}, cfg)

@@ -17,6 +17,7 @@ from typing import Any
 
 from flexmesh.actors.probe.evaluate import add_eval_arguments
 from flexmesh.bench.pd_bench import add_pd_bench_arguments
+from flexmesh.bench.policy_bench import add_policy_bench_arguments
 from flexmesh.bench.serving import ROUTING_PRESET, add_serving_bench_arguments
 from flexmesh.loadgen.cli import add_replay_arguments
 from flexmesh.logs import configure_logging
@@ -184,6 +185,18 @@ def cmd_bench_pd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_policy(args: argparse.Namespace) -> int:
+    from flexmesh.bench.policy_bench import run_policy_bench
+    from flexmesh.bench.serving import print_serving_table
+
+    report = run_policy_bench(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_serving_table(report)
+    return 0
+
+
 def cmd_bench_kv(args: argparse.Namespace) -> int:
     from flexmesh.bench.kv_bench import print_kv_table, run_kv_bench
 
@@ -309,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("pd", help="co-located vs disaggregated prefill/decode, same trace")
     add_pd_bench_arguments(b)
     b.set_defaults(func=cmd_bench_pd)
+    b = bsub.add_parser("policy", help="fixed vs controller-tuned routing, shifting intent mix")
+    add_policy_bench_arguments(b)
+    b.set_defaults(func=cmd_bench_policy)
     b = bsub.add_parser("kv", help="KV hand-off vs raw send/recv of the same bytes, per transport")
     b.add_argument("--model", default="demo-large")
     b.add_argument("--models-dir", default=None)

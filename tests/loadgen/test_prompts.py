@@ -75,6 +75,16 @@ def test_lengths_and_mix(tokenizer: Any, prompts_dir: Path) -> None:
     assert again == out  # seeded: identical prompts
 
 
+def test_an_intent_mix_that_shifts_by_phase(tokenizer: Any, prompts_dir: Path) -> None:
+    reqs = tuple(TraceRequest(i * 0.1, 20, 5) for i in range(200))  # 0 .. 19.9 s
+    pool = PromptPool.from_dir(prompts_dir, tokenizer, {"code", "math", "chat"})
+    phases = [(10.0, {"code": 1.0}), (20.0, {"math": 0.5, "chat": 0.5})]
+    out = synthesize(Workload(reqs), {"chat": 1.0}, pool, seed=2, phase_mixes=phases)
+    assert {r.intent for r in out[:100]} == {"code"}
+    later = Counter(r.intent for r in out[100:])
+    assert set(later) == {"math", "chat"} and abs(later["math"] - later["chat"]) < 30
+
+
 def test_pool_rejects_mix_it_cannot_serve(tokenizer: Any, tmp_path: Path) -> None:
     (tmp_path / "x.jsonl").write_text('{"task": "chat", "prompt": "hi"}\n')
     pool = PromptPool.from_dir(tmp_path, tokenizer)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
-from flexmesh.meshcore.errors import WorkerUnavailableError
+from flexmesh.meshcore.errors import PreconditionError, WorkerUnavailableError
 from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
@@ -222,3 +222,52 @@ async def test_a_burst_spills_as_it_arrives_and_returns_when_drained() -> None:
     assert frontend.loads()["demo-large"] == 0.0
     assert (await frontend.route(req)).model == "demo-large"  # drained: below return_queue_ms
     frontend.stop()
+
+
+async def test_policy_pins_the_operator_set_hold_against_the_controller_until_unpinned() -> None:
+    cfg = MeshConfig(
+        models=(ModelSpec(name="demo-large"), ModelSpec(name="demo-small")),
+        gateway=GatewayConfig(port=0, status_poll_ms=10),
+    )
+    workers = {
+        "demo-large": [FakeWorker("L", "demo-large")],
+        "demo-small": [FakeWorker("S", "demo-small")],
+    }
+    frontend = Frontend(cfg, workers, KnowledgeProbe())
+    frontend.start()
+    await asyncio.sleep(0.05)
+    snap = frontend.snapshot()
+    assert [w.name for w in snap.workers] == ["L", "S"] and snap.policy is not None
+    assert snap.base_policy == cfg.routing and snap.policy_pins == frozenset()
+
+    server, port = await serve_frontend(frontend, "127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            admin = pb_grpc.AdminStub(ch)
+            route = pb.IntentRoute(intent="code", model="small", strategy="none")
+            set_req = pb.SetPolicyRequest(spill_queue_ms=300.0, routes=[route])
+            policy = await admin.SetPolicy(set_req)
+            assert "spill_queue_ms" in policy.pinned and "routes.code.strategy" in policy.pinned
+            version = policy.version
+            with pytest.raises(PreconditionError, match="pinned"):
+                frontend.set_policy({"spill_queue_ms": 100.0}, version, "controller")
+            with pytest.raises(PreconditionError, match="routes.code.strategy"):
+                frontend.set_policy(
+                    {"routes": {"code": {"strategy": "pld"}}}, version, "controller"
+                )
+            left = await admin.UnpinPolicy(pb.UnpinPolicyRequest(fields=["routes.code"]))
+            assert list(left.pinned) == ["spill_queue_ms"], "a prefix unpins the fields under it"
+            why = {"routes.code.strategy": "small_batch"}
+            frontend.set_policy(
+                {"routes": {"code": {"strategy": "pld"}}}, version, "controller", why
+            )
+            st = await admin.GetStatus(pb.GetStatusRequest(cached=True))
+            assert st.policy.version == version + 1 and st.policy.pinned == ["spill_queue_ms"]
+            last = st.decisions[-1]
+            assert (last.kind, last.target, last.old, last.new, last.by, last.reason) == (
+                "policy", "routes.code.strategy", "none", "pld", "controller", "small_batch",
+            )  # fmt: skip
+            assert (await admin.UnpinPolicy(pb.UnpinPolicyRequest())).pinned == []
+    finally:
+        await server.stop(None)
+        frontend.stop()

@@ -18,7 +18,9 @@ from flexmesh.meshcore.pool import DECODE_ROLES, PREFILL_ROLES
 from flexmesh.meshcore.routing import RoutingConfig, apply_update
 from flexmesh.meshcore.traffic import ModelTraffic, Traffic, TrafficWindow
 
-CFG = ControllerConfig(ttft_slo_ms=1000.0, tpot_slo_ms=100.0, min_dwell_ms=5000.0)
+CFG = ControllerConfig(
+    ttft_slo_ms=1000.0, tpot_slo_ms=100.0, min_dwell_ms=5000.0, budget_dwell_ms=1000.0
+)
 MAX_BUDGET = 512
 
 
@@ -78,8 +80,24 @@ def test_a_prefill_burst_adds_prefill_capacity_and_a_decode_backlog_takes_it_bac
     assert (a.kind, a.target, a.new, a.reason) == ("role", "d", "mixed", "ttft_at_risk")
     assert a.inputs["queue_delay_ms"] == 2500.0
     assert mesh.of("role") == [a] and mesh.round(1.0, queue_ms=2500.0, tpot_ms=20.0) == []
-    (b,) = mesh.round(10.0, queue_ms=100.0, tpot_ms=150.0)
+    # The decode backlog: co-location's lever first (d's prefill share halves to the floor),
+    # then, TPOT still at risk, disaggregation's (d back to decode-only).
+    for t in range(10, 30):
+        mesh.round(float(t), queue_ms=100.0, tpot_ms=150.0)
+    shares = [int(x.new) for x in mesh.of("prefill_budget")]
+    assert shares == [256, 128, 64, 32]
+    b = mesh.of("role")[-1]
     assert (b.target, b.new, b.reason) == ("d", "decode", "tpot_at_risk")
+    assert mesh.log.index(b) > mesh.log.index(mesh.of("prefill_budget")[-1])
+
+
+def test_a_decode_worker_without_tpot_headroom_is_not_made_mixed() -> None:
+    busy = _w("d", "decode", tpot_ms=95.0, batch=4)
+    snap = Snapshot(0.0, (_w("p", "prefill", queue_ms=5000.0), busy))
+    assert decide(snap, ControllerState(), CFG)[0] == []
+    roomy = replace(busy, tpot_ms=30.0)
+    snap = Snapshot(0.0, (_w("p", "prefill", queue_ms=5000.0), roomy))
+    assert [a.new for a in decide(snap, ControllerState(), CFG)[0]] == ["mixed"]
 
 
 def test_a_mixed_workers_prefill_share_shrinks_for_tpot_and_grows_for_ttft() -> None:
@@ -94,6 +112,10 @@ def test_a_mixed_workers_prefill_share_shrinks_for_tpot_and_grows_for_ttft() -> 
     for i in range(8):
         mesh.round(20.0 + i, queue_ms=900.0, tpot_ms=20.0)
     assert mesh.budgets["a"] == MAX_BUDGET, "doubled back to the whole step, prefill-first"
+    n = len(mesh.log)
+    mesh.round(30.0, queue_ms=100.0, tpot_ms=150.0)
+    mesh.round(30.5, queue_ms=100.0, tpot_ms=150.0)
+    assert len(mesh.log) == n + 1, "one change per budget_dwell_ms"
 
 
 def test_noise_around_a_threshold_causes_no_flapping() -> None:
@@ -119,12 +141,13 @@ def test_pins_win_and_the_invariant_always_holds() -> None:
     mesh = Mesh({"p": "prefill", "d": "decode"})
     assert mesh.round(0.0, queue_ms=5000.0, tpot_ms=0.0, pins=frozenset({"d"})) == []
     mesh = Mesh({"a": "mixed", "b": "mixed"})
-    mesh.round(0.0, queue_ms=0.0, tpot_ms=500.0, pins=frozenset({"b"}))
+    for t in range(10):
+        mesh.round(float(t), queue_ms=0.0, tpot_ms=500.0, pins=frozenset({"b"}))
     assert [(a.target, a.new) for a in mesh.of("role")] == [("a", "decode")]
     # The other one is the last prefill-capable worker: it stays mixed however bad TPOT gets,
     # and being pinned, its budget is left alone too.
     for i in range(1, 10):
-        mesh.round(10.0 * i, queue_ms=0.0, tpot_ms=500.0, pins=frozenset({"b"}))
+        mesh.round(10.0 + 10.0 * i, queue_ms=0.0, tpot_ms=500.0, pins=frozenset({"b"}))
     assert sorted(mesh.roles.values()) == ["decode", "mixed"]
     assert mesh.budgets["b"] == MAX_BUDGET and len(mesh.of("role")) == 1
 
