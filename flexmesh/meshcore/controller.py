@@ -92,8 +92,10 @@ def decide(
         workers = [w for w in snap.workers if w.model == model and w.alive]
         # One lever per model per round, the gentle one first: a role changes only when no
         # mixed worker's budget can move the way its signals ask.
-        budgets = _budget_actions(snap.t_s, workers, last, cfg)
-        role = None if budgets else _role_action(snap.t_s, workers, last, cfg)
+        wished = _budget_actions(workers, cfg)
+        dwell_s = cfg.budget_dwell_ms / 1000.0
+        budgets = [a for a in wished if snap.t_s - last.get(a.target, -1e18) >= dwell_s]
+        role = None if wished else _role_action(snap.t_s, workers, last, cfg)
         for a in (*budgets, *([role] if role else [])):
             actions.append(a)
             last[a.target] = snap.t_s
@@ -167,16 +169,12 @@ def _switch(
     return None
 
 
-def _budget_actions(
-    now: float, workers: list[WorkerStatus], last: Mapping[str, float], cfg: ControllerConfig
-) -> list[Action]:
-    """Each unpinned mixed worker's prefill share: halve for TPOT, double for TTFT, at most
-    once per `budget_dwell_ms` (its step-time signal needs a few steps to show the change)."""
+def _budget_actions(workers: list[WorkerStatus], cfg: ControllerConfig) -> list[Action]:
+    """Each unpinned mixed worker's prefill share: halve for TPOT, double for TTFT (the caller
+    holds back a worker changed less than `budget_dwell_ms` ago)."""
     actions = []
     for w in workers:
         if w.role != "mixed" or w.pinned or w.draining or w.max_batched_tokens <= 0:
-            continue
-        if now - last.get(w.name, -1e18) < cfg.budget_dwell_ms / 1000.0:
             continue
         tpot_ms = w.tpot_ms if w.decode_batch > 0 else 0.0
         r = _ratios({"queue_delay_ms": w.queue_delay_ms, "tpot_ms": tpot_ms}, cfg)

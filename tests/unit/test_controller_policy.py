@@ -89,6 +89,11 @@ def test_a_prefill_burst_adds_prefill_capacity_and_a_decode_backlog_takes_it_bac
     b = mesh.of("role")[-1]
     assert (b.target, b.new, b.reason) == ("d", "decode", "tpot_at_risk")
     assert mesh.log.index(b) > mesh.log.index(mesh.of("prefill_budget")[-1])
+    # A budget waiting out its dwell still counts as the lever in use: no role change meanwhile.
+    mesh = Mesh({"a": "mixed", "b": "mixed"})
+    for t in (0.0, 0.5, 0.7):
+        mesh.round(t, queue_ms=0.0, tpot_ms=500.0)
+    assert mesh.of("role") == [] and len(mesh.of("prefill_budget")) == 2
 
 
 def test_a_decode_worker_without_tpot_headroom_is_not_made_mixed() -> None:
