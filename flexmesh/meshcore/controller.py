@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from flexmesh.meshcore.config import ControllerConfig
 from flexmesh.meshcore.messages import WorkerStatus
 from flexmesh.meshcore.pool import DECODE_ROLES, PREFILL_ROLES
-from flexmesh.meshcore.routing import RouteTable, RoutingConfig
+from flexmesh.meshcore.routing import RouteTable, RoutingConfig, is_pinned
 from flexmesh.meshcore.traffic import Traffic
 
 MIN_SLO_SAMPLES = 3
@@ -228,8 +228,7 @@ def _routing_actions(
 
     def free(key: str) -> bool:
         dwell_s = cfg.min_dwell_ms / 1000.0
-        pinned = any(key == p or key.startswith(p + ".") for p in snap.policy_pins)
-        return not pinned and snap.t_s - last.get(key, -1e18) >= dwell_s
+        return not is_pinned(key, snap.policy_pins) and snap.t_s - last.get(key, -1e18) >= dwell_s
 
     actions: list[Action] = []
     one_pressured = (large["pressured"] and small["relaxed"]) or (

@@ -11,7 +11,7 @@ large model, spills spillable intents to the other model while the target's queu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,6 +270,11 @@ def apply_update(
     merged = _merge(policy.to_dict(), changes)
     merged["version"] = policy.version + 1
     return RoutingConfig.from_dict(merged)
+
+
+def is_pinned(path: str, pins: Iterable[str]) -> bool:
+    """`path` is a pinned field or lies under one ("routes.code" pins "routes.code.strategy")."""
+    return any(path == p or path.startswith(p + ".") for p in pins)
 
 
 def leaves(changes: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -25,7 +25,6 @@ from flexmesh.meshcore.controller import Snapshot
 from flexmesh.meshcore.errors import (
     DeadlineExceededError,
     InvalidRequestError,
-    PreconditionError,
     QueueFullError,
     UnknownModelError,
     WorkerUnavailableError,
@@ -33,7 +32,7 @@ from flexmesh.meshcore.errors import (
 )
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
 from flexmesh.meshcore.pool import WorkerPool
-from flexmesh.meshcore.routing import ProbeResult, Router, RoutingConfig, leaves
+from flexmesh.meshcore.routing import ProbeResult, Router
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.meshcore.traffic import TrafficWindow
 from flexmesh.services.dispatch import Dispatcher, Hop
@@ -91,11 +90,6 @@ SLO_MISSES = ("DEADLINE_EXCEEDED", "UNAVAILABLE", "INTERNAL")
 """Failures that count against a model's SLO attainment (not the client's own mistakes)."""
 
 
-def _pinned(path: str, pins: set[str]) -> bool:
-    """`path` is a pinned field or lies under one ("routes.code" pins "routes.code.strategy")."""
-    return any(path == p or path.startswith(p + ".") for p in pins)
-
-
 def estimate_tokens(model: str, prompt: str) -> int:
     """Prompt length without a tokenizer: ~4 bytes a token (BPE on English and code)."""
     return len(prompt.encode()) // 4
@@ -139,13 +133,11 @@ class Frontend:
         self.dispatcher = Dispatcher(
             self.pool, self.clients, config.pd, metrics.prefill_failed if metrics else None
         )
-        self.ops = Operations(self.pool, self.clients, config.controller.history)
         self.count_tokens = count_tokens
         self.default_model = config.models[0].name
         self.probe = probe if config.adaptive else None
         self.router = Router(config.routing)
-        self.policy_pins: set[str] = set()
-        """Policy fields the operator set (dotted paths): the controller leaves them alone."""
+        self.ops = Operations(self.pool, self.clients, self.router, config.controller.history)
         self.traffic = TrafficWindow(config.controller.traffic_window_s)
         self.last_status: list[WorkerStatus] = []
         """Every worker's report from the latest poll."""
@@ -188,42 +180,6 @@ class Frontend:
             reason=d.reason,
         )
 
-    def set_policy(
-        self,
-        changes: Mapping[str, object],
-        expected_version: int,
-        by: str = "operator",
-        reasons: Mapping[str, str] | None = None,
-    ) -> RoutingConfig:
-        """Apply a live policy change (version-checked); each changed field is a `Decision`.
-
-        The operator's change pins the fields it sets; the controller's (`reasons` by field) is
-        refused when it touches a pinned field.
-        """
-        paths = leaves(changes)
-        if by != "operator":
-            pinned = sorted(p for p in paths if _pinned(p, self.policy_pins))
-            if pinned:
-                raise PreconditionError(f"policy fields pinned by the operator: {pinned}")
-        old = leaves(self.router.policy.to_dict())
-        policy = self.router.update(changes, expected_version or self.router.policy.version)
-        new = leaves(policy.to_dict())
-        if by == "operator":
-            self.policy_pins.update(paths)
-        for path in paths:
-            if old.get(path) != new.get(path):
-                reason = (reasons or {}).get(path, "")
-                self.ops.record("policy", path, old.get(path), new.get(path), by, reason)
-        log.info("policy.changed", version=policy.version, by=by, changes=dict(changes))
-        return policy
-
-    def unpin_policy(self, fields: list[str]) -> list[str]:
-        """Hand policy fields (all when `fields` is empty) back to the controller."""
-        gone = {p for p in self.policy_pins if not fields or _pinned(p, set(fields))}
-        self.policy_pins -= gone
-        log.info("policy.unpinned", fields=sorted(gone))
-        return sorted(self.policy_pins)
-
     def snapshot(self) -> Snapshot:
         """What the controller reads: the latest worker reports, the policy, the traffic."""
         routed = self.probe is not None
@@ -232,7 +188,7 @@ class Frontend:
             workers=tuple(self.ops.overlay(s) for s in self.last_status),
             policy=self.router.policy if routed else None,
             base_policy=self.config.routing if routed else None,
-            policy_pins=frozenset(self.policy_pins),
+            policy_pins=frozenset(self.ops.policy_pins),
             traffic=self.traffic.summary(time.monotonic()),
         )
 

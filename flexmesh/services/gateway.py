@@ -117,9 +117,7 @@ class Gateway:
         if policy:
             try:
                 reasons = {a.target: a.reason for a in policy}
-                self.frontend.set_policy(
-                    policy_changes(policy), policy_version, "controller", reasons
-                )
+                ops.set_policy(policy_changes(policy), policy_version, "controller", reasons)
             except FlexMeshError as exc:
                 errors.append(f"policy: {exc}")
         return errors

@@ -1,9 +1,10 @@
 """Run-time changes to the worker pool and the operator's view of it.
 
-Two writers change roles: the operator (Admin `SetWorkerRole`, `flexmesh workers role`) and the
-controller actor, which also sets mixed workers' prefill budgets. An operator's change **pins**
-the worker: the controller never changes a pinned worker until the operator unpins it. Every
-change is a log event and a `Decision` kept for `Admin/GetStatus`. Status reads are bounded per
+Two writers change roles and the routing policy: the operator (Admin `SetWorkerRole`,
+`SetPolicy`; `flexmesh workers role`, `flexmesh policy set`) and the controller actor, which
+also sets mixed workers' prefill budgets. An operator's change **pins** the worker or the policy
+fields it set: the controller never changes them until the operator unpins them. Every change is
+a log event and a `Decision` kept for `Admin/GetStatus`. Status reads are bounded per
 worker, so one slow or dead worker cannot stall a snapshot.
 """
 
@@ -21,6 +22,7 @@ from flexmesh.actors.client import WorkerClientProtocol
 from flexmesh.meshcore.errors import PreconditionError, WorkerUnavailableError
 from flexmesh.meshcore.messages import Decision, WorkerStatus
 from flexmesh.meshcore.pool import WorkerPool
+from flexmesh.meshcore.routing import Router, RoutingConfig, is_pinned, leaves
 
 log = structlog.get_logger(__name__)
 
@@ -29,11 +31,17 @@ class Operations:
     """Roles, draining, pins and status of the workers behind one gateway."""
 
     def __init__(
-        self, pool: WorkerPool, clients: Mapping[str, WorkerClientProtocol], history: int
+        self,
+        pool: WorkerPool,
+        clients: Mapping[str, WorkerClientProtocol],
+        router: Router,
+        history: int,
     ) -> None:
-        self.pool, self.clients = pool, dict(clients)
+        self.pool, self.clients, self.router = pool, dict(clients), router
         self.pins: set[str] = set()
         """Workers whose role the operator set: the controller leaves them alone."""
+        self.policy_pins: set[str] = set()
+        """Policy fields the operator set (dotted paths): the controller leaves them alone."""
         self.decisions: deque[Decision] = deque(maxlen=history)
         """The latest changes (roles, budgets, policy), operator's and controller's."""
 
@@ -73,6 +81,43 @@ class Operations:
             raise PreconditionError(f"{worker} is pinned by the operator (flexmesh workers unpin)")
         await self.clients[worker].set_prefill_budget(tokens)
         self.record("prefill_budget", worker, old, tokens, "controller", reason, inputs)
+
+    def set_policy(
+        self,
+        changes: Mapping[str, object],
+        expected_version: int,
+        by: str = "operator",
+        reasons: Mapping[str, str] | None = None,
+    ) -> RoutingConfig:
+        """Apply a live policy change (version-checked); each changed field is a `Decision`.
+
+        The operator's change pins the fields it sets; the controller's (`reasons` by field) is
+        refused when it touches a pinned field.
+        """
+        paths = leaves(changes)
+        if by != "operator":
+            pinned = sorted(p for p in paths if is_pinned(p, self.policy_pins))
+            if pinned:
+                raise PreconditionError(f"policy fields pinned by the operator: {pinned}")
+        old = leaves(self.router.policy.to_dict())
+        policy = self.router.update(changes, expected_version or self.router.policy.version)
+        new = leaves(policy.to_dict())
+        if by == "operator":
+            self.policy_pins.update(paths)
+        for path in paths:
+            if old.get(path) != new.get(path):
+                reason = (reasons or {}).get(path, "")
+                self.record("policy", path, old.get(path), new.get(path), by, reason)
+        log.info("policy.changed", version=policy.version, by=by, changes=dict(changes))
+        return policy
+
+    def unpin_policy(self, fields: list[str]) -> list[str]:
+        """Hand policy fields (and those under them; all when `fields` is empty) back to the
+        controller; returns the fields still pinned."""
+        gone = {p for p in self.policy_pins if not fields or is_pinned(p, fields)}
+        self.policy_pins -= gone
+        log.info("policy.unpinned", fields=sorted(gone))
+        return sorted(self.policy_pins)
 
     def record(
         self,

@@ -181,7 +181,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             max_queue_len=self.frontend.config.gateway.max_queue_len,
             policy_version=self.frontend.router.policy.version,
             policy=(
-                policy_to_proto(self.frontend.router.policy, self.frontend.policy_pins)
+                policy_to_proto(self.frontend.router.policy, self.frontend.ops.policy_pins)
                 if self.frontend.probe is not None
                 else None
             ),
@@ -190,19 +190,19 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def GetPolicy(
         self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
-        return policy_to_proto(self.frontend.router.policy, self.frontend.policy_pins)
+        return policy_to_proto(self.frontend.router.policy, self.frontend.ops.policy_pins)
 
     async def SetPolicy(
         self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
         changes = policy_changes(request, self.frontend.router.policy)
-        policy = self.frontend.set_policy(changes, request.expected_version)
-        return policy_to_proto(policy, self.frontend.policy_pins)
+        policy = self.frontend.ops.set_policy(changes, request.expected_version)
+        return policy_to_proto(policy, self.frontend.ops.policy_pins)
 
     async def UnpinPolicy(
         self, request: pb.UnpinPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
-        pinned = self.frontend.unpin_policy(list(request.fields))
+        pinned = self.frontend.ops.unpin_policy(list(request.fields))
         return policy_to_proto(self.frontend.router.policy, pinned)
 
     async def SetWorkerRole(

@@ -250,15 +250,15 @@ async def test_policy_pins_the_operator_set_hold_against_the_controller_until_un
             assert "spill_queue_ms" in policy.pinned and "routes.code.strategy" in policy.pinned
             version = policy.version
             with pytest.raises(PreconditionError, match="pinned"):
-                frontend.set_policy({"spill_queue_ms": 100.0}, version, "controller")
+                frontend.ops.set_policy({"spill_queue_ms": 100.0}, version, "controller")
             with pytest.raises(PreconditionError, match="routes.code.strategy"):
-                frontend.set_policy(
+                frontend.ops.set_policy(
                     {"routes": {"code": {"strategy": "pld"}}}, version, "controller"
                 )
             left = await admin.UnpinPolicy(pb.UnpinPolicyRequest(fields=["routes.code"]))
             assert list(left.pinned) == ["spill_queue_ms"], "a prefix unpins the fields under it"
             why = {"routes.code.strategy": "small_batch"}
-            frontend.set_policy(
+            frontend.ops.set_policy(
                 {"routes": {"code": {"strategy": "pld"}}}, version, "controller", why
             )
             st = await admin.GetStatus(pb.GetStatusRequest(cached=True))
