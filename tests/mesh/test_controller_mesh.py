@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from flexmesh.meshcore.config import MeshConfig
+from flexmesh.meshcore.controller import Action
 from flexmesh.services.client import stream_generate
 from flexmesh.services.mesh import Mesh, start_mesh
 from flexmesh.v1 import flexmesh_pb2 as pb
@@ -133,3 +134,25 @@ async def test_killed_controller_leaves_serving_up_and_resumes_from_the_mesh(
         assert loop.time() < deadline, "the controller did not come back"
         await asyncio.sleep(0.5)
     assert await _roles(admin) == roles, "it resumes from the roles in force, not the config's"
+
+
+async def test_the_gateway_applies_budgets_and_refuses_pinned_workers(
+    stubs: tuple[pb_grpc.GenerationStub, pb_grpc.AdminStub], ctl_mesh: Mesh, models_dir: Path
+) -> None:
+    stub, admin = stubs
+    gateway = ray.get_actor("gateway", namespace=ctl_mesh.config.namespace)
+    shrink = Action("prefill_budget", D, 512, 64, "tpot_at_risk", {"tpot_ms": 1.0})
+    assert await gateway.apply.remote([shrink], 0) == []
+    st = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert {w.name: w.prefill_budget_tokens for w in st.workers}[D] == 64
+    last = st.decisions[-1]
+    assert (last.kind, last.target, last.old, last.new, last.by) == (
+        "prefill_budget", D, "512", "64", "controller",
+    )  # fmt: skip
+    await _burst(stub, models_dir, n=4)  # a small prefill share still serves every request
+    await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker=D, role="mixed"))  # pins D
+    grow = Action("prefill_budget", D, 64, 512, "ttft_at_risk")
+    (error,) = await gateway.apply.remote([grow], 0)
+    assert "pinned" in error
+    await admin.UnpinWorker(pb.UnpinWorkerRequest(worker=D))
+    assert await gateway.apply.remote([grow], 0) == []
