@@ -237,7 +237,7 @@ class ControllerConfig:
     """Least time between two changes of one worker's prefill budget."""
     attainment_target: float = 0.9
     """A model whose recent requests meet both SLOs less often than this is under pressure."""
-    traffic_window_s: float = 30.0
+    traffic_window_s: float = 15.0
     """Window of the gateway's SLO attainment and arrival rates."""
     min_spill_queue_ms: float = 50.0
     """Lowest `routing.spill_queue_ms` the controller sets."""

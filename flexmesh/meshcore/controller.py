@@ -14,12 +14,14 @@ Two levers from the same telemetry (docs/controller.md argues each rule):
   at risk (the slowest step that decodes on a decode-capable worker) while TTFT is safe: a
   `mixed` worker becomes `decode`. At most one role change per model per `min_dwell_ms`; one
   prefill-capable and one decode-capable worker per model always remain.
-- **Routing**, when the mesh routes between a small and a large model: while one model misses
-  its SLOs (attainment below `attainment_target`, or a queue past the TTFT risk line) and the
-  other is relaxed, spilling starts sooner (`spill_queue_ms` halves) and fewer low-confidence
-  prompts go to the large model (`confidence_threshold` steps down); once both are relaxed they
-  step back to the configured policy. A route's PLD or speculation is switched off while its
-  model's draft acceptance is below `min_acceptance` or its decode batch reaches
+- **Routing**, when the mesh routes between a small and a large model: while one model is
+  under pressure (SLO attainment below `attainment_target`, or a queue past the TTFT risk line)
+  and the other is relaxed (attainment met, queue safe), spilling starts sooner
+  (`spill_queue_ms` halves) and, when the large model is the one, fewer low-confidence prompts
+  go to it (`confidence_threshold` steps down); once no model is under pressure they step back
+  to the configured policy (a low spill threshold also spills the small model's intents to the
+  large one, so it must not outlive the pressure). A route's PLD or speculation is switched
+  off while its model's draft acceptance is below `min_acceptance` or its decode batch reaches
   `spec_max_batch` (drafts then cost more than they save), and back on once the batch is small.
 
 Hysteresis everywhere: "at risk" is at or above `high_fraction` of an SLO, "safe" below
@@ -234,16 +236,16 @@ def _routing_actions(
     one_pressured = (large["pressured"] and small["relaxed"]) or (
         small["pressured"] and large["relaxed"]
     )
-    both_relaxed = large["relaxed"] and small["relaxed"]
+    none_pressured = not (large["pressured"] or small["pressured"])
     spill = policy.spill_queue_ms
     if free("spill_queue_ms") and free("return_queue_ms"):
         new_spill = spill
         if one_pressured:
             new_spill = max(cfg.min_spill_queue_ms, spill / 2)
-        elif both_relaxed:
+        elif none_pressured:
             new_spill = min(base.spill_queue_ms, spill * 2)
         if new_spill != spill:
-            why = "one_model_overloaded" if one_pressured else "both_relaxed"
+            why = "one_model_overloaded" if one_pressured else "none_overloaded"
             actions.append(Action("policy", "spill_queue_ms", spill, new_spill, why, inputs))
             ret = round(new_spill * base.return_queue_ms / base.spill_queue_ms, 3)
             actions.append(Action("policy", "return_queue_ms", policy.return_queue_ms, ret, why))
@@ -252,11 +254,11 @@ def _routing_actions(
         new_thr = thr
         if large["pressured"] and small["relaxed"]:
             new_thr = max(cfg.min_confidence_threshold, thr - cfg.confidence_step)
-        elif large["relaxed"]:
+        elif not large["pressured"]:
             new_thr = min(base.confidence_threshold, thr + cfg.confidence_step)
         new_thr = round(new_thr, 4)
         if new_thr != round(thr, 4):
-            why = "large_overloaded" if new_thr < thr else "large_relaxed"
+            why = "large_overloaded" if new_thr < thr else "large_recovered"
             actions.append(Action("policy", "confidence_threshold", thr, new_thr, why, inputs))
     for intent in (f.name for f in dataclasses.fields(RouteTable)):
         key = f"routes.{intent}.strategy"
