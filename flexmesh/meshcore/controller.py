@@ -9,11 +9,11 @@ Two levers from the same telemetry (docs/controller.md argues each rule):
   and doubles when its TTFT is at risk and its TPOT is safe (prefill-first), at most once per
   `budget_dwell_ms`.
   *Roles* (dynamic disaggregation), for models with two or more live workers, only in a round
-  where no budget moved: TTFT at risk (the longest expected wait before a prefill on a
-  prefill-capable worker): a decode worker with TPOT headroom of its own becomes `mixed`; TPOT
-  at risk (the slowest step that decodes on a decode-capable worker) while TTFT is safe: a
-  `mixed` worker becomes `decode`. At most one role change per model per `min_dwell_ms`; one
-  prefill-capable and one decode-capable worker per model always remain.
+  where no budget moved: TTFT at risk (the longest expected wait for a first token on a
+  prefill-capable worker, `ttft_ms`): a decode worker with TPOT headroom of its own becomes
+  `mixed`; TPOT at risk (the slowest step that decodes on a decode-capable worker) while TTFT
+  is safe: a `mixed` worker becomes `decode`. At most one role change per model per
+  `min_dwell_ms`; one prefill-capable and one decode-capable worker per model always remain.
 - **Routing**, when the mesh routes between a small and a large model: while one model is
   under pressure (SLO attainment below `attainment_target`, or a queue past the TTFT risk line)
   and the other is relaxed (attainment met, queue safe), spilling starts sooner
@@ -113,12 +113,22 @@ def decide(
 # -- prefill/decode split --------------------------------------------------------------------
 
 
+def ttft_ms(w: WorkerStatus) -> float:
+    """Expected wait before a new prompt's first token on `w`: its queue delay, or, when
+    prompts are admitted but crawl through small prefill shares, the time to compute every
+    prompt token it holds at its current share (`prefill_tokens_waiting` tokens at
+    `prefill_budget_tokens` a step of `step_ms`)."""
+    share = w.prefill_budget_tokens or w.max_batched_tokens
+    drain_ms = w.prefill_tokens_waiting * w.step_ms / share if share > 0 else 0.0
+    return max(w.queue_delay_ms, drain_ms)
+
+
 def signals(workers: list[WorkerStatus]) -> dict[str, float]:
     """TTFT and TPOT signals of one model's live workers, in milliseconds."""
     prefill = [w for w in workers if w.role in PREFILL_ROLES and not w.draining]
     decoding = [w for w in workers if w.role in DECODE_ROLES and w.decode_batch > 0]
     return {
-        "queue_delay_ms": max((w.queue_delay_ms for w in prefill), default=0.0),
+        "queue_delay_ms": max((ttft_ms(w) for w in prefill), default=0.0),
         "tpot_ms": max((w.tpot_ms for w in decoding), default=0.0),
     }
 
@@ -179,7 +189,7 @@ def _budget_actions(workers: list[WorkerStatus], cfg: ControllerConfig) -> list[
         if w.role != "mixed" or w.pinned or w.draining or w.max_batched_tokens <= 0:
             continue
         tpot_ms = w.tpot_ms if w.decode_batch > 0 else 0.0
-        r = _ratios({"queue_delay_ms": w.queue_delay_ms, "tpot_ms": tpot_ms}, cfg)
+        r = _ratios({"queue_delay_ms": ttft_ms(w), "tpot_ms": tpot_ms}, cfg)
         old = w.prefill_budget_tokens
         new, reason = old, ""
         if r["tpot_ratio"] >= cfg.high_fraction and r["ttft_ratio"] < cfg.high_fraction:
@@ -201,7 +211,7 @@ def model_signals(snap: Snapshot, model: str, cfg: ControllerConfig) -> dict[str
     traffic = snap.traffic.models.get(model)
     counted = traffic is not None and traffic.requests >= MIN_SLO_SAMPLES
     out = {
-        "queue_delay_ms": min((w.queue_delay_ms for w in prefill), default=0.0),
+        "queue_delay_ms": min((ttft_ms(w) for w in prefill), default=0.0),
         "slo_attainment": traffic.slo_attainment if counted and traffic else 1.0,
         "decode_batch": float(sum(w.decode_batch for w in live)),
     }

@@ -28,7 +28,8 @@ log = structlog.get_logger(__name__)
 
 
 class Operations:
-    """Roles, draining, pins and status of the workers behind one gateway."""
+    """Roles, budgets, draining, pins and status of the workers behind one gateway, and every
+    write to its routing policy."""
 
     def __init__(
         self,
@@ -58,8 +59,8 @@ class Operations:
         `by="operator"` pins the worker; `by="controller"` is refused on a pinned worker.
         """
         entry = self.pool.get(worker)
-        if by != "operator" and worker in self.pins:
-            raise PreconditionError(f"{worker} is pinned by the operator (flexmesh workers unpin)")
+        if by != "operator":
+            self._check_unpinned(worker)
         old = entry.role
         self.pool.set_role(worker, role)
         try:
@@ -77,10 +78,13 @@ class Operations:
     ) -> None:
         """The controller's change of a mixed worker's prefill share (refused when pinned)."""
         self.pool.get(worker)
-        if worker in self.pins:
-            raise PreconditionError(f"{worker} is pinned by the operator (flexmesh workers unpin)")
+        self._check_unpinned(worker)
         await self.clients[worker].set_prefill_budget(tokens)
         self.record("prefill_budget", worker, old, tokens, "controller", reason, inputs)
+
+    def _check_unpinned(self, worker: str) -> None:
+        if worker in self.pins:
+            raise PreconditionError(f"{worker} is pinned by the operator (flexmesh workers unpin)")
 
     def set_policy(
         self,

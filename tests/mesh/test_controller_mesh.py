@@ -3,6 +3,7 @@ pins win, and a killed controller leaves serving up and comes back on the mesh's
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import ray
 
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.meshcore.controller import Action
-from flexmesh.services.client import stream_generate
+from flexmesh.services.client import status_cli, stream_generate
 from flexmesh.services.mesh import Mesh, start_mesh
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
@@ -93,6 +94,15 @@ async def test_a_burst_moves_a_role_and_every_request_completes(
     roles = await _roles(admin)
     assert any(r in ("prefill", "mixed") for r in roles.values())
     assert any(r in ("decode", "mixed") for r in roles.values())
+
+
+async def test_flexmesh_status_lists_the_decisions(
+    ctl_mesh: Mesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = argparse.Namespace(target=ctl_mesh.address, json=False)
+    assert await status_cli(args) == 0
+    out = capsys.readouterr().out
+    assert f"controller: role {D} decode -> mixed (ttft_at_risk: queue_delay_ms" in out
 
 
 async def test_an_operator_pin_wins_until_unpinned(

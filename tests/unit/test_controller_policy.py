@@ -12,6 +12,7 @@ from flexmesh.meshcore.controller import (
     Snapshot,
     decide,
     policy_changes,
+    ttft_ms,
 )
 from flexmesh.meshcore.messages import WorkerStatus
 from flexmesh.meshcore.pool import DECODE_ROLES, PREFILL_ROLES
@@ -251,3 +252,15 @@ def test_traffic_window_counts_arrivals_and_slo_attainment_within_the_window() -
     assert s.arrivals_per_s == {"chat": 0.5, "code": 0.5}  # t = 10..19
     assert s.models["big"].requests == 10
     assert s.models["big"].slo_attainment == 0.8  # t = 12, 16 missed
+
+
+def test_prompts_crawling_through_a_small_share_put_ttft_at_risk() -> None:
+    # Nothing queued (every prompt admitted), but 4,000 prompt tokens at 32 a 100-ms step
+    # would take 12.5 s: TTFT is at risk, so the share grows instead of shrinking for TPOT.
+    w = _w("a", "mixed", tpot_ms=95.0, batch=4, prefill_tokens_waiting=4000, step_ms=100.0,
+           prefill_budget_tokens=32)  # fmt: skip
+    assert ttft_ms(w) == 12_500.0
+    assert decide(Snapshot(0.0, (w,)), ControllerState(), CFG)[0] == []  # both at risk: hold
+    calm = replace(w, tpot_ms=20.0)
+    (a,) = decide(Snapshot(0.0, (calm,)), ControllerState(), CFG)[0]
+    assert (a.kind, a.new, a.reason) == ("prefill_budget", 64, "ttft_at_risk")
