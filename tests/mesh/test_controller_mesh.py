@@ -102,7 +102,8 @@ async def test_flexmesh_status_lists_the_decisions(
     args = argparse.Namespace(target=ctl_mesh.address, json=False)
     assert await status_cli(args) == 0
     out = capsys.readouterr().out
-    assert f"controller: role {D} decode -> mixed (ttft_at_risk: queue_delay_ms" in out
+    lines = [x for x in out.splitlines() if f"controller: role {D} decode -> mixed" in x]
+    assert lines and all("(ttft_at_risk: " in x and "queue_delay_ms" in x for x in lines)
 
 
 async def test_an_operator_pin_wins_until_unpinned(
