@@ -255,20 +255,20 @@ def _routing_actions(
         elif none_pressured:
             new_spill = min(base.spill_queue_ms, spill * 2)
         if new_spill != spill:
-            why = "one_model_overloaded" if one_pressured else "none_overloaded"
+            why = "one_model_overloaded" if one_pressured else "back_to_config"
             actions.append(Action("policy", "spill_queue_ms", spill, new_spill, why, inputs))
             ret = round(new_spill * base.return_queue_ms / base.spill_queue_ms, 3)
             actions.append(Action("policy", "return_queue_ms", policy.return_queue_ms, ret, why))
     thr = policy.confidence_threshold
     if free("confidence_threshold"):
-        new_thr = thr
+        new_thr, why = thr, "back_to_config"
         if large["pressured"] and small["relaxed"]:
             new_thr = max(cfg.min_confidence_threshold, thr - cfg.confidence_step)
+            why = "large_overloaded"
         elif not large["pressured"]:
             new_thr = min(base.confidence_threshold, thr + cfg.confidence_step)
         new_thr = round(new_thr, 4)
         if new_thr != round(thr, 4):
-            why = "large_overloaded" if new_thr < thr else "large_recovered"
             actions.append(Action("policy", "confidence_threshold", thr, new_thr, why, inputs))
     for intent in (f.name for f in dataclasses.fields(RouteTable)):
         key = f"routes.{intent}.strategy"

@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -162,39 +163,34 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
     return bench_engine(args)
 
 
-def cmd_bench_serving(args: argparse.Namespace) -> int:
-    from flexmesh.bench.serving import print_serving_table, run_serving_bench
+def _side_by_side(args: argparse.Namespace, run: Callable[[argparse.Namespace], Any]) -> int:
+    """Run a configurations-side-by-side benchmark; print its table, or its JSON."""
+    from flexmesh.bench.serving import print_serving_table
 
-    report = run_serving_bench(args)
+    report = run(args)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print_serving_table(report)
     return 0
+
+
+def cmd_bench_serving(args: argparse.Namespace) -> int:
+    from flexmesh.bench.serving import run_serving_bench
+
+    return _side_by_side(args, run_serving_bench)
 
 
 def cmd_bench_pd(args: argparse.Namespace) -> int:
     from flexmesh.bench.pd_bench import run_pd_bench
-    from flexmesh.bench.serving import print_serving_table
 
-    report = run_pd_bench(args)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_serving_table(report)
-    return 0
+    return _side_by_side(args, run_pd_bench)
 
 
 def cmd_bench_policy(args: argparse.Namespace) -> int:
     from flexmesh.bench.policy_bench import run_policy_bench
-    from flexmesh.bench.serving import print_serving_table
 
-    report = run_policy_bench(args)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_serving_table(report)
-    return 0
+    return _side_by_side(args, run_policy_bench)
 
 
 def cmd_bench_kv(args: argparse.Namespace) -> int:
