@@ -9,6 +9,12 @@ from flexmesh.meshcore.errors import InvalidRequestError
 
 STRATEGIES = ("", "none", "pld", "spec")
 """Decoding strategies a request may ask for ("" lets the router decide)."""
+MAX_STOP_STRINGS = 16
+"""Most `stop` strings one request may give (each is matched on every new token)."""
+MAX_STOP_STRING_CHARS = 256
+"""Longest `stop` string."""
+MAX_STOP_TOKEN_IDS = 64
+"""Most `stop_token_ids` one request may give."""
 
 
 @dataclass(frozen=True)
@@ -37,14 +43,29 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
             raise InvalidRequestError("max_tokens", f"must be > 0, got {self.max_tokens}")
-        if math.isnan(self.temperature) or self.temperature < 0:
-            raise InvalidRequestError("temperature", f"must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InvalidRequestError(
+                "temperature", f"must be finite and >= 0, got {self.temperature}"
+            )
         if math.isnan(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise InvalidRequestError("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise InvalidRequestError("top_k", f"must be >= 0, got {self.top_k}")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop", "stop strings must not be empty")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise InvalidRequestError("stop", f"at most {MAX_STOP_STRINGS}, got {len(self.stop)}")
+        longest = max((len(s) for s in self.stop), default=0)
+        if longest > MAX_STOP_STRING_CHARS:
+            raise InvalidRequestError(
+                "stop", f"strings of at most {MAX_STOP_STRING_CHARS} characters, got {longest}"
+            )
+        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise InvalidRequestError(
+                "stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS}, got {len(self.stop_token_ids)}"
+            )
+        if any(t < 0 for t in self.stop_token_ids):
+            raise InvalidRequestError("stop_token_ids", "ids must be >= 0")
         if self.strategy not in STRATEGIES:
             raise InvalidRequestError(
                 "strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}"

@@ -130,6 +130,13 @@ class Scheduler:
             raise InvalidRequestError(
                 "prompt", f"has {n} tokens, the model's context is {self.max_model_len_tokens}"
             )
+        left = self.max_model_len_tokens - n
+        if request.sampling.max_tokens > left:
+            raise InvalidRequestError(
+                "max_tokens",
+                f"is {request.sampling.max_tokens}, the model's context of "
+                f"{self.max_model_len_tokens} leaves {left} after the {n}-token prompt",
+            )
         if blocks_needed(request.num_tokens + 1, self.config.block_size_tokens) > (
             self.pool.num_blocks
         ):

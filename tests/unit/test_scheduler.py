@@ -276,3 +276,11 @@ def test_a_tiny_prefill_budget_still_moves_one_prompt_per_step() -> None:
     sizes = [_step(s).num_batched_tokens for _ in range(3)]
     assert sizes == [4, 4, 4], "at least one block of one prompt each step"
     assert s.requests["p"].first_token_time is not None
+
+
+def test_max_tokens_beyond_the_context_left_after_the_prompt_is_refused() -> None:
+    s = _sched()
+    with pytest.raises(InvalidRequestError, match="leaves 990 after the 10-token prompt") as err:
+        s.add(_req("r", 10, max_tokens=991))
+    assert err.value.field == "max_tokens" and not s.requests
+    s.add(_req("ok", 10, max_tokens=990))

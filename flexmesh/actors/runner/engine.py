@@ -104,11 +104,19 @@ class Engine:
         worker (its output then carries the `RequestState` to continue from).
         """
         sampling = sampling or SamplingParams()
+        vocab = self.runner.model.vocab_size
+        bad_stops = [t for t in sampling.stop_token_ids if t >= vocab]
+        if bad_stops:
+            raise InvalidRequestError(
+                "stop_token_ids", f"ids out of the vocabulary of {vocab}: {bad_stops[:5]}"
+            )
         if prompt_token_ids:
             ids = [int(t) for t in prompt_token_ids]
-            bad = [t for t in ids if not 0 <= t < self.runner.model.vocab_size]
+            bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
-                raise InvalidRequestError("prompt_token_ids", f"ids out of vocabulary: {bad[:5]}")
+                raise InvalidRequestError(
+                    "prompt_token_ids", f"ids out of the vocabulary of {vocab}: {bad[:5]}"
+                )
         elif prompt:
             ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         else:
