@@ -9,10 +9,11 @@ Two levers from the same telemetry (docs/controller.md argues each rule):
   and doubles when its TTFT is at risk and its TPOT is safe (prefill-first), at most once per
   `budget_dwell_ms`.
   *Roles* (dynamic disaggregation), for models with two or more live workers, only in a round
-  where no budget moved: TTFT at risk (the longest expected wait for a first token on a
-  prefill-capable worker, `ttft_ms`): a decode worker with TPOT headroom of its own becomes
-  `mixed`; TPOT at risk (the slowest step that decodes on a decode-capable worker) while TTFT
-  is safe: a `mixed` worker becomes `decode`. At most one role change per model per
+  where no budget of the model asks to move (one waiting out its dwell counts as asking):
+  TTFT at risk (the longest expected wait for a first token on a prefill-capable worker,
+  `ttft_ms`): a decode worker with TPOT headroom of its own becomes `mixed`; TPOT at risk (the
+  slowest step that decodes on a decode-capable worker) while TTFT is safe: a `mixed` worker
+  becomes `decode`. At most one role change per model per
   `min_dwell_ms`; one prefill-capable and one decode-capable worker per model always remain.
 - **Routing**, when the mesh routes between a small and a large model: while one model is
   under pressure (SLO attainment below `attainment_target`, or a queue past the TTFT risk line)

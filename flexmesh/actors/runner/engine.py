@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,19 +104,10 @@ class Engine:
         worker (its output then carries the `RequestState` to continue from).
         """
         sampling = sampling or SamplingParams()
-        vocab = self.runner.model.vocab_size
-        bad_stops = [t for t in sampling.stop_token_ids if t >= vocab]
-        if bad_stops:
-            raise InvalidRequestError(
-                "stop_token_ids", f"ids out of the vocabulary of {vocab}: {bad_stops[:5]}"
-            )
+        self._check_vocabulary("stop_token_ids", sampling.stop_token_ids)
         if prompt_token_ids:
             ids = [int(t) for t in prompt_token_ids]
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise InvalidRequestError(
-                    "prompt_token_ids", f"ids out of the vocabulary of {vocab}: {bad[:5]}"
-                )
+            self._check_vocabulary("prompt_token_ids", ids)
         elif prompt:
             ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         else:
@@ -128,6 +119,12 @@ class Engine:
             request, IncrementalDetokenizer(self.tokenizer, sampling.stop)
         )
         return rid
+
+    def _check_vocabulary(self, field: str, ids: Sequence[int]) -> None:
+        vocab = self.runner.model.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(field, f"ids out of the vocabulary of {vocab}: {bad[:5]}")
 
     def resume(self, state: RequestState, kv_deadline: float | None) -> list[int]:
         """Continue a request another worker started; return the block ids its KV goes into.
