@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-from flexmesh.meshcore.errors import FlexMeshError, WorkerUnavailableError
+from flexmesh.meshcore.errors import FlexMeshError, WorkerLostError, WorkerUnavailableError
 from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
@@ -83,9 +83,7 @@ class WorkerClient:
                 except StopAsyncIteration:
                     return
                 except _DEAD as exc:
-                    raise WorkerUnavailableError(
-                        f"worker {self.name} is unavailable: {exc}"
-                    ) from exc
+                    raise WorkerLostError(f"worker {self.name} is unavailable: {exc}") from exc
                 except RayTaskError as exc:
                     if isinstance(exc.cause, FlexMeshError):
                         raise exc.cause from None  # the worker's typed error, message intact
@@ -116,8 +114,12 @@ class WorkerClient:
     async def _call(self, ref: Any) -> Any:
         try:
             return await asyncio.wait_for(ref, self.timeout_s)
-        except (*_DEAD, TimeoutError) as exc:
-            raise WorkerUnavailableError(f"worker {self.name} is unavailable: {exc}") from exc
+        except _DEAD as exc:
+            raise WorkerLostError(f"worker {self.name} is unavailable: {exc}") from exc
+        except TimeoutError as exc:
+            raise WorkerUnavailableError(
+                f"worker {self.name} did not answer within {self.timeout_s} s"
+            ) from exc
 
 
 class ProbeClientProtocol(Protocol):
@@ -136,5 +138,11 @@ class ProbeClient:
         try:
             ref = self.handle.classify.remote(prompt, long_context_tokens)
             return await asyncio.wait_for(ref, self.timeout_s)  # type: ignore[no-any-return]
-        except (*_DEAD, TimeoutError) as exc:
+        except RayTaskError as exc:
+            if isinstance(exc.cause, FlexMeshError):
+                raise exc.cause from None  # the probe's typed error (a bad prompt)
+            raise WorkerUnavailableError(f"probe failed: {exc.cause!r}") from exc
+        except _DEAD as exc:
             raise WorkerUnavailableError(f"probe is unavailable: {exc}") from exc
+        except TimeoutError as exc:
+            raise WorkerUnavailableError(f"probe did not answer within {self.timeout_s} s") from exc

@@ -125,14 +125,15 @@ class GatewayMetrics:
         self.probe_ms = metrics.Histogram(
             "flexmesh_probe_ms", "Probe latency", boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100]
         )
-        self.pd_fallbacks = metrics.Counter(
-            "flexmesh_pd_prefill_failures",
-            "Prefill workers failing before the first token (request recomputed or failed)",
-            tag_keys=("worker",),
+        self.moves = metrics.Counter(
+            "flexmesh_requests_moved",
+            "Requests that left a broken worker for another: prefill_fallback (before the "
+            "hand-off) or migration (resumed where the client's stream stood)",
+            tag_keys=("worker", "kind"),
         )
 
-    def prefill_failed(self, worker: str) -> None:
-        self.pd_fallbacks.inc(1.0, {"worker": worker})
+    def moved(self, worker: str, kind: str) -> None:
+        self.moves.inc(1.0, {"worker": worker, "kind": kind})
 
     def routed(self, route: Any) -> None:
         tags = {

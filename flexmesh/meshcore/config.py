@@ -138,7 +138,25 @@ class GatewayConfig:
     snapshot, worker gauges)."""
     status_timeout_ms: float = 2000.0
     """A worker that does not report within this reads as not alive in that poll (a report
-    waits for the worker's current step)."""
+    waits for the worker's current step); it takes no new request until it reports again."""
+    max_migrations: int = 2
+    """Times one request may move to another worker when its stream breaks (0 = never: the
+    request fails with UNAVAILABLE)."""
+    max_prompt_bytes: int = 1 << 20
+    """Longest prompt text in UTF-8 bytes (INVALID_ARGUMENT beyond)."""
+    max_prompt_tokens: int = 1 << 18
+    """Most `prompt_token_ids` in one request (the model's context refuses fewer, at the
+    worker)."""
+    max_message_bytes: int = 4 << 20
+    """gRPC's largest message the gateway receives or sends (RESOURCE_EXHAUSTED beyond)."""
+    admin_token: str = ""
+    """Bearer token the Admin service requires (`authorization: Bearer <token>` metadata);
+    "" = none, unless the FLEXMESH_ADMIN_TOKEN environment variable of `flexmesh serve` sets
+    one. Without it every Admin call is UNAUTHENTICATED."""
+    tls_cert_file: str = ""
+    """PEM certificate chain of the gateway; with `tls_key_file`, gRPC is served over TLS."""
+    tls_key_file: str = ""
+    """PEM private key of `tls_cert_file`."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.port < 65536, "gateway.port", self.port, "in [0, 65535]")
@@ -161,6 +179,15 @@ class GatewayConfig:
             self.request_timeout_s > 0, "gateway.request_timeout_s", self.request_timeout_s, "> 0"
         )
         _check(self.worker_timeout_s > 0, "gateway.worker_timeout_s", self.worker_timeout_s, "> 0")
+        _check(self.max_migrations >= 0, "gateway.max_migrations", self.max_migrations, ">= 0")
+        for name in ("max_prompt_bytes", "max_prompt_tokens", "max_message_bytes"):
+            _check(getattr(self, name) > 0, f"gateway.{name}", getattr(self, name), "> 0")
+        _check(
+            bool(self.tls_cert_file) == bool(self.tls_key_file),
+            "gateway.tls_key_file",
+            self.tls_key_file,
+            "set together with gateway.tls_cert_file",
+        )
 
 
 @dataclass(frozen=True)
@@ -169,8 +196,9 @@ class ProbeConfig:
 
     backend: str = "classifier"
     """classifier (shipped n-gram model) or lm (zero-shot, one forward pass of the small model)."""
-    timeout_s: float = 10.0
-    """Longest wait for one classification before the request fails with UNAVAILABLE."""
+    timeout_s: float = 2.0
+    """Longest wait for one classification; past it (or when the probe is down) the request
+    goes to the large model with reason `probe_unavailable`."""
 
     def __post_init__(self) -> None:
         backends = ("classifier", "lm")

@@ -49,6 +49,10 @@ class WorkerUnavailableError(FlexMeshError):
     status = "UNAVAILABLE"
 
 
+class WorkerLostError(WorkerUnavailableError):
+    """The worker's actor died or is restarting: it takes no request until it reports again."""
+
+
 class EngineFailedError(WorkerUnavailableError):
     """A worker's engine step raised; every request it held was aborted and its KV freed."""
 

@@ -36,6 +36,8 @@ class RequestState:
     draft_tokens_accepted: int = 0
     handed_off_at: float = 0.0
     """Wall-clock time (`time.time()`) the sender's prefill ended and the hand-off began."""
+    prompt: str = ""
+    """The prompt text, when its token ids are not known (the receiving worker tokenizes it)."""
 
 
 @dataclass(frozen=True)

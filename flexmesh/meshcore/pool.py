@@ -5,6 +5,11 @@ a decode-capable one (`decode` or `mixed`, fewest decoding requests). When they 
 worker, or the prompt is shorter than `pd.min_prompt_tokens`, the request runs on its decode
 worker alone (conditional disaggregation); otherwise its KV moves from one to the other.
 
+A worker whose actor died or is restarting is not `alive`: it takes nothing new until it
+reports again. While a model has no live worker of one kind, its live workers of the other
+kind do both (a degraded pool serves rather than refuses). `rescue` picks the worker a broken
+request migrates to.
+
 Roles and draining change at run time. A change never touches work already placed: a worker
 that becomes `decode` finishes the prefills it holds, a drained worker finishes everything it
 holds and takes nothing new. Every change keeps at least one prefill-capable and one
@@ -43,14 +48,21 @@ class PoolEntry:
     """Requests this gateway sent here that have no first token yet."""
     decoding: int = 0
     """Requests this gateway sent here that are past their first token."""
+    alive: bool = True
+    """False from a failed call or report until the worker reports again."""
+
+    @property
+    def open(self) -> bool:
+        """Takes new requests: alive and not draining."""
+        return self.alive and not self.draining
 
     @property
     def takes_prefill(self) -> bool:
-        return self.role in PREFILL_ROLES and not self.draining
+        return self.role in PREFILL_ROLES and self.open
 
     @property
     def takes_decode(self) -> bool:
-        return self.role in DECODE_ROLES and not self.draining
+        return self.role in DECODE_ROLES and self.open
 
 
 @dataclass(frozen=True)
@@ -94,17 +106,35 @@ class WorkerPool:
             raise UnknownModelError(f"model {model!r} is not served")
         start = next(self._rr)
         order = [entries[(start + i) % len(entries)] for i in range(len(entries))]
-        decoders = [e for e in order if e.takes_decode]
-        prefillers = [e for e in order if e.takes_prefill]
-        if not decoders or not prefillers:
-            raise WorkerUnavailableError(f"model {model!r} has no worker taking new requests")
+        live = [e for e in order if e.open]
+        if not live:
+            raise WorkerUnavailableError(f"model {model!r} has no live worker taking requests")
+        decoders = [e for e in live if e.takes_decode] or live
+        prefillers = [e for e in live if e.takes_prefill] or live
         decode = min(decoders, key=lambda e: (e.decoding, e.prefilling))
         prefill = min(prefillers, key=lambda e: (e.prefilling, e.decoding))
         if prefill is decode or prompt_tokens < min_prompt_tokens:
             return Placement(decode)
         return Placement(decode, prefill)
 
+    def rescue(self, model: str, exclude: Iterable[str]) -> PoolEntry:
+        """The live worker a request that broke on `exclude` resumes on: decode-capable and
+        least busy first; any role will do, draining only when nothing else is left."""
+        failed = set(exclude)
+        live = [e for e in self.of_model(model) if e.alive and e.name not in failed]
+        if not live:
+            raise WorkerUnavailableError(f"model {model!r} has no live worker left to resume on")
+        return min(live, key=lambda e: (e.draining, not e.takes_decode, e.decoding, e.prefilling))
+
     # -- run-time changes ------------------------------------------------------------------
+
+    def set_alive(self, name: str, alive: bool) -> bool:
+        """Record a worker's health; True when it changed."""
+        entry = self.entries.get(name)
+        if entry is None or entry.alive == alive:
+            return False
+        entry.alive = alive
+        return True
 
     def set_role(self, name: str, role: str) -> PoolEntry:
         """Change a worker's role (refused if it would leave its model without a prefill- or
@@ -125,7 +155,8 @@ class WorkerPool:
 
     def _check_after(self, entry: PoolEntry, role: str, draining: bool) -> None:
         others = [e for e in self.of_model(entry.model) if e is not entry]
-        after = [*others, PoolEntry(entry.name, entry.model, entry.rank, role, draining)]
+        changed = PoolEntry(entry.name, entry.model, entry.rank, role, draining, alive=entry.alive)
+        after = [*others, changed]
         for kind, ok in (("prefill", "takes_prefill"), ("decode", "takes_decode")):
             if not any(getattr(e, ok) for e in after):
                 raise PreconditionError(

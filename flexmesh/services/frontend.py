@@ -68,6 +68,8 @@ class RouteInfo:
     kv_transport: str = "local"
     kv_bytes: int = 0
     kv_transfer_ms: float = 0.0
+    migrations: int = 0
+    """Times the request moved to another worker after its stream broke."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class FrontendMetrics(Protocol):
 
     def failed(self, model: str, code: str) -> None: ...
 
-    def prefill_failed(self, worker: str) -> None: ...
+    def moved(self, worker: str, kind: str) -> None: ...
 
 
 class Frontend:
@@ -131,7 +133,11 @@ class Frontend:
             for i, w in enumerate(ws)
         )
         self.dispatcher = Dispatcher(
-            self.pool, self.clients, config.pd, metrics.prefill_failed if metrics else None
+            self.pool,
+            self.clients,
+            config.pd,
+            config.gateway.max_migrations,
+            metrics.moved if metrics else None,
         )
         self.count_tokens = count_tokens
         self.default_model = config.models[0].name
@@ -169,7 +175,13 @@ class Frontend:
         if self.probe is None or explicit or not req.prompt:
             model = req.model if req.model not in ("", "auto") else self.default_model
             return RouteInfo(model=model, strategy=strategy or "none", reason="override")
-        probe = await self.classify(req.prompt)
+        try:
+            probe = await self.classify(req.prompt)
+        except WorkerUnavailableError as exc:  # dead, restarting or timed out: serve anyway
+            log.warning("probe.unavailable", error=str(exc))
+            policy = self.router.policy
+            model = req.model if req.model not in ("", "auto") else policy.large_model
+            return RouteInfo(model=model, strategy=strategy or "none", reason="probe_unavailable")
         d = self.router.route(probe, self.loads(), req.model, strategy)
         return RouteInfo(
             model=d.model,
@@ -231,6 +243,8 @@ class Frontend:
                 prefill: dict[str, float] = {}
                 self.last_status = await self.status(gw.status_timeout_ms / 1000.0)
                 for s in self.last_status:
+                    if self.pool.set_alive(s.name, s.alive):
+                        log.warning("worker.alive" if s.alive else "worker.lost", worker=s.name)
                     if s.alive:
                         delays[s.model] = min(
                             delays.get(s.model, s.queue_delay_ms), s.queue_delay_ms
@@ -256,29 +270,36 @@ class Frontend:
         arrival = time.monotonic()
         rid = req.request_id or uuid.uuid4().hex
         timeout_s = timeout_s or self.config.gateway.request_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout_s
         structlog.contextvars.bind_contextvars(request_id=rid)
         self.in_flight += 1
         final_sent = False
         try:
-            async with asyncio.timeout(timeout_s):  # covers probe, queueing and decoding
+            # NOTE: each await is bounded by the deadline, never a scope around a `yield`: a
+            # timeout that fires while the consumer holds the chunk would cancel the consumer.
+            async with asyncio.timeout_at(deadline):
                 route = await self.route(req)
-                model = route.model
-                self.traffic.arrived(time.monotonic(), route.intent)
-                if self.metrics is not None:
-                    self.metrics.routed(route)
-                sampling = replace(req.sampling, strategy=route.strategy)
-                self._awaiting_first[route.model] += 1
-                awaiting = True
-                try:
-                    async for chunk in self._stream(rid, req, sampling, route, arrival):
+            model = route.model
+            self.traffic.arrived(time.monotonic(), route.intent)
+            if self.metrics is not None:
+                self.metrics.routed(route)
+            sampling = replace(req.sampling, strategy=route.strategy)
+            self._awaiting_first[route.model] += 1
+            awaiting = True
+            stream = self._stream(rid, req, sampling, route, arrival)
+            try:
+                async with aclosing(stream):
+                    while not final_sent:
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await anext(stream)
                         if awaiting and (chunk.output.token_ids or chunk.final):
                             awaiting = False
                             self._awaiting_first[route.model] -= 1
                         final_sent = chunk.final
                         yield chunk
-                finally:
-                    if awaiting:
-                        self._awaiting_first[route.model] -= 1
+            finally:
+                if awaiting:
+                    self._awaiting_first[route.model] -= 1
         except TimeoutError as exc:
             self.record_failure(model, DeadlineExceededError.status)
             raise DeadlineExceededError(f"deadline of {timeout_s:.3f} s exceeded") from exc
@@ -308,20 +329,15 @@ class Frontend:
         route: RouteInfo,
         arrival: float,
     ) -> AsyncIterator[Chunk]:
-        """Follow the request through its workers; prove its offsets contiguous; time it."""
+        """Follow the request through its workers (which prove its offsets contiguous and
+        move it off a broken worker); time it."""
         first_token: float | None = None
-        expected = 0
         ids = list(req.prompt_token_ids)
         n_prompt = len(ids) if ids else self.count_tokens(route.model, req.prompt)
         outputs = self.dispatcher.run(rid, route.model, req.prompt, ids, n_prompt, sampling)
         async with aclosing(outputs):  # releases its worker loads when this block ends
             async for out, hop in outputs:
                 now = time.monotonic()
-                if out.offset != expected:
-                    raise WorkerUnavailableError(
-                        f"stream of {rid} broke: chunk at token {out.offset}, expected {expected}"
-                    )
-                expected += len(out.token_ids)
                 if first_token is None and out.token_ids:
                     first_token = now
                 if not out.finished:
@@ -329,7 +345,6 @@ class Frontend:
                     continue
                 yield self._final(rid, out, hop, route, arrival, first_token or now, now)
                 return
-        raise WorkerUnavailableError(f"the stream of {rid} ended without its final chunk")
 
     def _final(
         self,
@@ -357,6 +372,7 @@ class Frontend:
             kv_transport=out.kv_transport or "local",
             kv_bytes=out.kv_bytes,
             kv_transfer_ms=out.kv_transfer_ms,
+            migrations=hop.migrations,
         )
         if self.metrics is not None:
             self.metrics.done(

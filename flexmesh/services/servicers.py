@@ -74,6 +74,7 @@ def to_response(chunk: Chunk) -> pb.GenerateResponse:
                 kv_transport=r.kv_transport,
                 kv_bytes=r.kv_bytes,
                 kv_transfer_ms=r.kv_transfer_ms,
+                migrations=r.migrations,
             )
         )
     return msg

@@ -79,7 +79,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., probe_ms: _Optional[float] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("model", "worker", "intent", "confidence", "strategy", "probe_ms", "draft_tokens_accepted", "draft_tokens_proposed", "prefill_worker", "kv_transport", "kv_bytes", "kv_transfer_ms")
+    __slots__ = ("model", "worker", "intent", "confidence", "strategy", "probe_ms", "draft_tokens_accepted", "draft_tokens_proposed", "prefill_worker", "kv_transport", "kv_bytes", "kv_transfer_ms", "migrations")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     INTENT_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class Route(_message.Message):
     KV_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
     model: str
     worker: str
     intent: str
@@ -104,7 +105,8 @@ class Route(_message.Message):
     kv_transport: str
     kv_bytes: int
     kv_transfer_ms: float
-    def __init__(self, model: _Optional[str] = ..., worker: _Optional[str] = ..., intent: _Optional[str] = ..., confidence: _Optional[float] = ..., strategy: _Optional[str] = ..., probe_ms: _Optional[float] = ..., draft_tokens_accepted: _Optional[int] = ..., draft_tokens_proposed: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., kv_transport: _Optional[str] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_ms: _Optional[float] = ...) -> None: ...
+    migrations: int
+    def __init__(self, model: _Optional[str] = ..., worker: _Optional[str] = ..., intent: _Optional[str] = ..., confidence: _Optional[float] = ..., strategy: _Optional[str] = ..., probe_ms: _Optional[float] = ..., draft_tokens_accepted: _Optional[int] = ..., draft_tokens_proposed: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., kv_transport: _Optional[str] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_ms: _Optional[float] = ..., migrations: _Optional[int] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("prompt",)

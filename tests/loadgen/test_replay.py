@@ -6,7 +6,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from flexmesh.loadgen.plots import plot_controller, plot_status, write_plots
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+
+from flexmesh.loadgen import plots
+from flexmesh.loadgen.plots import ROLE_COLORS, plot_controller, plot_status, write_plots
 from flexmesh.loadgen.records import NOT_SENT, ReplayRequest, RequestRecord
 from flexmesh.loadgen.replay import replay
 from flexmesh.loadgen.report import phase_summaries, summarize, write_reports
@@ -96,7 +102,27 @@ def test_plots_without_data(tmp_path: Path) -> None:
     assert plot_controller([], [], tmp_path / "c.png").stat().st_size > 5_000
 
 
-def test_controller_plot_draws_roles_budgets_and_thresholds(tmp_path: Path) -> None:
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """The figures the plot functions save, to read back what they drew."""
+    figures: list[Figure] = []
+    save = plots._save
+
+    def keep(fig: Figure, path: str | Path) -> Path:
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def _steps(ax: Axes) -> dict[str, list[float]]:
+    """Each labelled line's y values, one per sample (a step line repeats none here)."""
+    return {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+
+
+def test_controller_plot_draws_roles_budgets_and_thresholds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def sample(t: float, role: str, budget: int, spill: float, code: str) -> dict[str, object]:
         worker = {"name": "w1", "role": role, "prefill_budget_tokens": budget,
                   "max_batched_tokens": 512}  # fmt: skip
@@ -104,10 +130,34 @@ def test_controller_plot_draws_roles_budgets_and_thresholds(tmp_path: Path) -> N
                   "return_queue_ms": spill / 5, "strategies": {"code": code}}  # fmt: skip
         return {"t_s": t, "workers": [worker], "policy": policy}
 
+    figures = _drawn(monkeypatch)
     samples = [sample(0, "decode", 512, 500, "pld"), sample(1, "mixed", 256, 250, "none")]
-    empty = plot_controller([], [], tmp_path / "empty.png").stat().st_size
-    drawn = plot_controller([], samples, tmp_path / "c.png", 3000, 150).stat().st_size
-    assert drawn > empty, "the role bars, budget steps and threshold lines add ink"
+    plot_controller([], samples, tmp_path / "c.png", 3000, 150)
+    _, _, roles, budget, thresholds, ms = figures[0].axes
+    bars = [to_hex(c.get_facecolor()[0]) for c in roles.collections]
+    assert bars == [to_hex(ROLE_COLORS["decode"]), to_hex(ROLE_COLORS["mixed"])]
+    assert _steps(budget) == {"w1": [512, 256]}
+    assert _steps(thresholds) == {"confidence threshold": [0.3, 0.3]}
+    assert _steps(ms) == {"spill_queue_ms": [500, 250], "return_queue_ms": [100, 50]}
+    assert [a.get_text() for a in thresholds.texts] == ["code: none"]  # the strategy change
+
+
+def test_status_plot_draws_each_workers_queue_and_running_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figures = _drawn(monkeypatch)
+    samples = [
+        {
+            "t_s": t,
+            "in_flight": q + r,
+            "workers": [{"name": "w0", "queue_length": q, "running_requests": r}],
+        }
+        for t, q, r in ((0.0, 0, 1), (0.5, 3, 2), (1.0, 1, 4))
+    ]
+    plot_status(samples, tmp_path / "s.png")
+    queue, running = figures[0].axes
+    assert _steps(queue) == {"w0": [0, 3, 1], "gateway in flight": [1, 5, 5]}
+    assert _steps(running) == {"w0": [1, 2, 4]}
 
 
 def test_phase_summaries_split_requests_by_arrival_and_count_slo_hits() -> None:

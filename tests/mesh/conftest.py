@@ -19,9 +19,10 @@ def mesh(models_dir: Path) -> Iterator[Mesh]:
     cfg = load_mesh_config(REPO / "deploy" / "configs" / "demo.yaml")
     # 0.9 CPU a worker (still one torch thread): Ray keeps room for the prefill/decode mesh.
     models = tuple(replace(m, num_cpus=0.9) for m in cfg.models)
-    cfg = replace(
-        cfg, models=models, models_dir=str(models_dir), gateway=replace(cfg.gateway, port=0)
-    )
+    # One worker a model: nothing to migrate to, so the worker-death test is the case of
+    # migration disabled.
+    gateway = replace(cfg.gateway, port=0, max_migrations=0)
+    cfg = replace(cfg, models=models, models_dir=str(models_dir), gateway=gateway)
     m = start_mesh(cfg, log_to_driver=False)
     yield m
     m.shutdown()

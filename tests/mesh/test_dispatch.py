@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec, PDConfig
-from flexmesh.meshcore.errors import WorkerUnavailableError
+from flexmesh.meshcore.errors import WorkerLostError, WorkerUnavailableError
 from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
@@ -21,11 +21,13 @@ TOKENS = 5
 
 
 class PDWorker:
-    """Hands off after one token when asked; decodes to `TOKENS` tokens; can misbehave."""
+    """Hands off after one token when asked; decodes to `TOKENS` tokens; can misbehave:
+    `dies` at once, `dies_mid_stream` after two tokens, leaves a `gap`, `truncates`."""
 
     def __init__(self, name: str, fault: str = "") -> None:
         self.name, self.model, self.fault = name, "m", fault
         self.calls: list[tuple[object, ...]] = []
+        self.states: list[RequestState] = []
         self.role = ""
 
     async def stream(
@@ -50,11 +52,14 @@ class PDWorker:
         self, state: RequestState, src: str = "", src_rank: int = -1
     ) -> AsyncIterator[RequestOutput]:
         self.calls.append(("resume", src, src_rank))
-        async for out in self._decode(state.request_id, state.sent_tokens, "gloo"):
+        self.states.append(state)
+        async for out in self._decode(state.request_id, state.sent_tokens, "gloo" if src else ""):
             yield out
 
     async def _decode(self, rid: str, start: int, transport: str) -> AsyncIterator[RequestOutput]:
         for i in range(start, TOKENS - 1):
+            if self.fault == "dies_mid_stream" and i == 2:
+                raise WorkerLostError(f"worker {self.name} died")
             if self.fault == "gap" and i == 2:
                 continue
             yield RequestOutput(rid, (i,), "t", offset=i)
@@ -81,10 +86,12 @@ class PDWorker:
         self.role = role
 
 
-def _frontend(p: PDWorker, d: PDWorker, fallback: str = "recompute") -> Frontend:
+def _frontend(
+    p: PDWorker, d: PDWorker, fallback: str = "recompute", max_migrations: int = 2
+) -> Frontend:
     cfg = MeshConfig(
         models=(ModelSpec(name="m", num_workers=2, roles=("prefill", "decode")),),
-        gateway=GatewayConfig(port=0),
+        gateway=GatewayConfig(port=0, max_migrations=max_migrations),
         pd=PDConfig(min_prompt_tokens=8, fallback=fallback),
     )
     return Frontend(cfg, {"m": [p, d]})
@@ -126,20 +133,56 @@ async def test_dead_prefill_worker_falls_back_to_the_decode_worker() -> None:
     p, d = PDWorker("p", fault="dies"), PDWorker("d")
     frontend = _frontend(p, d)
     chunks = await _run(frontend)
-    assert _tokens(chunks) == list(range(TOKENS)) and frontend.dispatcher.fallbacks == 1
+    assert _tokens(chunks) == list(range(TOKENS))
+    assert frontend.dispatcher.moves == {"prefill_fallback": 1, "migration": 0}
     assert d.calls == [("stream", False)]
     with pytest.raises(WorkerUnavailableError, match="died"):
         await _run(_frontend(PDWorker("p", fault="dies"), PDWorker("d"), fallback="fail"))
 
 
-@pytest.mark.parametrize(("fault", "match"), [("gap", "broke"), ("truncates", "final chunk")])
-async def test_lost_or_truncated_streams_fail_instead_of_ending_ok(fault: str, match: str) -> None:
+@pytest.mark.parametrize("fault", ["dies_mid_stream", "gap", "truncates"])
+@pytest.mark.parametrize("prompt", [LONG, "hi"], ids=["handed-off", "local"])
+async def test_a_broken_decode_stream_migrates_and_the_client_sees_one_stream(
+    fault: str, prompt: str
+) -> None:
+    p, d = PDWorker("p"), PDWorker("d", fault=fault)
+    frontend = _frontend(p, d)
+    chunks = await _run(frontend, prompt)
+    assert _tokens(chunks) == list(range(TOKENS))  # no token lost, none repeated
+    route = chunks[-1].route
+    assert route is not None and (route.worker, route.migrations) == ("p", 1)
+    assert frontend.dispatcher.moves == {"prefill_fallback": 0, "migration": 1}
+    (state,) = p.states  # p recomputes from what the client already had
+    sent = 4 if fault == "truncates" else 2  # the gap's chunk is refused, not forwarded
+    assert state.output_token_ids == tuple(range(sent))
+    assert state.sent_tokens == state.sent_text_chars == sent
+    handed_off = ("", (9,) * 20)  # the ids came with the hand-off: no text to tokenize again
+    assert (state.prompt, state.prompt_token_ids) == (handed_off if prompt == LONG else ("hi", ()))
+    assert frontend.pool.entries["d"].alive == (fault != "dies_mid_stream")  # only death is
+    assert all(e.prefilling == e.decoding == 0 for e in frontend.pool.entries.values())
+
+
+@pytest.mark.parametrize(
+    ("fault", "match"), [("dies_mid_stream", "died"), ("gap", "broke"), ("truncates", "final")]
+)
+async def test_without_migration_a_broken_stream_fails_unavailable(fault: str, match: str) -> None:
     with pytest.raises(WorkerUnavailableError, match=match):
-        await _run(_frontend(PDWorker("p"), PDWorker("d", fault=fault)))
+        await _run(_frontend(PDWorker("p"), PDWorker("d", fault=fault), max_migrations=0))
+
+
+async def test_with_no_live_worker_left_a_broken_stream_fails_unavailable() -> None:
+    p, d = PDWorker("p", fault="dies_mid_stream"), PDWorker("d", fault="dies_mid_stream")
+    frontend = _frontend(p, d)
+    with pytest.raises(WorkerUnavailableError, match="no live worker left"):
+        await _run(frontend)  # d dies mid-stream, then p, where the request moved
+    assert [e.alive for e in frontend.pool.entries.values()] == [False, False]
+    with pytest.raises(WorkerUnavailableError, match="no live worker"):
+        await _run(frontend)  # nothing is sent to dead workers
+    assert p.calls == [("stream", True), ("resume", "", -1)]
 
 
 async def test_loads_return_to_zero_after_success_and_failure() -> None:
-    frontend = _frontend(PDWorker("p"), PDWorker("d", fault="truncates"))
+    frontend = _frontend(PDWorker("p"), PDWorker("d", fault="truncates"), max_migrations=0)
     with pytest.raises(WorkerUnavailableError):
         await _run(frontend)
     frontend.dispatcher.clients["d"] = PDWorker("d")

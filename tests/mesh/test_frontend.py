@@ -21,7 +21,8 @@ from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 
 
 class FakeWorker:
-    """Streams a token, then the last one on `release` (or both then); remembers aborts."""
+    """Streams a token, then the last one on `release` (or both then); remembers which of its
+    streams were cancelled (the real client's cleanup is tested in test_worker_client.py)."""
 
     def __init__(
         self, name: str, model: str, fail: bool = False, first_token_waits: bool = False
@@ -29,7 +30,7 @@ class FakeWorker:
         self.name, self.model, self.fail = name, model, fail
         self.first_token_waits = first_token_waits
         self.release = asyncio.Event()
-        self.aborted: list[str] = []
+        self.cancelled: list[str] = []
 
     async def stream(
         self,
@@ -56,7 +57,7 @@ class FakeWorker:
                 completion_tokens=2,
             )
         except asyncio.CancelledError:
-            self.aborted.append(request_id)
+            self.cancelled.append(request_id)
             raise
 
     def resume(
@@ -65,7 +66,7 @@ class FakeWorker:
         raise NotImplementedError
 
     async def abort(self, request_id: str) -> None:
-        self.aborted.append(request_id)
+        raise AssertionError("the frontend cancels streams; aborting is the client's job")
 
     async def set_role(self, role: str) -> None:
         pass
@@ -98,8 +99,8 @@ class RecordingMetrics:
     def failed(self, model: str, code: str) -> None:
         self.codes.append((model, code))
 
-    def prefill_failed(self, worker: str) -> None:
-        self.codes.append((worker, "PREFILL_FAILED"))
+    def moved(self, worker: str, kind: str) -> None:
+        self.codes.append((worker, kind))
 
 
 Gateway = tuple[pb_grpc.GenerationStub, dict[str, FakeWorker], RecordingMetrics]
@@ -158,10 +159,10 @@ async def test_client_cancel_reaches_the_worker(
         break
     call.cancel()
     for _ in range(50):
-        if "r-cancel" in workers["ok"].aborted:
+        if "r-cancel" in workers["ok"].cancelled:
             break
         await asyncio.sleep(0.05)
-    assert "r-cancel" in workers["ok"].aborted
+    assert "r-cancel" in workers["ok"].cancelled
 
 
 async def test_every_outcome_is_counted_by_status_code(gateway: Gateway) -> None:
@@ -271,3 +272,25 @@ async def test_policy_pins_the_operator_set_hold_against_the_controller_until_un
     finally:
         await server.stop(None)
         frontend.stop()
+
+
+class DownProbe:
+    """A probe that is dead or restarting."""
+
+    async def classify(self, prompt: str, long_context_tokens: int | None = None) -> ProbeResult:
+        raise WorkerUnavailableError("probe is unavailable: restarting")
+
+
+async def test_a_probe_that_is_down_sends_requests_to_the_large_model() -> None:
+    cfg = MeshConfig(models=(ModelSpec(name="demo-large"), ModelSpec(name="demo-small")))
+    workers = {
+        "demo-large": [FakeWorker("L", "demo-large")],
+        "demo-small": [FakeWorker("S", "demo-small")],
+    }
+    workers["demo-large"][0].release.set()
+    frontend = Frontend(cfg, workers, DownProbe())
+    chunks = [c async for c in frontend.generate(GenerationInput("hi", (), SamplingParams()))]
+    route = chunks[-1].route
+    assert route is not None and (route.model, route.reason) == ("demo-large", "probe_unavailable")
+    chosen = GenerationInput("hi", (), SamplingParams(), model="demo-small")
+    assert (await frontend.route(chosen)).model == "demo-small"  # the caller's choice holds

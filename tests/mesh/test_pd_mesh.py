@@ -83,6 +83,17 @@ async def _all_free(admin: pb_grpc.AdminStub, timeout_s: float = 10.0) -> dict[s
         await asyncio.sleep(0.1)
 
 
+async def _all_alive(admin: pb_grpc.AdminStub, timeout_s: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        st = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
+        if all(w.alive for w in st.workers):
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"workers not alive after {timeout_s} s")
+
+
 async def test_disaggregated_greedy_equals_hugging_face(stubs: Stubs, models_dir: Path) -> None:
     stub, admin = stubs
     prompts = _ids(models_dir)
@@ -210,3 +221,36 @@ async def test_prefill_worker_killed_mid_prefill_falls_back_within_the_bound(
     assert asyncio.get_running_loop().time() - t0 < 15
     used = await _all_free(admin, timeout_s=30)
     assert used.get(D) == 0
+
+
+async def test_decode_worker_killed_mid_stream_migrates_with_the_same_greedy_tokens(
+    stubs: Stubs, pd_mesh: Mesh, models_dir: Path
+) -> None:
+    stub, admin = stubs
+    ids, new_tokens = _ids(models_dir)[6], 160
+    await _all_alive(admin)  # the prefill worker killed by the test before has restarted
+    req = pb.GenerateRequest(
+        prompt_token_ids=ids, max_tokens=new_tokens, model=MODEL, ignore_eos=True
+    )
+    tokens: list[int] = []
+    gaps, final, killed = 0, None, False
+    async for msg in stub.Generate(req, timeout=60):
+        gaps += msg.offset != len(tokens)
+        tokens += msg.token_ids
+        if msg.finish_reason:
+            final = msg
+        elif len(tokens) > 1 and not killed:
+            ray.kill(pd_mesh.actors[D], no_restart=False)  # mid-stream; Ray restarts it
+            killed = True
+    assert final is not None and gaps == 0
+    assert (final.route.worker, final.route.migrations) == (P, 1)
+    assert tokens == hf_greedy(str(models_dir / MODEL), tuple(ids), new_tokens)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:  # the restarted worker rejoins the pool once it reports again
+        res = await _generate(stub, ids)
+        if res.final.route.worker == D or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert res.final.route.worker == D
+    assert await _all_free(admin) == {P: 0, D: 0}

@@ -66,6 +66,29 @@ def test_changes_that_leave_a_model_without_prefill_or_decode_are_refused() -> N
     assert not any(e.draining for e in pool.entries.values())
 
 
-def test_a_model_with_no_capable_worker_is_unavailable() -> None:
-    with pytest.raises(WorkerUnavailableError):
-        _pool("prefill").place("m", 10, 0)
+def test_dead_workers_take_nothing_until_they_report_again() -> None:
+    pool = _pool("mixed", "mixed")
+    assert pool.set_alive("w0", False) and not pool.set_alive("w0", False)
+    assert {pool.place("m", 500, 0).decode.name for _ in range(4)} == {"w1"}
+    assert pool.set_alive("w0", True)
+    assert {pool.place("m", 500, 0).decode.name for _ in range(4)} == {"w0", "w1"}
+
+
+def test_a_pool_that_lost_every_worker_of_one_kind_serves_on_the_other() -> None:
+    pool = _pool("prefill", "decode")
+    pool.set_alive("w1", False)
+    p = pool.place("m", 500, 0)
+    assert p.prefill is None and p.decode.name == "w0"  # degraded: the prefill worker decodes
+    pool.set_alive("w0", False)
+    with pytest.raises(WorkerUnavailableError, match="no live worker"):
+        pool.place("m", 500, 0)
+
+
+def test_rescue_prefers_a_live_decoder_and_excludes_the_broken() -> None:
+    pool = _pool("prefill", "decode", "decode", "mixed")
+    pool.entries["w2"].decoding = 4
+    assert pool.rescue("m", {"w1"}).name == "w3"  # decode-capable, least busy
+    assert pool.rescue("m", {"w1", "w2", "w3"}).name == "w0"  # any role rather than none
+    pool.set_alive("w0", False)
+    with pytest.raises(WorkerUnavailableError, match="no live worker left"):
+        pool.rescue("m", {"w1", "w2", "w3"})

@@ -4,6 +4,10 @@ Only the loop thread touches the engine: it also builds it. Callers post operati
 abort, any callable) into an inbox and await their futures, so the event loop never blocks on a
 model step, and the engine never sees two threads at once.
 
+If the loop itself dies (anything outside a model step, which fails only its requests), the
+actor's process exits: Ray restarts the worker and every caller gets the actor's death at once
+(the gateway migrates its requests), instead of waiting on a thread that is gone.
+
 NOTE: torch's OpenMP pool belongs to the thread that first runs an op. Loading the model on
 one thread and stepping on another leaves two pools spinning on two cores, which cost a third
 of decode speed here (43 vs 65 tokens/s); building the engine on the loop thread avoids it.
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +42,11 @@ Stream = asyncio.Queue[StreamItem]
 class AsyncEngine:
     """Runs `Engine.step()` in a thread while requests are pending; idles otherwise."""
 
-    def __init__(self, build: Callable[[], Engine]) -> None:
+    def __init__(
+        self, build: Callable[[], Engine], on_death: Callable[[], None] | None = None
+    ) -> None:
+        """`on_death` runs when the loop thread dies (default: exit the process)."""
+        self._on_death = on_death or _exit_process
         self._inbox: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
         self._inbox = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, Stream]] = {}
@@ -122,6 +132,13 @@ class AsyncEngine:
             built.set_exception(exc)
             return
         built.set_result(self.engine)
+        try:
+            self._loop()
+        except BaseException:
+            log.exception("engine.thread.died")
+            self._on_death()
+
+    def _loop(self) -> None:
         while not self._stopped:
             self._drain_inbox()
             for rid in self.engine.expire():
@@ -135,7 +152,8 @@ class AsyncEngine:
             try:
                 outputs = self.engine.step()
             except Exception:
-                log.exception("engine.step.failed")
+                held = sorted(self.engine.scheduler.requests)
+                log.exception("engine.step.failed", request_ids=held)
                 self._fail_all()
                 continue
             self._deliver(outputs)
@@ -164,6 +182,13 @@ class AsyncEngine:
                 for rid, (loop, q) in streams.items()
             ]
         )
+
+
+def _exit_process() -> None:
+    """End the actor's process so that Ray restarts it (a clean exit would not be restarted)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(70)
 
 
 def _post(items: list[tuple[asyncio.AbstractEventLoop, Stream, StreamItem]]) -> None:

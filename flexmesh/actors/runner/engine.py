@@ -108,10 +108,8 @@ class Engine:
         if prompt_token_ids:
             ids = [int(t) for t in prompt_token_ids]
             self._check_vocabulary("prompt_token_ids", ids)
-        elif prompt:
-            ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         else:
-            raise InvalidRequestError("prompt", "is empty")
+            ids = self._encode(prompt)
         rid = request_id or f"req-{next(self._ids)}"
         request = Request(rid, ids, sampling, self.eos_token_ids, hand_off=hand_off)
         self.scheduler.add(request)
@@ -119,6 +117,11 @@ class Engine:
             request, IncrementalDetokenizer(self.tokenizer, sampling.stop)
         )
         return rid
+
+    def _encode(self, prompt: str | None) -> list[int]:
+        if not prompt:
+            raise InvalidRequestError("prompt", "is empty")
+        return list(self.tokenizer.encode(prompt, add_special_tokens=False))
 
     def _check_vocabulary(self, field: str, ids: Sequence[int]) -> None:
         vocab = self.runner.model.vocab_size
@@ -134,9 +137,10 @@ class Engine:
         the request recomputes its tokens here and the list is empty.
         """
         now = time.monotonic()
+        prompt_ids = list(state.prompt_token_ids) or self._encode(state.prompt)
         request = Request(
             state.request_id,
-            list(state.prompt_token_ids),
+            prompt_ids,
             state.sampling,
             self.eos_token_ids,
             arrival_time=now,
