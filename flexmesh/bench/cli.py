@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from flexmesh.bench.engine_bench import BENCH_PROMPTS, BenchSettings, run_engine_bench
+from flexmesh.channel import open_channel
 
 BENCH_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "configs" / "bench-large.yaml"
 
 
 async def _grpc_tok_s(address: str, s: BenchSettings, concurrency: int) -> float:
-    import grpc
 
     from flexmesh.services.client import stream_generate
     from flexmesh.v1 import flexmesh_pb2 as pb
@@ -28,7 +28,7 @@ async def _grpc_tok_s(address: str, s: BenchSettings, concurrency: int) -> float
         prompt = BENCH_PROMPTS[i % len(BENCH_PROMPTS)]
         return pb.GenerateRequest(prompt=prompt, max_tokens=n, ignore_eos=True, model="demo-large")
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address) as channel:
         stub = pb_grpc.GenerationStub(channel)
         await stream_generate(stub, req(0, 4))  # warm-up
         t0 = time.perf_counter()

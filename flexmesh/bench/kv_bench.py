@@ -24,6 +24,7 @@ import torch
 
 from flexmesh.actors.kv import KVGroup
 from flexmesh.bench.serving import progress
+from flexmesh.channel import open_channel
 
 TRANSPORTS = ("collective", "object_store")
 """Transports that run on this machine (NCCL and HCCL need their devices)."""
@@ -136,14 +137,13 @@ def _raw_ms(transport: str, sizes: list[int], repeats: int) -> dict[int, float]:
 
 
 async def _handoffs(address: str, model: str, lengths: list[int], repeats: int) -> dict[int, Any]:
-    import grpc
 
     from flexmesh.services.client import stream_generate
     from flexmesh.v1 import flexmesh_pb2 as pb
     from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 
     out: dict[int, Any] = {}
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address) as channel:
         stub = pb_grpc.GenerationStub(channel)
         for n in lengths:
             runs = []

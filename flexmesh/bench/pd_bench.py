@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flexmesh.bench.serving import each_mesh, progress, report_line
+from flexmesh.channel import open_channel
 from flexmesh.loadgen.cli import add_replay_arguments, run_replay
 
 PD_PRESET = ("pd-colocated", "pd-disaggregated", "pd-dynamic")
@@ -100,14 +101,13 @@ def phase_goodput_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 async def idle_ttft_ms(address: str, model: str, n: int) -> dict[str, Any]:
     """Median TTFT (client side) of `n` sequential 512-token prompts, and how they ran."""
-    import grpc
 
     from flexmesh.services.client import stream_generate
     from flexmesh.v1 import flexmesh_pb2 as pb
     from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 
     ttfts, transports = [], set()
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address) as channel:
         stub = pb_grpc.GenerationStub(channel)
         for i in range(n + 1):  # the first warms up
             ids = [(11 * j + i) % 5000 + 10 for j in range(IDLE_PROMPT_TOKENS)]

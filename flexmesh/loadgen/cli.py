@@ -110,7 +110,7 @@ def load_tokenizer(path: str) -> Tokenizer:
     # Source documents are counted whole before they are cut to a trace's length: lift the
     # model's context as the tokenizer's limit, or transformers warns about every long one.
     tok: Tokenizer = AutoTokenizer.from_pretrained(
-        path, local_files_only=True, model_max_length=1 << 30
+        path, local_files_only=True, trust_remote_code=False, model_max_length=1 << 30
     )
     return tok
 

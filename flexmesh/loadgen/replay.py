@@ -20,6 +20,7 @@ import grpc
 import structlog
 from tqdm import tqdm
 
+from flexmesh.channel import open_channel
 from flexmesh.loadgen.records import NOT_SENT, OK, ReplayRequest, RequestRecord
 from flexmesh.loadgen.status import StatusSampler
 from flexmesh.v1 import flexmesh_pb2, flexmesh_pb2_grpc
@@ -220,7 +221,7 @@ async def replay(
     if len({r.index for r in requests}) != len(requests):
         raise ValueError("requests: indices must be unique (records are keyed by index)")
     own_channel = channel is None
-    chan = channel or grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    chan = channel or open_channel(target, options=_CHANNEL_OPTIONS)
     ordered = sorted(requests, key=lambda r: (r.arrival_s, r.index))
     options = {"model": model, "strategy": strategy, "temperature": temperature}
     bar = tqdm(total=len(ordered), desc="replay", unit="req", disable=not progress)

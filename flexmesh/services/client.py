@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from flexmesh.channel import open_channel
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 
@@ -66,7 +67,7 @@ def request_from_args(args: argparse.Namespace) -> pb.GenerateRequest:
 
 
 async def generate_cli(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with open_channel(args.target) as channel:
         stub = pb_grpc.GenerationStub(channel)
         try:
             final = None
@@ -88,7 +89,7 @@ async def generate_cli(args: argparse.Namespace) -> int:
 
 
 async def fetch_status(target: str, timeout_s: float = 10.0) -> pb.GetStatusResponse:
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target) as channel:
         return await pb_grpc.AdminStub(channel).GetStatus(pb.GetStatusRequest(), timeout=timeout_s)
 
 
@@ -156,7 +157,7 @@ async def status_cli(args: argparse.Namespace) -> int:
 
 async def workers_cli(args: argparse.Namespace) -> int:
     """`flexmesh workers role W ROLE | drain W [--resume] | unpin W`."""
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with open_channel(args.target) as channel:
         stub = pb_grpc.AdminStub(channel)
         try:
             if args.workers_command == "role":
@@ -177,7 +178,7 @@ async def workers_cli(args: argparse.Namespace) -> int:
 
 
 async def classify_cli(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with open_channel(args.target) as channel:
         stub = pb_grpc.GenerationStub(channel)
         try:
             r = await stub.Classify(pb.ClassifyRequest(prompt=args.prompt), timeout=30)
@@ -212,7 +213,7 @@ def _parse_route(spec: str) -> pb.IntentRoute:
 
 
 async def policy_cli(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with open_channel(args.target) as channel:
         stub = pb_grpc.AdminStub(channel)
         try:
             if args.policy_command == "get":

@@ -315,9 +315,10 @@ class Frontend:
             structlog.contextvars.unbind_contextvars("request_id")
 
     def record_failure(self, model: str, code: str) -> None:
-        """Count a request that ended with status `code` (not OK) in the metrics."""
+        """Count a request that ended with status `code` (not OK) in the metrics; a model
+        name the mesh does not serve counts as "unknown" (never the caller's text as a tag)."""
         if self.metrics is not None:
-            self.metrics.failed(model, code)
+            self.metrics.failed(model if model in (*self.workers, "auto") else "unknown", code)
         if code in SLO_MISSES and model in self.workers:
             self.traffic.ended(time.monotonic(), model, met_slo=False)
 

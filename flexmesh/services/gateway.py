@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.meshcore.controller import Action, Snapshot, policy_changes
 from flexmesh.meshcore.errors import FlexMeshError
+from flexmesh.services.auth import AdminTokenInterceptor
 from flexmesh.services.errors import ErrorInterceptor
 from flexmesh.services.frontend import Frontend, estimate_tokens
 from flexmesh.services.servicers import AdminServicer, GenerationServicer
@@ -29,17 +31,31 @@ SERVICE_NAMES = (
 
 
 async def serve_frontend(frontend: Frontend, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Start a gRPC server over `frontend`; return it and the bound port."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    """Start a gRPC server over `frontend`; return it and the bound port. Message sizes, the
+    Admin token and TLS come from `frontend.config.gateway`."""
+    gw = frontend.config.gateway
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if gw.admin_token:
+        interceptors.insert(0, AdminTokenInterceptor(gw.admin_token))
+    sizes = [
+        ("grpc.max_receive_message_length", gw.max_message_bytes),
+        ("grpc.max_send_message_length", gw.max_message_bytes),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=sizes)
     pb_grpc.add_GenerationServicer_to_server(GenerationServicer(frontend), server)
     pb_grpc.add_AdminServicer_to_server(AdminServicer(frontend), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if gw.tls_cert_file:
+        key, cert = Path(gw.tls_key_file).read_bytes(), Path(gw.tls_cert_file).read_bytes()
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
-        raise RuntimeError(f"cannot bind gRPC server to {host}:{port}")
+        raise RuntimeError(f"cannot bind gRPC server to {address}")
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -132,7 +148,9 @@ def _token_counter(
 
     paths = model_paths or {}
     tokenizers = {
-        model: AutoTokenizer.from_pretrained(paths[model])
+        model: AutoTokenizer.from_pretrained(
+            paths[model], trust_remote_code=False, local_files_only=True
+        )
         for model, names in worker_names.items()
         if len(names) > 1 and model in paths
     }

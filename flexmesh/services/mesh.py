@@ -121,7 +121,11 @@ def start_mesh(
     dashboard: bool = False,
     log_to_driver: bool = True,
 ) -> Mesh:
-    """Start workers and the gateway; returns once gRPC is serving."""
+    """Start workers and the gateway; returns once gRPC is serving. The FLEXMESH_ADMIN_TOKEN
+    environment variable sets the Admin token when the config holds none."""
+    token = os.environ.get("FLEXMESH_ADMIN_TOKEN", "")
+    if token and not config.gateway.admin_token:
+        config = replace(config, gateway=replace(config.gateway, admin_token=token))
     paths = resolve_model_paths(config)
     owns_ray = init_ray(address, dashboard, config.namespace, log_to_driver)
     actors: dict[str, Any] = {}

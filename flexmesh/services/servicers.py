@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from flexmesh.meshcore.config import GatewayConfig
 from flexmesh.meshcore.errors import FlexMeshError, InvalidRequestError
 from flexmesh.meshcore.messages import WorkerStatus
 from flexmesh.meshcore.routing import RoutingConfig
@@ -20,12 +21,33 @@ from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 DEFAULT_MAX_TOKENS = 64
 
 
-def to_input(req: pb.GenerateRequest) -> GenerationInput:
+MAX_REQUEST_ID_CHARS = 128
+
+
+def check_prompt(prompt: str, gw: GatewayConfig) -> None:
+    """A prompt text within `gateway.max_prompt_bytes`."""
+    size = len(prompt.encode("utf-8", "surrogatepass"))
+    if size > gw.max_prompt_bytes:
+        raise InvalidRequestError(
+            "prompt", f"is {size} bytes; the limit is {gw.max_prompt_bytes} (max_prompt_bytes)"
+        )
+
+
+def to_input(req: pb.GenerateRequest, gw: GatewayConfig) -> GenerationInput:
     """Validate and convert a GenerateRequest; bad fields raise InvalidRequestError by name."""
     if not req.prompt and not req.prompt_token_ids:
         raise InvalidRequestError("prompt", "is empty (set prompt or prompt_token_ids)")
+    check_prompt(req.prompt, gw)
+    if len(req.prompt_token_ids) > gw.max_prompt_tokens:
+        raise InvalidRequestError(
+            "prompt_token_ids",
+            f"holds {len(req.prompt_token_ids)} ids; the limit is {gw.max_prompt_tokens} "
+            "(max_prompt_tokens)",
+        )
     if any(t < 0 for t in req.prompt_token_ids):
         raise InvalidRequestError("prompt_token_ids", "ids must be >= 0")
+    if len(req.request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequestError("request_id", f"is longer than {MAX_REQUEST_ID_CHARS} characters")
     seed = req.seed if req.HasField("seed") else None
     sampling = SamplingParams(
         max_tokens=req.max_tokens if req.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
@@ -90,7 +112,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         remaining = context.time_remaining()
         timeout_s = remaining if remaining is not None and math.isfinite(remaining) else None
         try:
-            inp = to_input(request)
+            inp = to_input(request, self.frontend.config.gateway)
         except FlexMeshError as exc:
             self.frontend.record_failure(request.model or "auto", exc.status)
             raise
@@ -100,6 +122,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
+        check_prompt(request.prompt, self.frontend.config.gateway)
         r = await self.frontend.classify(request.prompt)
         return pb.ClassifyResponse(
             intent=r.intent,

@@ -91,6 +91,9 @@ async def test_deadline_is_honoured_and_frees_blocks(channel: grpc.aio.Channel) 
     assert (await _wait_idle(channel, "demo-large")).kv_blocks_used == 0
 
 
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
 @pytest.mark.parametrize(
     ("fields", "code", "named"),
     [
@@ -107,6 +110,10 @@ async def test_deadline_is_honoured_and_frees_blocks(channel: grpc.aio.Channel) 
         ({"top_p": 0.0}, grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
         ({"top_p": 1.5}, grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
         ({"prompt_token_ids": [7] * 5000}, grpc.StatusCode.INVALID_ARGUMENT, "context"),
+        ({"prompt_token_ids": [7] * (1 << 18 | 1)}, INVALID, "max_prompt_tokens"),
+        ({"prompt": "x" * (1 << 20 | 1)}, grpc.StatusCode.INVALID_ARGUMENT, "max_prompt_bytes"),
+        ({"prompt": "x" * (5 << 20)}, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+        ({"request_id": "r" * 129}, grpc.StatusCode.INVALID_ARGUMENT, "request_id"),
         ({"strategy": "warp"}, grpc.StatusCode.INVALID_ARGUMENT, "strategy"),
         ({"model": "gpt-9"}, grpc.StatusCode.NOT_FOUND, "gpt-9"),
     ],

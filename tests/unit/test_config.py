@@ -33,6 +33,10 @@ def test_validation_names_field_and_value() -> None:
         EngineConfig(block_size_tokens=0)
     with pytest.raises(ValueError, match="models\\[\\].name must be unique"):
         MeshConfig.from_dict({"models": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(ValueError, match="gateway.max_migrations must be >= 0, got -1"):
+        MeshConfig.from_dict({"gateway": {"max_migrations": -1}})
+    with pytest.raises(ValueError, match="gateway.tls_key_file must be set together"):
+        MeshConfig.from_dict({"gateway": {"tls_cert_file": "cert.pem"}})
 
 
 def test_prompt_lookup_proposes_continuation_of_latest_match() -> None:

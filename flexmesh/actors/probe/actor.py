@@ -40,7 +40,12 @@ def make_backend(
         def next_token_logits(token_ids: list[int]) -> Sequence[float]:
             return ray.get(handle.next_token_logits.remote(token_ids), timeout=timeout_s)  # type: ignore[no-any-return]
 
-        return LMProbe(next_token_logits, AutoTokenizer.from_pretrained(small_model_path))
+        return LMProbe(
+            next_token_logits,
+            AutoTokenizer.from_pretrained(
+                small_model_path, trust_remote_code=False, local_files_only=True
+            ),
+        )
     raise ValueError(f"probe.backend must be one of {PROBE_BACKENDS}, got {backend!r}")
 
 

@@ -144,8 +144,10 @@ def lm_probe_from_pretrained(path: str, **kwargs: Any) -> LMProbe:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=False, local_files_only=True
+    ).eval()
 
     def next_token_logits(token_ids: list[int]) -> Sequence[float]:
         with torch.inference_mode():

@@ -55,7 +55,9 @@ def check_architecture(model_path: str | Path) -> None:
     """Refuse an unsupported checkpoint before spending time loading its weights."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(str(model_path))
+    cfg = AutoConfig.from_pretrained(
+        str(model_path), trust_remote_code=False, local_files_only=True
+    )
     arch = (cfg.architectures or ["<none>"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
@@ -78,11 +80,19 @@ class ModelRunner:
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
         hf_logging.disable_progress_bar()
-        hf = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=self.dtype)
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(model_path),
+            dtype=self.dtype,
+            use_safetensors=True,
+            trust_remote_code=False,
+            local_files_only=True,
+        )
         self.model = PagedCausalLM(hf, self.device, self.dtype, config.cpu_packed_weights)
         self.generation_config = hf.generation_config
         del hf
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            str(model_path), trust_remote_code=False, local_files_only=True
+        )
         self.block_size = config.block_size_tokens
         self.num_blocks = config.num_kv_blocks or max(
             1, config.kv_cache_bytes // (self.model.kv_bytes_per_token() * self.block_size)
