@@ -94,4 +94,4 @@ class Controller:
         return actions
 
 
-ControllerActor: Any = ray.remote(num_cpus=0, max_restarts=-1)(Controller)
+ControllerActor: Any = ray.remote(num_cpus=0)(Controller)

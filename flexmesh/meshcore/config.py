@@ -326,8 +326,9 @@ class MeshConfig:
     """Folder holding model folders by name (empty = the user cache folder)."""
     namespace: str = "flexmesh"
     """Ray namespace of every actor."""
-    worker_max_restarts: int = 3
-    """Times Ray restarts a dead worker (its in-flight requests fail with UNAVAILABLE)."""
+    actor_max_restarts: int = -1
+    """Times Ray restarts each of the mesh's actors (workers, probe, gateway, controller) after
+    it dies; -1 = every time. A worker's requests migrate meanwhile, the gateway's are lost."""
 
     def __post_init__(self) -> None:
         _check(len(self.models) > 0, "models", self.models, "non-empty")

@@ -1,7 +1,13 @@
-"""The gateway: a `grpc.aio` server inside a named Ray actor, with health and reflection."""
+"""The gateway: a `grpc.aio` server inside a named Ray actor, with health and reflection.
+
+Ray restarts the gateway when it dies (`actor_max_restarts`). The restarted actor serves again
+on the same port with the policy, pins, roles and drains it had (`actors/state.py`); the
+streams it was carrying are lost (UNAVAILABLE to their clients), the workers free their KV.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flexmesh.actors.client import ProbeClient, WorkerClient, WorkerClientProtocol
+from flexmesh.actors.state import GatewayStateStore, restarted
 from flexmesh.actors.telemetry import GatewayMetrics
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
@@ -90,12 +97,25 @@ class Gateway:
             config, clients, probe, GatewayMetrics(), _token_counter(worker_names, model_paths)
         )
         self.server: grpc.aio.Server | None = None
+        self.store = GatewayStateStore(config.namespace)
+        self._restart: asyncio.Task[int] | None = None
+        if restarted():
+            saved = self.store.load()
+            if "ops" in saved:
+                self.frontend.ops.restore(saved["ops"])
+            # Ray runs an async actor's constructor on its event loop: serve again from here.
+            self._restart = asyncio.get_running_loop().create_task(self.start(saved.get("port")))
+        else:
+            self.store.clear()  # a previous mesh of this namespace left it
+        self.frontend.ops.on_change = lambda state: self.store.save(ops=state)
 
-    async def start(self) -> int:
+    async def start(self, port: int | None = None) -> int:
+        """Serve gRPC on `gateway.port` (or `port`, the one a restarted gateway had)."""
         gw = self.config.gateway
-        self.server, port = await serve_frontend(self.frontend, gw.host, gw.port)
+        self.server, bound = await serve_frontend(self.frontend, gw.host, port or gw.port)
+        self.store.save(port=bound)
         self.frontend.start()
-        return port
+        return bound
 
     async def stop(self) -> None:
         self.frontend.stop()

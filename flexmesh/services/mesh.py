@@ -139,7 +139,7 @@ def start_mesh(
             actors[name] = WorkerActor.options(
                 name=name,
                 namespace=config.namespace,
-                max_restarts=config.worker_max_restarts,
+                max_restarts=config.actor_max_restarts,
                 **worker_options(spec, config.engine.device),
             ).remote(
                 name,
@@ -159,7 +159,9 @@ def start_mesh(
             join_kv_group(config, model, [actors[n] for n in members])
     if config.adaptive:
         small = config.routing.small_model
-        actors["probe"] = ProbeActor.options(name="probe", namespace=config.namespace).remote(
+        actors["probe"] = ProbeActor.options(
+            name="probe", namespace=config.namespace, max_restarts=config.actor_max_restarts
+        ).remote(
             config.probe.backend,
             config.routing.long_context_tokens,
             **(
@@ -174,13 +176,13 @@ def start_mesh(
         )
     if "probe" in actors:
         ray.get(actors["probe"].ready.remote())  # fail here, not on the first request
-    gateway = GatewayActor.options(name="gateway", namespace=config.namespace).remote(
-        config, names, paths
-    )
+    gateway = GatewayActor.options(
+        name="gateway", namespace=config.namespace, max_restarts=config.actor_max_restarts
+    ).remote(config, names, paths)
     port = ray.get(gateway.start.remote())
     if config.controller.enabled:
         actors["controller"] = ControllerActor.options(
-            name="controller", namespace=config.namespace
+            name="controller", namespace=config.namespace, max_restarts=config.actor_max_restarts
         ).remote(config)
         ray.get(actors["controller"].ready.remote())
     address = f"{config.gateway.host}:{port}"

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import structlog
 
@@ -45,6 +46,33 @@ class Operations:
         """Policy fields the operator set (dotted paths): the controller leaves them alone."""
         self.decisions: deque[Decision] = deque(maxlen=history)
         """The latest changes (roles, budgets, policy), operator's and controller's."""
+        self.on_change: Callable[[dict[str, Any]], None] | None = None
+        """Called with `state()` after every change (the gateway keeps it beyond a restart)."""
+
+    def state(self) -> dict[str, Any]:
+        """What a restarted gateway needs back (plain data): the live policy, the pins, the
+        roles and drains (prefill budgets live in the workers)."""
+        entries = self.pool.entries
+        return {
+            "policy": self.router.policy.to_dict(),
+            "policy_pins": sorted(self.policy_pins),
+            "pins": sorted(self.pins),
+            "roles": {name: e.role for name, e in entries.items()},
+            "draining": sorted(name for name, e in entries.items() if e.draining),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back a `state()` (workers this gateway does not know are ignored)."""
+        self.router.policy = RoutingConfig.from_dict(state["policy"])
+        self.policy_pins, self.pins = set(state["policy_pins"]), set(state["pins"])
+        for name, entry in self.pool.entries.items():
+            entry.role = state["roles"].get(name, entry.role)
+            entry.draining = name in state["draining"]
+        log.info("gateway.restored", policy_version=self.router.policy.version, pins=state["pins"])
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.state())
 
     async def set_role(
         self,
@@ -71,6 +99,7 @@ class Operations:
         if by == "operator":
             self.pins.add(worker)
         self.record("role", worker, old, role, by, reason, inputs)
+        self._changed()
         return await self.status_of(self.clients[worker])
 
     async def set_prefill_budget(
@@ -113,6 +142,7 @@ class Operations:
                 reason = (reasons or {}).get(path, "")
                 self.record("policy", path, old.get(path), new.get(path), by, reason)
         log.info("policy.changed", version=policy.version, by=by, changes=dict(changes))
+        self._changed()
         return policy
 
     def unpin_policy(self, fields: list[str]) -> list[str]:
@@ -121,6 +151,7 @@ class Operations:
         gone = {p for p in self.policy_pins if not fields or is_pinned(p, fields)}
         self.policy_pins -= gone
         log.info("policy.unpinned", fields=sorted(gone))
+        self._changed()
         return sorted(self.policy_pins)
 
     def record(
@@ -146,12 +177,14 @@ class Operations:
         self.pool.get(worker)
         self.pins.discard(worker)
         log.info("worker.unpinned", worker=worker)
+        self._changed()
         return await self.status_of(self.clients[worker])
 
     async def drain(self, worker: str, draining: bool = True) -> WorkerStatus:
         """Send a worker no new requests (or again); what it holds finishes. A log event."""
         self.pool.set_draining(worker, draining)
         log.info("worker.drain", worker=worker, draining=draining)
+        self._changed()
         return await self.status_of(self.clients[worker])
 
     async def status(self, timeout_s: float | None = None) -> list[WorkerStatus]:

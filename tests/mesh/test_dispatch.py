@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+import msgpack
 import pytest
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec, PDConfig
@@ -219,3 +220,19 @@ async def test_admin_changes_roles_and_drains_through_grpc() -> None:
         await server.stop(None)
     chunks = await _run(frontend)  # d is drained: p, now mixed, serves alone
     assert chunks[-1].route is not None and chunks[-1].route.worker == "p"
+
+
+async def test_operations_state_survives_a_round_trip_through_msgpack() -> None:
+    frontend = _frontend(PDWorker("p"), PDWorker("d"))
+    ops = frontend.ops
+    saved: list[dict[str, object]] = []
+    ops.on_change = saved.append
+    await ops.set_role("p", "mixed")
+    await ops.drain("d")
+    ops.set_policy({"spill_queue_ms": 900.0, "routes": {"code": {"strategy": "pld"}}}, 0)
+    assert len(saved) == 3 and saved[-1] == ops.state()
+    fresh = _frontend(PDWorker("p"), PDWorker("d"))
+    fresh.ops.restore(msgpack.unpackb(msgpack.packb(saved[-1])))
+    assert fresh.ops.state() == ops.state()
+    assert fresh.router.policy == frontend.router.policy and fresh.ops.pins == {"p"}
+    assert fresh.pool.entries["d"].draining and fresh.pool.entries["p"].role == "mixed"

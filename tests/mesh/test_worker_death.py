@@ -8,6 +8,7 @@ import grpc
 import pytest
 import ray
 
+from flexmesh.services.client import stream_generate
 from flexmesh.services.mesh import Mesh
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
@@ -47,3 +48,31 @@ async def test_killed_worker_fails_fast_then_rejoins_with_every_block_free(
     st = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
     worker = next(w for w in st.workers if w.name == WORKER)
     assert worker.alive and worker.kv_blocks_used == 0
+
+
+async def test_a_restarted_gateway_serves_on_its_port_with_the_live_policy(
+    channel: grpc.aio.Channel, mesh: Mesh
+) -> None:
+    stub, admin = pb_grpc.GenerationStub(channel), pb_grpc.AdminStub(channel)
+    before = await admin.SetPolicy(pb.SetPolicyRequest(spill_queue_ms=777.0), timeout=10)
+    await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker=WORKER, role="mixed"), timeout=10)
+    ray.kill(mesh.gateway, no_restart=False)  # Ray restarts it
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    went_down = False  # the kill takes a moment: calls just after it may still be answered
+    while True:
+        try:
+            after = await admin.GetPolicy(pb.GetPolicyRequest(), timeout=5)
+            if went_down:
+                break
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE
+            went_down = True
+        assert loop.time() - t0 < 60, "the gateway did not come back"
+        await asyncio.sleep(0.1)
+    assert (after.version, after.spill_queue_ms) == (before.version, 777.0)
+    assert "spill_queue_ms" in after.pinned
+    st = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert next(w for w in st.workers if w.name == WORKER).pinned
+    res = await stream_generate(stub, pb.GenerateRequest(prompt="z", max_tokens=4), 30)
+    assert res.final is not None and res.gaps == 0
