@@ -70,6 +70,11 @@ class RequestRecord:
     route_intent: str = ""
     route_strategy: str = ""
     route_confidence: float = 0.0
+    route_prefill_worker: str = ""
+    migrations: int = 0
+    """Times the request moved to another worker after the one serving it broke."""
+    token_ids: tuple[int, ...] = ()
+    """The completion's token ids (kept only when the replay is asked to)."""
     server_queue_ms: float | None = None
     server_ttft_ms: float | None = None
     server_total_ms: float | None = None

@@ -58,6 +58,8 @@ class _Stream:
     times: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     last: flexmesh_pb2.GenerateResponse | None = None
+    token_ids: list[int] | None = None
+    """The streamed ids, when kept."""
 
 
 def _message(
@@ -96,6 +98,8 @@ def _record(
             route_intent=r.intent,
             route_strategy=r.strategy,
             route_confidence=round(float(r.confidence), 4),
+            route_prefill_worker=r.prefill_worker,
+            migrations=r.migrations,
         )
     if last is not None and last.HasField("timings"):
         t = last.timings
@@ -118,6 +122,7 @@ def _record(
         e2e_s=end_s - send_s,
         chunk_times_s=tuple(stream.times),
         chunk_tokens=tuple(stream.tokens),
+        token_ids=tuple(stream.token_ids or ()),
         prompt_tokens=fields.pop("prompt_tokens", req.prompt_tokens),
         target_prompt_tokens=req.target_prompt_tokens,
         max_tokens=req.max_tokens,
@@ -139,8 +144,10 @@ class _Replayer:
         end_by_s: float | None,
         run_id: str,
         bar: tqdm[Any],
+        keep_token_ids: bool = False,
     ) -> None:
         self.stub = stub
+        self.keep_token_ids = keep_token_ids
         self.slots = asyncio.Semaphore(max_in_flight)
         self.deadline_s = deadline_s
         self.end_by_s = end_by_s
@@ -163,7 +170,7 @@ class _Replayer:
 
     async def call(self, req: ReplayRequest, send_s: float, options: dict[str, Any]) -> None:
         request_id = f"{self.run_id}-{req.index}"
-        stream = _Stream()
+        stream = _Stream(token_ids=[] if self.keep_token_ids else None)
         status, error = OK, ""
         try:
             call = self.stub.Generate(
@@ -174,6 +181,8 @@ class _Replayer:
                 if resp.token_ids:
                     stream.times.append(self.now() - send_s)
                     stream.tokens.append(len(resp.token_ids))
+                    if stream.token_ids is not None:
+                        stream.token_ids.extend(resp.token_ids)
         except grpc.aio.AioRpcError as e:
             status, error = e.code().name, e.details() or ""
         except asyncio.CancelledError:
@@ -209,12 +218,14 @@ async def replay(
     progress: bool = True,
     status_interval_s: float | None = None,
     channel: grpc.aio.Channel | None = None,
+    keep_token_ids: bool = False,
 ) -> ReplayResult:
     """Send `requests` to `target` ("host:port") at their arrival times; one record each.
 
     `deadline_s` bounds each call; `max_duration_s` bounds the run (nothing is sent after it,
     calls in flight get at most what is left). `status_interval_s` also samples
     `Admin/GetStatus` during the run. Pass `channel` to reuse one (it is then not closed).
+    `keep_token_ids` keeps each completion's ids in its record (to compare outputs).
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight: must be >= 1, got {max_in_flight}")
@@ -233,6 +244,7 @@ async def replay(
         max_duration_s,
         run_id or uuid.uuid4().hex[:8],
         bar,
+        keep_token_ids,
     )
     sampler = StatusSampler(chan, status_interval_s, rp.now) if status_interval_s else None
     tasks: dict[int, asyncio.Task[None]] = {}

@@ -125,6 +125,9 @@ class GatewayConfig:
     """gRPC port (0 = pick a free one)."""
     max_queue_len: int = 256
     """Requests admitted but not finished before new ones get RESOURCE_EXHAUSTED."""
+    max_queue_delay_ms: float = 30000.0
+    """A request whose model's expected wait for its prefill is longer gets RESOURCE_EXHAUSTED
+    at once instead of queueing (0 = no bound): overload is shed, admitted latency bounded."""
     stream_interval_ms: float = 100.0
     """Longest a streamed chunk waits for more tokens (the first token leaves at once)."""
     stream_chunk_tokens: int = 8
@@ -163,6 +166,8 @@ class GatewayConfig:
         for name in ("status_poll_ms", "status_timeout_ms"):
             _check(getattr(self, name) > 0, f"gateway.{name}", getattr(self, name), "> 0")
         _check(self.max_queue_len > 0, "gateway.max_queue_len", self.max_queue_len, "> 0")
+        delay = self.max_queue_delay_ms
+        _check(delay >= 0, "gateway.max_queue_delay_ms", delay, ">= 0")
         _check(
             self.stream_interval_ms >= 0,
             "gateway.stream_interval_ms",

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from flexmesh.actors.probe.evaluate import add_eval_arguments
+from flexmesh.bench.chaos_bench import add_chaos_arguments
 from flexmesh.bench.pd_bench import add_pd_bench_arguments
 from flexmesh.bench.policy_bench import add_policy_bench_arguments
 from flexmesh.bench.serving import ROUTING_PRESET, add_serving_bench_arguments
+from flexmesh.bench.soak_bench import add_soak_arguments
 from flexmesh.loadgen.cli import add_replay_arguments
 from flexmesh.logs import configure_logging
 from flexmesh.services.demo import add_demo_arguments
@@ -204,6 +206,30 @@ def cmd_bench_kv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_chaos(args: argparse.Namespace) -> int:
+    from flexmesh.bench.chaos_bench import print_chaos, run_chaos
+
+    report = run_chaos(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_chaos(report)
+    phases = report["kinds"].values()
+    return 0 if all(r["kv_all_free_after"] and r["normal_request_after"] for r in phases) else 1
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from flexmesh.bench.soak_bench import print_soak, run_soak
+
+    report = run_soak(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_soak(report)
+    ok = report["hung_streams"] == 0 and report["crashes"] == 0 and report["kv_all_free"]
+    return 0 if ok else 1
+
+
 def cmd_bench_strategies(args: argparse.Namespace) -> int:
     from flexmesh.bench.cli import bench_strategies
 
@@ -328,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=5, help="measurements per length (medians)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_kv)
+    b = bsub.add_parser("chaos", help="a trace replayed while actors of each kind are killed")
+    add_chaos_arguments(b)
+    b.set_defaults(func=cmd_bench_chaos)
+    b = bsub.add_parser("soak", help="minutes at a multiple of the measured capacity")
+    add_soak_arguments(b)
+    b.set_defaults(func=cmd_bench_soak)
     b = bsub.add_parser("strategies", help="plain vs PLD vs draft speculation, identical output")
     b.add_argument("--models-dir", default=None)
     b.add_argument("--new-tokens", type=int, default=128)

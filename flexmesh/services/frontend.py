@@ -280,6 +280,7 @@ class Frontend:
             async with asyncio.timeout_at(deadline):
                 route = await self.route(req)
             model = route.model
+            self._check_overload(model)
             self.traffic.arrived(time.monotonic(), route.intent)
             if self.metrics is not None:
                 self.metrics.routed(route)
@@ -313,6 +314,16 @@ class Frontend:
         finally:
             self.in_flight -= 1
             structlog.contextvars.unbind_contextvars("request_id")
+
+    def _check_overload(self, model: str) -> None:
+        """Shed a request its model would keep waiting past `gateway.max_queue_delay_ms`."""
+        bound = self.config.gateway.max_queue_delay_ms
+        wait = self.loads()[model]
+        if bound and wait > bound:
+            raise QueueFullError(
+                f"model {model} is overloaded: expected wait {wait / 1000:.1f} s, "
+                f"the bound is {bound / 1000:.1f} s (gateway.max_queue_delay_ms)"
+            )
 
     def record_failure(self, model: str, code: str) -> None:
         """Count a request that ended with status `code` (not OK) in the metrics; a model

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 import pytest
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
-from flexmesh.meshcore.errors import PreconditionError, WorkerUnavailableError
+from flexmesh.meshcore.errors import PreconditionError, QueueFullError, WorkerUnavailableError
 from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
@@ -188,7 +189,7 @@ async def test_every_outcome_is_counted_by_status_code(gateway: Gateway) -> None
     assert metrics.codes == [
         ("ok", "OK"),
         ("ok", "INVALID_ARGUMENT"),
-        ("nope", "NOT_FOUND"),
+        ("unknown", "NOT_FOUND"),  # a model the mesh does not serve is not a tag
         ("broken", "UNAVAILABLE"),
         ("ok", "CANCELLED"),
     ]
@@ -294,3 +295,29 @@ async def test_a_probe_that_is_down_sends_requests_to_the_large_model() -> None:
     assert route is not None and (route.model, route.reason) == ("demo-large", "probe_unavailable")
     chosen = GenerationInput("hi", (), SamplingParams(), model="demo-small")
     assert (await frontend.route(chosen)).model == "demo-small"  # the caller's choice holds
+
+
+class BackloggedWorker(FakeWorker):
+    """Reports a queue delay of `delay_ms`."""
+
+    delay_ms = 45_000.0
+
+    async def status(self) -> WorkerStatus:
+        return replace(await super().status(), queue_delay_ms=self.delay_ms)
+
+
+async def test_an_overloaded_model_sheds_new_requests_until_its_queue_drains() -> None:
+    gw = GatewayConfig(status_poll_ms=10, max_queue_delay_ms=30_000.0)
+    worker = BackloggedWorker("w", "ok")
+    worker.release.set()
+    frontend = Frontend(MeshConfig(models=(ModelSpec(name="ok"),), gateway=gw), {"ok": [worker]})
+    frontend.start()
+    await asyncio.sleep(0.05)
+    req = GenerationInput("p", (), SamplingParams())
+    with pytest.raises(QueueFullError, match=r"expected wait 45\.0 s, the bound is 30\.0 s"):
+        [c async for c in frontend.generate(req)]
+    worker.delay_ms = 1_000.0
+    await asyncio.sleep(0.05)
+    chunks = [c async for c in frontend.generate(req)]
+    assert chunks[-1].final and frontend.in_flight == 0
+    frontend.stop()

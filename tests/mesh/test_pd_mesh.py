@@ -3,6 +3,7 @@ KV handed over through their gloo collective group (own namespace, beside the de
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import grpc
 import pytest
 import ray
 
+from flexmesh.bench.chaos_bench import add_chaos_arguments, chaos
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.services.client import StreamResult, stream_generate
 from flexmesh.services.mesh import Mesh, start_mesh
@@ -254,3 +256,23 @@ async def test_decode_worker_killed_mid_stream_migrates_with_the_same_greedy_tok
         await asyncio.sleep(0.5)
     assert res.final.route.worker == D
     assert await _all_free(admin) == {P: 0, D: 0}
+
+
+async def test_a_short_chaos_run_kills_the_decode_worker_and_reports_it(
+    pd_mesh: Mesh, shared_data: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_chaos_arguments(parser)
+    args = parser.parse_args([
+        "--trace", str(shared_data / "traces" / "azure_llm_2023_conv.csv"),
+        "--prompts-dir", str(shared_data / "prompts"), "--out", str(tmp_path),
+        "--kinds", "decode", "--kills", "1", "--interval-s", "2",
+        "--max-input-tokens", "64", "--max-output-tokens", "16",
+    ])  # fmt: skip
+    cfg = pd_mesh.config
+    report = await chaos(args, pd_mesh.address, cfg.namespace, MODEL, str(models_dir / MODEL))
+    r = report["decode"]
+    assert r["kills"] == 1 and r["requests"] > 0 and r["served_again_s_max"] < 30
+    assert r["kv_all_free_after"] and r["normal_request_after"]
+    assert r["completed"] == r["completed_identical"]  # every completed one, same greedy tokens
+    assert r["affected"] == r["completed"] + sum(r["failed_by_status"].values())

@@ -1,0 +1,296 @@
+"""`flexmesh bench chaos`: a real trace replayed while actors are killed at random times.
+
+One phase per kind of actor (`decode`, `prefill`: the prefill/decode pool's workers by their
+role at the time; `probe`, `gateway`, `controller`): the trace is replayed greedily while that
+kind is killed `--kills` times (Ray restarts it), one kill every `--interval-s` x U(0.5, 1.5)
+once the mesh served again. After each kill a canary request is sent every 0.1 s until one
+completes: that time is "served again". A request is *affected* by a kill when it was in
+flight at the kill, or sent before the mesh served again (a worker kill leaves the other
+model's completed requests out). After each phase: every KV block must be free and a normal
+request must work; after all phases every affected request that completed is sent again,
+alone on the healed mesh with the same model and strategy, and its tokens compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from flexmesh.bench.actors import kv_blocks_used
+from flexmesh.bench.serving import each_mesh, progress
+from flexmesh.bench.soak_bench import DATA
+from flexmesh.channel import open_channel
+from flexmesh.loadgen.cli import add_replay_arguments, prepare
+from flexmesh.loadgen.records import ReplayRequest, RequestRecord
+from flexmesh.loadgen.replay import replay
+from flexmesh.v1 import flexmesh_pb2 as pb
+from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+KINDS = ("decode", "prefill", "probe", "gateway", "controller")
+WORKER_KINDS = ("decode", "prefill")
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+"""A client that finds the gateway down retries within 0.5 s (gRPC's default grows to 120 s)."""
+
+
+def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="demo-full", help="deploy/configs name or YAML path")
+    p.add_argument("--models-dir", default=None)
+    p.add_argument("--trace", default=str(DATA / "traces" / "azure_llm_2023_conv.csv"))
+    p.add_argument("--prompts-dir", default=str(DATA / "prompts"))
+    p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated, in order")
+    p.add_argument("--kills", type=int, default=20, help="kills of each kind")
+    p.add_argument("--interval-s", type=float, default=8.0, help="mean time between kills")
+    p.add_argument("--rate-scale", type=float, default=0.1, help="trace arrivals kept")
+    p.add_argument("--max-input-tokens", type=int, default=512)
+    p.add_argument("--max-output-tokens", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench-out/chaos", help="folder for the JSON report")
+    p.add_argument("--json", action="store_true")
+
+
+@dataclass(frozen=True)
+class Kill:
+    target: str
+    at_s: float
+    """Kill time on the replay's clock."""
+    served_again_s: float
+    """From the kill to the first canary that completed."""
+
+
+async def _canary(stub: pb_grpc.GenerationStub, model: str, timeout_s: float = 60.0) -> float:
+    """Seconds until a tiny request completes (each attempt bounded; retried every 0.1 s)."""
+    t0 = time.monotonic()
+    req = pb.GenerateRequest(prompt="ping", max_tokens=2, model=model)
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            async for msg in stub.Generate(req, timeout=10):
+                if msg.finish_reason:
+                    return time.monotonic() - t0
+        except Exception:
+            pass
+        await asyncio.sleep(0.1)
+    return float("inf")
+
+
+async def _target(kind: str, admin: pb_grpc.AdminStub, pool_model: str) -> str:
+    """The actor to kill: a worker of the pool by its role now, else the named actor."""
+    if kind not in WORKER_KINDS:
+        return kind
+    st = await admin.GetStatus(pb.GetStatusRequest(cached=True), timeout=10)
+    pool = [w for w in st.workers if w.model == pool_model and w.alive]
+    for role in (kind, "mixed"):
+        names = [w.name for w in pool if w.role == role]
+        if names:
+            return names[0]
+    return pool[0].name if pool else f"worker-{pool_model}-0"
+
+
+async def _killer(
+    kind: str,
+    args: argparse.Namespace,
+    address: str,
+    namespace: str,
+    pool_model: str,
+    clock: float,
+    rng: random.Random,
+) -> list[Kill]:
+    """Kill `kind` `args.kills` times; each kill waits until the mesh served again."""
+    kills: list[Kill] = []
+    async with open_channel(address, FAST_RECONNECT) as channel:
+        stub, admin = pb_grpc.GenerationStub(channel), pb_grpc.AdminStub(channel)
+        canary_model = pool_model if kind in WORKER_KINDS else ""
+        for _ in range(args.kills):
+            await asyncio.sleep(args.interval_s * rng.uniform(0.5, 1.5))
+            target = await _target(kind, admin, pool_model)
+            at = time.monotonic() - clock
+            ray.kill(ray.get_actor(target, namespace=namespace), no_restart=False)
+            served = await _canary(stub, canary_model)
+            kills.append(Kill(target, at, served))
+            progress(f"[{kind}] killed {target} at {at:.1f} s, served again after {served:.2f} s")
+    return kills
+
+
+def _affected(
+    records: list[RequestRecord], kills: list[Kill], kind: str, pool_model: str
+) -> dict[int, float]:
+    """Affected request index -> the kill time that affected it (see module docstring)."""
+    hit: dict[int, float] = {}
+    for k in kills:
+        for r in records:
+            if r.send_s is None or r.end_s is None or r.index in hit:
+                continue
+            in_flight = r.send_s <= k.at_s < r.end_s
+            during_outage = k.at_s <= r.send_s < k.at_s + k.served_again_s
+            elsewhere = kind in WORKER_KINDS and r.ok and r.route_model != pool_model
+            if (in_flight or during_outage) and not elsewhere:
+                hit[r.index] = k.at_s
+    return hit
+
+
+async def chaos_phase(
+    kind: str,
+    args: argparse.Namespace,
+    address: str,
+    namespace: str,
+    pool_model: str,
+    requests: list[ReplayRequest],
+    seed: int,
+) -> dict[str, Any]:
+    """One kind's phase: replay + kills, then its figures, KV check and a normal request."""
+    duration_s = args.kills * args.interval_s * 1.6 + 10.0
+    phase_requests = [r for r in requests if r.arrival_s < duration_s]
+    clock = time.monotonic()
+    async with open_channel(address, FAST_RECONNECT) as channel:
+        replaying = asyncio.create_task(
+            replay(
+                phase_requests,
+                address,
+                256,
+                deadline_s=120.0,
+                progress=False,
+                channel=channel,
+                keep_token_ids=True,
+                run_id=f"chaos-{kind}",
+            )
+        )
+        kills = await _killer(
+            kind, args, address, namespace, pool_model, clock, random.Random(seed)
+        )
+        result = await replaying
+    offset = result.started_unix - (time.time() - (time.monotonic() - clock))
+    kills = [replace(k, at_s=k.at_s - offset) for k in kills]  # onto the replay's clock
+    records = list(result.records)
+    hit = _affected(records, kills, kind, pool_model)
+    failed = [r for r in records if r.index in hit and not r.ok]
+    used = await kv_blocks_used(address)
+    async with open_channel(address, FAST_RECONNECT) as channel:
+        normal_s = await _canary(pb_grpc.GenerationStub(channel), "", timeout_s=30.0)
+    fail_after = [r.end_s - hit[r.index] for r in failed if r.end_s is not None]
+    served = [k.served_again_s for k in kills]
+    return {
+        "kills": len(kills),
+        "requests": len(records),
+        "affected": len(hit),
+        "completed": sum(r.ok for r in records if r.index in hit),
+        "failed_by_status": _counts(r.status for r in failed),
+        "failed_within_s_max": round(max(fail_after), 3) if fail_after else None,
+        "served_again_s_median": round(statistics.median(served), 3) if served else None,
+        "served_again_s_max": round(max(served), 3) if served else None,
+        "kv_all_free_after": bool(used) and not any(used.values()),
+        "normal_request_after": normal_s < float("inf"),
+        "_records": [r for r in records if r.index in hit and r.ok],
+    }
+
+
+async def verify_tokens(
+    address: str, requests: dict[int, ReplayRequest], records: list[RequestRecord]
+) -> list[bool]:
+    """Send each completed request again, alone, with its model and strategy; same tokens?"""
+    same: list[bool] = []
+    async with open_channel(address, FAST_RECONNECT) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        for r in records:
+            req = requests[r.index]
+            msg = pb.GenerateRequest(
+                prompt=req.prompt, max_tokens=req.max_tokens, ignore_eos=req.ignore_eos,
+                model=r.route_model, strategy=r.route_strategy,
+            )  # fmt: skip
+            ids: list[int] = []
+            async for chunk in stub.Generate(msg, timeout=120):
+                ids += chunk.token_ids
+            same.append(tuple(ids) == r.token_ids)
+    return same
+
+
+def _counts(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+async def chaos(
+    args: argparse.Namespace, address: str, namespace: str, pool_model: str, tokenizer: str
+) -> dict[str, Any]:
+    argv = [
+        "--trace", args.trace, "--prompts-dir", args.prompts_dir, "--tokenizer", tokenizer,
+        "--out", str(Path(args.out) / "workload"), "--length-mode", "clip",
+        "--rate-scale", str(args.rate_scale), "--duration", str(args.kills * args.interval_s * 2),
+        "--max-input-tokens", str(args.max_input_tokens), "--seed", str(args.seed),
+        "--max-output-tokens", str(args.max_output_tokens), "--no-progress",
+    ]  # fmt: skip
+    rargs = add_replay_arguments(argparse.ArgumentParser()).parse_args(argv)
+    _, requests, _ = await asyncio.to_thread(prepare, rargs)
+    by_index = {r.index: r for r in requests}
+    report: dict[str, Any] = {}
+    for i, kind in enumerate(args.kinds.split(",")):
+        progress(f"[{kind}] {args.kills} kills while replaying {len(requests)} requests ...")
+        report[kind] = await chaos_phase(
+            kind, args, address, namespace, pool_model, requests, args.seed + i
+        )
+    for kind, phase in report.items():
+        same = await verify_tokens(address, by_index, phase.pop("_records"))
+        phase["completed_identical"] = sum(same)
+        phase["identical_share"] = round(sum(same) / len(same), 4) if same else None
+        progress(f"[{kind}] {phase['affected']} affected, {sum(same)}/{len(same)} identical")
+    return report
+
+
+def run_chaos(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    for name, cfg, paths, mesh in each_mesh(args.config, args.models_dir):
+        pool = max(cfg.models, key=lambda m: m.num_workers)  # the prefill/decode pool
+        report = {
+            "config": name,
+            "kinds": asyncio.run(
+                chaos(args, mesh.address, cfg.namespace, pool.name, paths[pool.name])
+            ),
+        }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "chaos.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def print_chaos(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"chaos: {report['config']}, kills of each kind while replaying")
+    cols = (
+        "kind",
+        "kills",
+        "affected",
+        "completed",
+        "identical",
+        "failed (codes)",
+        "failed within s",
+        "served again s (median/max)",
+        "KV free",
+        "normal after",
+    )
+    for c in cols:
+        table.add_column(c)
+    for kind, r in report["kinds"].items():
+        share = r["identical_share"]
+        table.add_row(
+            kind, str(r["kills"]), str(r["affected"]), str(r["completed"]),
+            "-" if share is None else f"{100 * share:.1f}%",
+            json.dumps(r["failed_by_status"]) if r["failed_by_status"] else "0",
+            "-" if r["failed_within_s_max"] is None else f"{r['failed_within_s_max']:.2f}",
+            f"{r['served_again_s_median']} / {r['served_again_s_max']}",
+            str(r["kv_all_free_after"]), str(r["normal_request_after"]),
+        )  # fmt: skip
+    Console().print(table)
