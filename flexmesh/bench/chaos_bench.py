@@ -25,7 +25,7 @@ from typing import Any
 
 import ray
 
-from flexmesh.bench.actors import kv_blocks_used
+from flexmesh.bench.actors import actor_pids, kv_blocks_used
 from flexmesh.bench.serving import each_mesh, progress
 from flexmesh.bench.soak_bench import DATA
 from flexmesh.channel import open_channel
@@ -53,9 +53,9 @@ def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated, in order")
     p.add_argument("--kills", type=int, default=20, help="kills of each kind")
     p.add_argument("--interval-s", type=float, default=8.0, help="mean time between kills")
-    p.add_argument("--rate-scale", type=float, default=0.1, help="trace arrivals kept")
+    p.add_argument("--rate-scale", type=float, default=0.3, help="trace arrivals kept")
     p.add_argument("--max-input-tokens", type=int, default=512)
-    p.add_argument("--max-output-tokens", type=int, default=48)
+    p.add_argument("--max-output-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-out/chaos", help="folder for the JSON report")
     p.add_argument("--json", action="store_true")
@@ -115,12 +115,30 @@ async def _killer(
         for _ in range(args.kills):
             await asyncio.sleep(args.interval_s * rng.uniform(0.5, 1.5))
             target = await _target(kind, admin, pool_model)
+            handle = ray.get_actor(target, namespace=namespace)
             at = time.monotonic() - clock
-            ray.kill(ray.get_actor(target, namespace=namespace), no_restart=False)
+            ray.kill(handle, no_restart=False)
             served = await _canary(stub, canary_model)
             kills.append(Kill(target, at, served))
             progress(f"[{kind}] killed {target} at {at:.1f} s, served again after {served:.2f} s")
+            # The next kill finds the mesh whole: the actor restarted (Ray holds calls to it
+            # until then) and every worker reports again.
+            await asyncio.to_thread(actor_pids, {target: handle}, 120.0)
+            await _healed(admin)
     return kills
+
+
+async def _healed(admin: pb_grpc.AdminStub, timeout_s: float = 60.0) -> None:
+    """Until every worker reports alive again (bounded)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            st = await admin.GetStatus(pb.GetStatusRequest(cached=True), timeout=10)
+            if all(w.alive for w in st.workers):
+                return
+        except Exception:
+            pass
+        await asyncio.sleep(0.25)
 
 
 def _affected(
@@ -150,7 +168,7 @@ async def chaos_phase(
     seed: int,
 ) -> dict[str, Any]:
     """One kind's phase: replay + kills, then its figures, KV check and a normal request."""
-    duration_s = args.kills * args.interval_s * 1.6 + 10.0
+    duration_s = _phase_s(args)
     phase_requests = [r for r in requests if r.arrival_s < duration_s]
     clock = time.monotonic()
     async with open_channel(address, FAST_RECONNECT) as channel:
@@ -215,6 +233,11 @@ async def verify_tokens(
     return same
 
 
+def _phase_s(args: argparse.Namespace) -> float:
+    """Trace seconds one phase replays: enough to cover its kills and restarts."""
+    return args.kills * (args.interval_s + 5.0) + 10.0  # a kill, ~4 s to heal, the next
+
+
 def _counts(values: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for v in values:
@@ -228,7 +251,7 @@ async def chaos(
     argv = [
         "--trace", args.trace, "--prompts-dir", args.prompts_dir, "--tokenizer", tokenizer,
         "--out", str(Path(args.out) / "workload"), "--length-mode", "clip",
-        "--rate-scale", str(args.rate_scale), "--duration", str(args.kills * args.interval_s * 2),
+        "--rate-scale", str(args.rate_scale), "--duration", str(_phase_s(args)),
         "--max-input-tokens", str(args.max_input_tokens), "--seed", str(args.seed),
         "--max-output-tokens", str(args.max_output_tokens), "--no-progress",
     ]  # fmt: skip

@@ -16,6 +16,7 @@ handled on the decode worker, which recomputes the prompt or fails likewise.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import structlog
 
 from flexmesh.actors.client import WorkerClientProtocol
 from flexmesh.meshcore.config import PDConfig
-from flexmesh.meshcore.errors import WorkerLostError, WorkerUnavailableError
+from flexmesh.meshcore.errors import KVTransferError, WorkerLostError, WorkerUnavailableError
 from flexmesh.meshcore.messages import RequestOutput, RequestState
 from flexmesh.meshcore.pool import Placement, PoolEntry, WorkerPool
 from flexmesh.meshcore.sampling import SamplingParams
@@ -115,6 +116,21 @@ class Dispatcher:
         self.max_migrations, self.on_move = max_migrations, on_move
         self.moves = {"prefill_fallback": 0, "migration": 0}
         """Requests that left a broken worker, by kind."""
+        self._lost: dict[str, asyncio.Event] = {}
+        """Per worker, set while it is known dead: requests waiting on it move at once."""
+
+    def set_alive(self, worker: str, alive: bool) -> bool:
+        """Record a worker's health (from a call that failed, or from its report); True when
+        it changed. A worker found dead wakes every request still waiting on it: Ray queues
+        calls to an actor that restarts, so they would otherwise wait out the restart."""
+        changed = self.pool.set_alive(worker, alive)
+        if changed:
+            lost = self._lost.setdefault(worker, asyncio.Event())
+            if alive:
+                self._lost[worker] = asyncio.Event()
+            else:
+                lost.set()  # stays set while the worker is dead
+        return changed
 
     async def run(
         self,
@@ -128,11 +144,13 @@ class Dispatcher:
         """Yield the request's outputs in order, each with the workers serving it."""
         progress = _Progress(request_id, prompt, tuple(prompt_token_ids), sampling)
         placement = self.pool.place(model, prompt_tokens, self.pd.min_prompt_tokens)
+        first = placement.prefill or placement.decode
+        progress.at(first.name, handing_off=placement.prefill is not None)
         stream = self._placed(placement, progress)
         while True:
             try:
                 async with aclosing(stream):  # a broken stream is aborted on its worker
-                    async for out in stream:
+                    while (out := await self._next(stream, progress.worker)) is not None:
                         progress.take(out)
                         yield out, progress.hop()
                         if out.finished:
@@ -148,12 +166,13 @@ class Dispatcher:
     ) -> AsyncIterator[RequestOutput]:
         """The stream that continues a request whose worker broke, or `exc` re-raised."""
         broken = progress.worker
-        if isinstance(exc, WorkerLostError) and self.pool.set_alive(broken, False):
+        if isinstance(exc, WorkerLostError) and self.set_alive(broken, False):
             log.warning("worker.lost", worker=broken, error=str(exc))
         progress.failed.add(broken)
         kind = "prefill_fallback" if progress.handing_off else "migration"
-        if kind == "prefill_fallback" and self.pd.fallback == "fail":
-            raise exc
+        handoff_failed = kind == "prefill_fallback" or isinstance(exc, KVTransferError)
+        if self.pd.fallback == "fail" and handoff_failed:
+            raise exc  # the operator asked hand-off failures to fail, not to recompute
         if kind == "migration":
             if progress.migrations >= self.max_migrations:
                 raise exc
@@ -172,7 +191,26 @@ class Dispatcher:
             tokens_sent=len(progress.tokens),
             error=str(exc),
         )
+        progress.at(target.name)  # what the caller watches from now on
         return self._resume(target, progress)
+
+    async def _next(
+        self, stream: AsyncIterator[RequestOutput], worker: str
+    ) -> RequestOutput | None:
+        """The stream's next output (None at its end), or WorkerLostError as soon as `worker`
+        is found dead meanwhile (the step is then cancelled, which aborts it there)."""
+        step = asyncio.ensure_future(anext(stream, None))
+        lost = asyncio.ensure_future(self._lost.setdefault(worker, asyncio.Event()).wait())
+        try:
+            await asyncio.wait((step, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not step.done():
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)  # its cleanup, then ours
+        if step.cancelled():
+            raise WorkerLostError(f"worker {worker} was lost while the request waited on it")
+        return step.result()
 
     async def _placed(
         self, placement: Placement, progress: _Progress

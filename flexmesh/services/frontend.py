@@ -243,7 +243,7 @@ class Frontend:
                 prefill: dict[str, float] = {}
                 self.last_status = await self.status(gw.status_timeout_ms / 1000.0)
                 for s in self.last_status:
-                    if self.pool.set_alive(s.name, s.alive):
+                    if self.dispatcher.set_alive(s.name, s.alive):
                         log.warning("worker.alive" if s.alive else "worker.lost", worker=s.name)
                     if s.alive:
                         delays[s.model] = min(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -23,7 +24,8 @@ TOKENS = 5
 
 class PDWorker:
     """Hands off after one token when asked; decodes to `TOKENS` tokens; can misbehave:
-    `dies` at once, `dies_mid_stream` after two tokens, leaves a `gap`, `truncates`."""
+    `dies` at once, `dies_mid_stream` after two tokens, leaves a `gap`, `truncates`, `hangs`
+    before its first token (a call Ray queues for an actor that is restarting)."""
 
     def __init__(self, name: str, fault: str = "") -> None:
         self.name, self.model, self.fault = name, "m", fault
@@ -42,6 +44,8 @@ class PDWorker:
         self.calls.append(("stream", hand_off))
         if self.fault == "dies":
             raise WorkerUnavailableError(f"worker {self.name} died")
+        if self.fault == "hangs":
+            await asyncio.Event().wait()
         if hand_off:
             state = RequestState(request_id, (9,) * 20, (0,), sampling, 20, sent_tokens=1)
             yield RequestOutput(request_id, (0,), "t", handoff=state)
@@ -236,3 +240,18 @@ async def test_operations_state_survives_a_round_trip_through_msgpack() -> None:
     assert fresh.ops.state() == ops.state()
     assert fresh.router.policy == frontend.router.policy and fresh.ops.pins == {"p"}
     assert fresh.pool.entries["d"].draining and fresh.pool.entries["p"].role == "mixed"
+
+
+async def test_a_request_waiting_on_a_worker_found_dead_moves_at_once() -> None:
+    p, d = PDWorker("p"), PDWorker("d", fault="hangs")
+    frontend = _frontend(p, d)
+    waiting = asyncio.create_task(_run(frontend, prompt="hi"))  # local on d, which hangs
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    frontend.dispatcher.set_alive("d", False)  # another request's failure, or the poll
+    chunks = await asyncio.wait_for(waiting, 5)
+    assert _tokens(chunks) == list(range(TOKENS))
+    assert chunks[-1].route is not None and chunks[-1].route.worker == "p"
+    assert p.calls == [("stream", False)]  # nothing was streamed: it starts afresh on p
+    frontend.dispatcher.set_alive("d", True)  # back: takes requests again
+    assert frontend.pool.place("m", 1, 8).decode.name == "d"
