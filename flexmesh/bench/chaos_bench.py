@@ -204,6 +204,7 @@ async def chaos_phase(
         "affected": len(hit),
         "completed": sum(r.ok for r in records if r.index in hit),
         "failed_by_status": _counts(r.status for r in failed),
+        "failed_errors": _counts(f"{r.status}: {r.error[:120]}" for r in failed),
         "failed_within_s_max": round(max(fail_after), 3) if fail_after else None,
         "served_again_s_median": round(statistics.median(served), 3) if served else None,
         "served_again_s_max": round(max(served), 3) if served else None,

@@ -159,3 +159,23 @@ def test_abort_and_expiry_free_blocks_on_both_sides(small_path: str) -> None:
     with pytest.raises(KeyError):
         pair.p.export_kv(b.request_id)
     assert pair.all_free()
+
+
+def test_a_hand_off_whose_decode_worker_died_continues_on_the_prefill_worker(
+    small_path: str,
+) -> None:
+    """Migration onto the worker that still holds the request's KV for the dead one."""
+    pair = _pair(small_path)
+    ids = _prompts(pair.p)[1]
+    sp = SamplingParams(max_tokens=NEW_TOKENS)
+    rid = pair.p.add_request(prompt_token_ids=ids, sampling=sp, hand_off=True)
+    state = None
+    while state is None:
+        state = next((o.handoff for o in pair.p.step() if o.handoff is not None), None)
+    assert rid in pair.p.scheduler.in_flight  # held for the decode worker that died
+    pair.p.resume(state, kv_deadline=None)  # what the gateway's migration sends
+    tokens = list(state.output_token_ids)
+    while pair.p.has_unfinished():
+        tokens += [t for o in pair.p.step() for t in o.token_ids]
+    assert tokens == hf_greedy(small_path, tuple(ids), NEW_TOKENS)
+    assert pair.all_free()

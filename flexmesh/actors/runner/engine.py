@@ -136,6 +136,9 @@ class Engine:
         `import_kv` or `kv_failed` until then); with none, or when the blocks are not free,
         the request recomputes its tokens here and the list is empty.
         """
+        if state.request_id in self.scheduler.in_flight:
+            # Prefilled here for a hand-off whose decode worker died: it continues here now.
+            self.release_kv(state.request_id)
         now = time.monotonic()
         prompt_ids = list(state.prompt_token_ids) or self._encode(state.prompt)
         request = Request(
