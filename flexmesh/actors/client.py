@@ -38,6 +38,8 @@ class WorkerClientProtocol(Protocol):
 
     async def status(self) -> WorkerStatus: ...
 
+    async def ping(self) -> None: ...
+
     async def set_role(self, role: str) -> None: ...
 
     async def set_prefill_budget(self, tokens: int) -> None: ...
@@ -104,6 +106,11 @@ class WorkerClient:
 
     async def status(self) -> WorkerStatus:
         return await self._call(self.handle.status.remote())  # type: ignore[no-any-return]
+
+    async def ping(self) -> None:
+        """Answered by the actor's event loop, not its engine: a busy worker answers at once,
+        a dead or restarting one does not (Ray holds the call)."""
+        await self._call(self.handle.ready.remote())
 
     async def set_role(self, role: str) -> None:
         await self._call(self.handle.set_role.remote(role))

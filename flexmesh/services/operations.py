@@ -46,6 +46,8 @@ class Operations:
         """Policy fields the operator set (dotted paths): the controller leaves them alone."""
         self.decisions: deque[Decision] = deque(maxlen=history)
         """The latest changes (roles, budgets, policy), operator's and controller's."""
+        self._last: dict[str, WorkerStatus] = {}
+        """Each worker's latest report (stands in while a busy worker answers late)."""
         self.on_change: Callable[[dict[str, Any]], None] | None = None
         """Called with `state()` after every change (the gateway keeps it beyond a restart)."""
 
@@ -195,11 +197,22 @@ class Operations:
     async def status_of(
         self, w: WorkerClientProtocol, timeout_s: float | None = None
     ) -> WorkerStatus:
-        """A worker's report, with the role, draining flag and pin the gateway holds."""
+        """A worker's report, with the role, draining flag and pin the gateway holds.
+
+        A report waits for the worker's current engine step; a ping does not. So a worker that
+        answers the ping but not the report in time is busy, not dead: its last report stands
+        with `alive` kept true. Only a worker that answers neither reads as not alive.
+        """
+        ping = asyncio.ensure_future(asyncio.wait_for(w.ping(), timeout_s))
         try:
             s = await asyncio.wait_for(w.status(), timeout_s)
         except (WorkerUnavailableError, TimeoutError):
-            s = WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
+            dead = WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
+            alive = await asyncio.gather(ping, return_exceptions=True) == [None]
+            s = replace(self._last.get(w.name, dead), alive=True) if alive else dead
+        finally:
+            ping.cancel()
+        self._last[w.name] = s
         return self.overlay(s)
 
     def overlay(self, s: WorkerStatus) -> WorkerStatus:

@@ -81,6 +81,9 @@ class PDWorker:
                 kv_bytes=1024 if transport else 0,
             )
 
+    async def ping(self) -> None:
+        pass
+
     async def abort(self, request_id: str) -> None:
         pass
 

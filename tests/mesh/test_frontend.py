@@ -66,6 +66,9 @@ class FakeWorker:
     ) -> AsyncIterator[RequestOutput]:
         raise NotImplementedError
 
+    async def ping(self) -> None:
+        pass
+
     async def abort(self, request_id: str) -> None:
         raise AssertionError("the frontend cancels streams; aborting is the client's job")
 
@@ -321,3 +324,32 @@ async def test_an_overloaded_model_sheds_new_requests_until_its_queue_drains() -
     chunks = [c async for c in frontend.generate(req)]
     assert chunks[-1].final and frontend.in_flight == 0
     frontend.stop()
+
+
+class SlowWorker(FakeWorker):
+    """Its report waits (a long engine step); its ping answers unless it is `dead`."""
+
+    slow = False
+    dead = False
+
+    async def status(self) -> WorkerStatus:
+        if self.slow or self.dead:
+            await asyncio.Event().wait()
+        return replace(await super().status(), queue_length=3)
+
+    async def ping(self) -> None:
+        if self.dead:
+            await asyncio.Event().wait()
+
+
+async def test_a_busy_worker_stays_alive_and_only_a_silent_one_is_lost() -> None:
+    worker = SlowWorker("w", "ok")
+    frontend = Frontend(MeshConfig(models=(ModelSpec(name="ok"),)), {"ok": [worker]})
+    (first,) = await frontend.status(0.05)
+    assert first.alive and first.queue_length == 3
+    worker.slow = True
+    (busy,) = await frontend.status(0.05)
+    assert busy.alive and busy.queue_length == 3, "the last report stands while it is busy"
+    worker.dead = True
+    (dead,) = await frontend.status(0.05)
+    assert not dead.alive
