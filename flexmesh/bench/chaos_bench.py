@@ -19,6 +19,7 @@ import json
 import random
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,8 @@ async def chaos_phase(
         "requests": len(records),
         "affected": len(hit),
         "completed": sum(r.ok for r in records if r.index in hit),
-        "failed_by_status": _counts(r.status for r in failed),
-        "failed_errors": _counts(f"{r.status}: {r.error[:120]}" for r in failed),
+        "failed_by_status": dict(Counter(r.status for r in failed)),
+        "failed_errors": dict(Counter(f"{r.status}: {r.error[:120]}" for r in failed)),
         "failed_within_s_max": round(max(fail_after), 3) if fail_after else None,
         "served_again_s_median": round(statistics.median(served), 3) if served else None,
         "served_again_s_max": round(max(served), 3) if served else None,
@@ -237,13 +238,6 @@ async def verify_tokens(
 def _phase_s(args: argparse.Namespace) -> float:
     """Trace seconds one phase replays: enough to cover its kills and restarts."""
     return args.kills * (args.interval_s + 5.0) + 10.0  # a kill, ~4 s to heal, the next
-
-
-def _counts(values: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
 
 
 async def chaos(

@@ -204,14 +204,17 @@ class Operations:
         with `alive` kept true. Only a worker that answers neither reads as not alive.
         """
         ping = asyncio.ensure_future(asyncio.wait_for(w.ping(), timeout_s))
+        report: WorkerStatus | None = None
         try:
-            s = await asyncio.wait_for(w.status(), timeout_s)
+            report = await asyncio.wait_for(w.status(), timeout_s)
         except (WorkerUnavailableError, TimeoutError):
+            pass
+        answered = await asyncio.gather(ping, return_exceptions=True) == [None]  # bounded too
+        if report is not None:
+            s = report
+        else:
             dead = WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
-            alive = await asyncio.gather(ping, return_exceptions=True) == [None]
-            s = replace(self._last.get(w.name, dead), alive=True) if alive else dead
-        finally:
-            ping.cancel()
+            s = replace(self._last.get(w.name, dead), alive=True) if answered else dead
         self._last[w.name] = s
         return self.overlay(s)
 
