@@ -165,15 +165,20 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
     return bench_engine(args)
 
 
+def _show(args: argparse.Namespace, report: Any, table: Callable[[Any], None]) -> Any:
+    """Print a benchmark's report as JSON (`--json`) or as its table; return the report."""
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        table(report)
+    return report
+
+
 def _side_by_side(args: argparse.Namespace, run: Callable[[argparse.Namespace], Any]) -> int:
     """Run a configurations-side-by-side benchmark; print its table, or its JSON."""
     from flexmesh.bench.serving import print_serving_table
 
-    report = run(args)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_serving_table(report)
+    _show(args, run(args), print_serving_table)
     return 0
 
 
@@ -198,34 +203,21 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
 def cmd_bench_kv(args: argparse.Namespace) -> int:
     from flexmesh.bench.kv_bench import print_kv_table, run_kv_bench
 
-    report = run_kv_bench(args)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_kv_table(report)
+    _show(args, run_kv_bench(args), print_kv_table)
     return 0
 
 
 def cmd_bench_chaos(args: argparse.Namespace) -> int:
     from flexmesh.bench.chaos_bench import print_chaos, run_chaos
 
-    report = run_chaos(args)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_chaos(report)
-    phases = report["kinds"].values()
+    phases = _show(args, run_chaos(args), print_chaos)["kinds"].values()
     return 0 if all(r["kv_all_free_after"] and r["normal_request_after"] for r in phases) else 1
 
 
 def cmd_bench_soak(args: argparse.Namespace) -> int:
     from flexmesh.bench.soak_bench import print_soak, run_soak
 
-    report = run_soak(args)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_soak(report)
+    report = _show(args, run_soak(args), print_soak)
     ok = report["hung_streams"] == 0 and report["crashes"] == 0 and report["kv_all_free"]
     return 0 if ok else 1
 
