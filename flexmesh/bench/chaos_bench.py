@@ -197,7 +197,12 @@ async def chaos_phase(
     used = await kv_blocks_used(address)
     async with open_channel(address, FAST_RECONNECT) as channel:
         normal_s = await _canary(pb_grpc.GenerationStub(channel), "", timeout_s=30.0)
-    fail_after = [r.end_s - hit[r.index] for r in failed if r.end_s is not None]
+    # How long each failed client waited: from the kill, or from its send during the outage.
+    fail_after = [
+        r.end_s - max(hit[r.index], r.send_s)
+        for r in failed
+        if r.end_s is not None and r.send_s is not None
+    ]
     served = [k.served_again_s for k in kills]
     return {
         "kills": len(kills),
