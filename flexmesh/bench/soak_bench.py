@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from flexmesh.bench.actors import actor_pids, actor_rss_mb, kv_blocks_used
 from flexmesh.bench.serving import each_mesh, progress
 from flexmesh.loadgen.cli import add_replay_arguments, run_replay
-from flexmesh.loadgen.traces import read_azure
+from flexmesh.loadgen.traces import TraceRequest, read_azure
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 CAPACITY_OFFERED_RPS = 32.0
@@ -51,9 +52,9 @@ def add_soak_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def trace_rate(path: str, start_s: float, duration_s: float) -> float:
+def trace_rate(trace: Sequence[TraceRequest], start_s: float, duration_s: float) -> float:
     """Mean arrival rate (req/s) of a trace window."""
-    n = sum(start_s <= r.arrival_s < start_s + duration_s for r in read_azure(path))
+    n = sum(start_s <= r.arrival_s < start_s + duration_s for r in trace)
     return n / duration_s
 
 
@@ -83,7 +84,8 @@ async def soak(
     before = await asyncio.to_thread(actor_pids, actors)
     rss_cold = actor_rss_mb(before)
     # Arrivals far above any capacity here; the open-stream bound makes it a closed loop.
-    scale = max(1.0, CAPACITY_OFFERED_RPS / trace_rate(args.trace, 0.0, args.capacity_s))
+    trace = await asyncio.to_thread(read_azure, args.trace)
+    scale = max(1.0, CAPACITY_OFFERED_RPS / trace_rate(trace, 0.0, args.capacity_s))
     cap_args = _replay_args(args, address, tokenizer, out / "capacity", [
         "--start", "0", "--duration", str(args.capacity_s), "--rate-scale", str(scale),
         "--max-requests", "1000", "--max-in-flight", str(args.capacity_streams),
@@ -94,7 +96,7 @@ async def soak(
     capacity = float(cap["req_s"])
     duration_s = args.minutes * 60.0
     start_s = args.capacity_s  # a window the capacity run did not replay
-    scale = args.factor * capacity / trace_rate(args.trace, start_s, duration_s)
+    scale = args.factor * capacity / trace_rate(trace, start_s, duration_s)
     progress(f"capacity {capacity:.2f} req/s; soaking at {args.factor}x for {duration_s:.0f} s")
     soak_args = _replay_args(args, address, tokenizer, out / "soak", [
         "--start", str(start_s), "--duration", str(duration_s), "--rate-scale", str(scale),

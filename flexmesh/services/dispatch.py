@@ -124,12 +124,10 @@ class Dispatcher:
         it changed. A worker found dead wakes every request still waiting on it: Ray queues
         calls to an actor that restarts, so they would otherwise wait out the restart."""
         changed = self.pool.set_alive(worker, alive)
-        if changed:
-            lost = self._lost.setdefault(worker, asyncio.Event())
-            if alive:
-                self._lost[worker] = asyncio.Event()
-            else:
-                lost.set()  # stays set while the worker is dead
+        if changed and alive:
+            self._lost[worker] = asyncio.Event()
+        elif changed:
+            self._lost.setdefault(worker, asyncio.Event()).set()  # set while it is dead
         return changed
 
     async def run(
@@ -222,7 +220,6 @@ class Dispatcher:
                 async for out in stream:
                     yield out
             return
-        progress.at(prefill.name, handing_off=True)
         state = None
         with _Load(prefill, hands_off=True) as load:
             stream = self.clients[prefill.name].stream(
@@ -244,8 +241,8 @@ class Dispatcher:
 
     async def _resume(self, entry: PoolEntry, progress: _Progress) -> AsyncIterator[RequestOutput]:
         """The request on one worker from where the client stands: from its prompt when
-        nothing was streamed yet, else recomputing prompt and streamed tokens."""
-        progress.at(entry.name)
+        nothing was streamed yet, else recomputing prompt and streamed tokens (the caller
+        has set `progress` at `entry`)."""
         client = self.clients[entry.name]
         with _Load(entry, decoding=bool(progress.tokens)) as load:
             if progress.tokens:
