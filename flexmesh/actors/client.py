@@ -38,7 +38,7 @@ class WorkerClientProtocol(Protocol):
 
     async def status(self) -> WorkerStatus: ...
 
-    async def ping(self) -> None: ...
+    async def ping(self, timeout_s: float | None = None) -> None: ...
 
     async def set_role(self, role: str) -> None: ...
 
@@ -107,10 +107,28 @@ class WorkerClient:
     async def status(self) -> WorkerStatus:
         return await self._call(self.handle.status.remote())  # type: ignore[no-any-return]
 
-    async def ping(self) -> None:
-        """Answered by the actor's event loop, not its engine: a busy worker answers at once,
-        a dead or restarting one does not (Ray holds the call)."""
-        await self._call(self.handle.ready.remote())
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """Return while the worker is alive, else raise WorkerUnavailableError.
+
+        Answered by the actor's event loop, not its engine: a busy worker answers at once, a
+        dead or restarting one does not (Ray holds the call). One whose event loop is starved
+        of CPU (more busy processes than cores) may not answer within `timeout_s` either: it
+        still counts as alive while Ray's control store (GCS) holds its actor ALIVE, so load
+        alone never takes a worker, and the requests it serves, out of the pool.
+        """
+        try:
+            await asyncio.wait_for(self._call(self.handle.ready.remote()), timeout_s)
+        except TimeoutError as exc:
+            state = await asyncio.to_thread(self._actor_state)
+            if state != "ALIVE":
+                raise WorkerLostError(f"worker {self.name} is {state.lower()}") from exc
+
+    def _actor_state(self) -> str:
+        """The actor's state in the GCS: ALIVE, RESTARTING, DEAD (or UNKNOWN)."""
+        try:
+            return str(ray._private.state.actors(self.handle._actor_id.hex())["State"])
+        except Exception:  # a private Ray API: if it moves, treat silence as before (dead)
+            return "UNKNOWN"
 
     async def set_role(self, role: str) -> None:
         await self._call(self.handle.set_role.remote(role))

@@ -117,16 +117,27 @@ async def _killer(
             await asyncio.sleep(args.interval_s * rng.uniform(0.5, 1.5))
             target = await _target(kind, admin, pool_model)
             handle = ray.get_actor(target, namespace=namespace)
+            before = await asyncio.to_thread(actor_pids, {target: handle})
             at = time.monotonic() - clock
             ray.kill(handle, no_restart=False)
             served = await _canary(stub, canary_model)
             kills.append(Kill(target, at, served))
             progress(f"[{kind}] killed {target} at {at:.1f} s, served again after {served:.2f} s")
-            # The next kill finds the mesh whole: the actor restarted (Ray holds calls to it
-            # until then) and every worker reports again.
-            await asyncio.to_thread(actor_pids, {target: handle}, 120.0)
+            # The next kill finds the mesh whole: the actor runs in a new process (the old
+            # one may still answer for a moment after the kill) and every worker reports again.
+            await _restarted(target, handle, before[target])
             await _healed(admin)
     return kills
+
+
+async def _restarted(name: str, handle: Any, old_pid: int, timeout_s: float = 120.0) -> None:
+    """Until the actor answers from a process other than `old_pid` (bounded)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        pid = (await asyncio.to_thread(actor_pids, {name: handle}, timeout_s))[name]
+        if pid not in (0, old_pid):
+            return
+        await asyncio.sleep(0.25)
 
 
 async def _healed(admin: pb_grpc.AdminStub, timeout_s: float = 60.0) -> None:

@@ -148,7 +148,7 @@ class Dispatcher:
         while True:
             try:
                 async with aclosing(stream):  # a broken stream is aborted on its worker
-                    while (out := await self._next(stream, progress.worker)) is not None:
+                    while (out := await self._next(stream, progress)) is not None:
                         progress.take(out)
                         yield out, progress.hop()
                         if out.finished:
@@ -193,22 +193,31 @@ class Dispatcher:
         return self._resume(target, progress)
 
     async def _next(
-        self, stream: AsyncIterator[RequestOutput], worker: str
+        self, stream: AsyncIterator[RequestOutput], progress: _Progress
     ) -> RequestOutput | None:
-        """The stream's next output (None at its end), or WorkerLostError as soon as `worker`
-        is found dead meanwhile (the step is then cancelled, which aborts it there)."""
+        """The stream's next output (None at its end), or WorkerLostError as soon as the worker
+        the request follows is found dead meanwhile (the step is then cancelled, which aborts
+        it there). A step may hand the request over to its decode worker: from then on that
+        worker is the one watched, and the prefill worker's death no longer concerns it."""
         step = asyncio.ensure_future(anext(stream, None))
-        lost = asyncio.ensure_future(self._lost.setdefault(worker, asyncio.Event()).wait())
         try:
-            await asyncio.wait((step, lost), return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                worker = progress.worker
+                lost = asyncio.ensure_future(self._lost.setdefault(worker, asyncio.Event()).wait())
+                try:
+                    await asyncio.wait((step, lost), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lost.cancel()
+                if step.done():
+                    return step.result()
+                if progress.worker == worker:
+                    raise WorkerLostError(
+                        f"worker {worker} was lost while the request waited on it"
+                    )
         finally:
-            lost.cancel()
             if not step.done():
                 step.cancel()
                 await asyncio.gather(step, return_exceptions=True)  # its cleanup, then ours
-        if step.cancelled():
-            raise WorkerLostError(f"worker {worker} was lost while the request waited on it")
-        return step.result()
 
     async def _placed(
         self, placement: Placement, progress: _Progress

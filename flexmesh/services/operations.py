@@ -199,11 +199,12 @@ class Operations:
     ) -> WorkerStatus:
         """A worker's report, with the role, draining flag and pin the gateway holds.
 
-        A report waits for the worker's current engine step; a ping does not. So a worker that
-        answers the ping but not the report in time is busy, not dead: its last report stands
-        with `alive` kept true. Only a worker that answers neither reads as not alive.
+        A report waits for the worker's current engine step; a ping does not (and a worker too
+        starved of CPU to answer it is still alive while Ray holds its actor alive). So a worker
+        that passes the ping but does not report in time is busy, not dead: its last report
+        stands with `alive` kept true. Only a worker that fails both reads as not alive.
         """
-        ping = asyncio.ensure_future(asyncio.wait_for(w.ping(), timeout_s))
+        ping = asyncio.ensure_future(w.ping(timeout_s))
         report: WorkerStatus | None = None
         try:
             report = await asyncio.wait_for(w.status(), timeout_s)

@@ -25,13 +25,15 @@ TOKENS = 5
 class PDWorker:
     """Hands off after one token when asked; decodes to `TOKENS` tokens; can misbehave:
     `dies` at once, `dies_mid_stream` after two tokens, leaves a `gap`, `truncates`, `hangs`
-    before its first token (a call Ray queues for an actor that is restarting)."""
+    before its first token (a call Ray queues for an actor that is restarting), or waits for
+    `go` before it resumes a request (`slow_resume`)."""
 
     def __init__(self, name: str, fault: str = "") -> None:
         self.name, self.model, self.fault = name, "m", fault
         self.calls: list[tuple[object, ...]] = []
         self.states: list[RequestState] = []
         self.role = ""
+        self.go = asyncio.Event()
 
     async def stream(
         self,
@@ -58,6 +60,8 @@ class PDWorker:
     ) -> AsyncIterator[RequestOutput]:
         self.calls.append(("resume", src, src_rank))
         self.states.append(state)
+        if self.fault == "slow_resume":
+            await self.go.wait()
         async for out in self._decode(state.request_id, state.sent_tokens, "gloo" if src else ""):
             yield out
 
@@ -81,7 +85,7 @@ class PDWorker:
                 kv_bytes=1024 if transport else 0,
             )
 
-    async def ping(self) -> None:
+    async def ping(self, timeout_s: float | None = None) -> None:
         pass
 
     async def abort(self, request_id: str) -> None:
@@ -258,3 +262,19 @@ async def test_a_request_waiting_on_a_worker_found_dead_moves_at_once() -> None:
     assert p.calls == [("stream", False)]  # nothing was streamed: it starts afresh on p
     frontend.dispatcher.set_alive("d", True)  # back: takes requests again
     assert frontend.pool.place("m", 1, 8).decode.name == "d"
+
+
+async def test_a_prefill_worker_lost_after_its_hand_off_leaves_the_request_alone() -> None:
+    p, d = PDWorker("p"), PDWorker("d", fault="slow_resume")
+    frontend = _frontend(p, d)
+    running = asyncio.create_task(_run(frontend))
+    while not d.calls:  # handed off: d is resuming it (and waits)
+        await asyncio.sleep(0.01)
+    frontend.dispatcher.set_alive("p", False)  # the prefill worker dies now
+    await asyncio.sleep(0.05)
+    d.go.set()
+    chunks = await asyncio.wait_for(running, 5)
+    assert _tokens(chunks) == list(range(TOKENS))
+    route = chunks[-1].route
+    assert route is not None and (route.worker, route.migrations) == ("d", 0)
+    assert frontend.pool.get("d").alive, "the decode worker was not the one lost"

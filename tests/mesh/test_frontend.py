@@ -66,7 +66,7 @@ class FakeWorker:
     ) -> AsyncIterator[RequestOutput]:
         raise NotImplementedError
 
-    async def ping(self) -> None:
+    async def ping(self, timeout_s: float | None = None) -> None:
         pass
 
     async def abort(self, request_id: str) -> None:
@@ -337,9 +337,9 @@ class SlowWorker(FakeWorker):
             await asyncio.Event().wait()
         return replace(await super().status(), queue_length=3)
 
-    async def ping(self) -> None:
-        if self.dead:
-            await asyncio.Event().wait()
+    async def ping(self, timeout_s: float | None = None) -> None:
+        if self.dead:  # Ray holds a call to a restarting actor
+            await asyncio.wait_for(asyncio.Event().wait(), timeout_s)
 
 
 async def test_a_busy_worker_stays_alive_and_only_a_silent_one_is_lost() -> None:

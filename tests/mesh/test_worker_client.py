@@ -1,9 +1,11 @@
 """`WorkerClient` over a real Ray actor: a stream left early stops the actor's generator and
-aborts the request there; an actor that dies mid-stream is reported as lost."""
+aborts the request there; an actor that dies mid-stream is reported as lost; a ping tells an
+actor too busy to answer (alive) from a dead or restarting one."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -43,6 +45,12 @@ class Streamer:
     def seen(self) -> tuple[list[str], list[str]]:
         return self.aborted, self.stopped
 
+    async def ready(self) -> bool:
+        return True
+
+    async def block(self, seconds: float) -> None:
+        time.sleep(seconds)  # holds the actor's event loop, as a CPU-starved process would
+
 
 async def _first_tokens(client: WorkerClient, rid: str, n: int) -> Any:
     stream = client.stream(rid, "p", [], SamplingParams())
@@ -75,3 +83,22 @@ async def test_an_actor_that_dies_mid_stream_is_reported_lost(mesh: Mesh) -> Non
         async for _ in stream:
             pass
     await client.abort("r-dies")  # returns at once: a dead worker holds no KV to free
+
+
+async def test_a_ping_tells_a_starved_actor_from_a_dead_one(mesh: Mesh) -> None:
+    actor = Streamer.options(max_restarts=1).remote()
+    client = WorkerClient(actor, "streamer", "m", timeout_s=5.0)
+    await client.ping(1.0)
+    blocked = actor.block.remote(3.0)
+    await asyncio.sleep(0.2)
+    await client.ping(0.5)  # no answer in time, but Ray holds the actor alive: no error
+    await blocked
+    ray.kill(actor, no_restart=True)
+    for _ in range(50):  # the GCS learns of the death within moments
+        try:
+            await client.ping(0.5)
+        except WorkerLostError as exc:
+            assert "streamer" in str(exc)
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("a killed actor still passed its ping")
