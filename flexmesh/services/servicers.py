@@ -15,57 +15,26 @@ from flexmesh.meshcore.messages import WorkerStatus
 from flexmesh.meshcore.routing import RoutingConfig
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.services.inputs import DEFAULT_MAX_TOKENS, check_prompt, generation_input
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
-
-DEFAULT_MAX_TOKENS = 64
-
-
-MAX_REQUEST_ID_CHARS = 128
-
-
-def check_prompt(prompt: str, gw: GatewayConfig) -> None:
-    """A prompt text within `gateway.max_prompt_bytes`."""
-    size = len(prompt.encode("utf-8", "surrogatepass"))
-    if size > gw.max_prompt_bytes:
-        raise InvalidRequestError(
-            "prompt", f"is {size} bytes; the limit is {gw.max_prompt_bytes} (max_prompt_bytes)"
-        )
 
 
 def to_input(req: pb.GenerateRequest, gw: GatewayConfig) -> GenerationInput:
     """Validate and convert a GenerateRequest; bad fields raise InvalidRequestError by name."""
-    if not req.prompt and not req.prompt_token_ids:
-        raise InvalidRequestError("prompt", "is empty (set prompt or prompt_token_ids)")
-    check_prompt(req.prompt, gw)
-    if len(req.prompt_token_ids) > gw.max_prompt_tokens:
-        raise InvalidRequestError(
-            "prompt_token_ids",
-            f"holds {len(req.prompt_token_ids)} ids; the limit is {gw.max_prompt_tokens} "
-            "(max_prompt_tokens)",
-        )
-    if any(t < 0 for t in req.prompt_token_ids):
-        raise InvalidRequestError("prompt_token_ids", "ids must be >= 0")
-    if len(req.request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidRequestError("request_id", f"is longer than {MAX_REQUEST_ID_CHARS} characters")
-    seed = req.seed if req.HasField("seed") else None
     sampling = SamplingParams(
         max_tokens=req.max_tokens if req.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
         temperature=req.temperature,
         top_p=req.top_p if req.HasField("top_p") else 1.0,
         top_k=req.top_k,
-        seed=seed,
+        seed=req.seed if req.HasField("seed") else None,
         stop_token_ids=tuple(req.stop_token_ids),
         stop=tuple(req.stop),
         ignore_eos=req.ignore_eos,
         strategy=req.strategy,
     )
-    return GenerationInput(
-        prompt=req.prompt,
-        prompt_token_ids=tuple(req.prompt_token_ids),
-        sampling=sampling,
-        model=req.model,
-        request_id=req.request_id,
+    return generation_input(
+        gw, req.prompt, req.prompt_token_ids, sampling, req.model, req.request_id
     )
 
 
