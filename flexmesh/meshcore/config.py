@@ -160,6 +160,12 @@ class GatewayConfig:
     """PEM certificate chain of the gateway; with `tls_key_file`, gRPC is served over TLS."""
     tls_key_file: str = ""
     """PEM private key of `tls_cert_file`."""
+    http_port: int | None = None
+    """Port of the OpenAI-compatible HTTP API on `host` (None = off, 0 = pick a free one);
+    served over TLS too when `tls_cert_file` is set (docs/http.md)."""
+    api_key: str = ""
+    """Bearer token the HTTP API requires (`Authorization: Bearer <key>`); "" = none, unless
+    the FLEXMESH_API_KEY environment variable of `flexmesh serve` sets one."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.port < 65536, "gateway.port", self.port, "in [0, 65535]")
@@ -185,6 +191,10 @@ class GatewayConfig:
         )
         _check(self.worker_timeout_s > 0, "gateway.worker_timeout_s", self.worker_timeout_s, "> 0")
         _check(self.max_migrations >= 0, "gateway.max_migrations", self.max_migrations, ">= 0")
+        if self.http_port is not None:
+            port = self.http_port
+            ok = isinstance(port, int) and 0 <= port < 65536
+            _check(ok, "gateway.http_port", port, "in [0, 65535] (or null: off)")
         for name in ("max_prompt_bytes", "max_prompt_tokens", "max_message_bytes"):
             _check(getattr(self, name) > 0, f"gateway.{name}", getattr(self, name), "> 0")
         _check(

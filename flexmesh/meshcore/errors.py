@@ -67,6 +67,19 @@ class DeadlineExceededError(FlexMeshError, TimeoutError):
     status = "DEADLINE_EXCEEDED"
 
 
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+"""The HTTP status of each gRPC status the mesh raises (the OpenAI-compatible API's errors)."""
+
+
 def status_name(exc: BaseException) -> str:
     """The gRPC status code name for any exception (`INTERNAL` for unexpected ones)."""
     return exc.status if isinstance(exc, FlexMeshError) else "INTERNAL"

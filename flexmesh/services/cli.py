@@ -48,6 +48,8 @@ def load_config(args: argparse.Namespace) -> Any:
         gateway = replace(gateway, host=args.host)
     if getattr(args, "port", None) is not None:
         gateway = replace(gateway, port=args.port)
+    if getattr(args, "http_port", None) is not None:
+        gateway = replace(gateway, http_port=args.http_port)
     models_dir = getattr(args, "models_dir", None) or cfg.models_dir
     return replace(cfg, gateway=gateway, models_dir=models_dir)
 
@@ -63,6 +65,12 @@ def _add_mesh_args(p: argparse.ArgumentParser, config: str = "demo.yaml") -> Non
     p.add_argument("--models-dir", default=None, help="where models live / demo models are built")
     p.add_argument("--host", default=None, help="gRPC bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="gRPC port (default 50051, 0 = any)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve the OpenAI-compatible HTTP API on this port (0 = any; default off)",
+    )
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (~0.9 GB)")
 
 
@@ -73,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from flexmesh.services.mesh import start_mesh
 
     mesh = start_mesh(load_config(args), address=args.address, dashboard=args.dashboard)
-    print(f"FlexMesh serving gRPC on {mesh.address}  (Ctrl-C to stop)", flush=True)
+    http = f", OpenAI HTTP on http://{mesh.http_address}" if mesh.http_address else ""
+    print(f"FlexMesh serving gRPC on {mesh.address}{http}  (Ctrl-C to stop)", flush=True)
     stop = asyncio.Event()
 
     async def wait() -> None:
@@ -232,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexmesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="start the mesh and serve gRPC until Ctrl-C")
+    p = sub.add_parser("serve", help="start the mesh and serve gRPC (and HTTP) until Ctrl-C")
     _add_mesh_args(p)
     p.set_defaults(func=cmd_serve)
 

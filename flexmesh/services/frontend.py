@@ -80,6 +80,7 @@ class Chunk:
     output: RequestOutput
     final: bool = False
     route: RouteInfo | None = None
+    """The model and strategy chosen; the final chunk's has the workers and KV figures too."""
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -353,7 +354,7 @@ class Frontend:
                 if first_token is None and out.token_ids:
                     first_token = now
                 if not out.finished:
-                    yield Chunk(rid, out)
+                    yield Chunk(rid, out, route=route)
                     continue
                 yield self._final(rid, out, hop, route, arrival, first_token or now, now)
                 return

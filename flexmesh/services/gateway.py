@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import ray
+import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -27,6 +28,7 @@ from flexmesh.meshcore.errors import FlexMeshError
 from flexmesh.services.auth import AdminTokenInterceptor
 from flexmesh.services.errors import ErrorInterceptor
 from flexmesh.services.frontend import Frontend, estimate_tokens
+from flexmesh.services.http import ChatTemplates, OpenAIServer, serve_http
 from flexmesh.services.servicers import AdminServicer, GenerationServicer
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
@@ -93,10 +95,15 @@ class Gateway:
             probe = ProbeClient(
                 ray.get_actor("probe", namespace=config.namespace), config.probe.timeout_s
             )
+        tokenizers = _load_tokenizers(model_paths or {})
         self.frontend = Frontend(
-            config, clients, probe, GatewayMetrics(), _token_counter(worker_names, model_paths)
+            config, clients, probe, GatewayMetrics(), _token_counter(worker_names, tokenizers)
         )
+        self.tokenizers, self.model_paths = tokenizers, dict(model_paths or {})
         self.server: grpc.aio.Server | None = None
+        self.http: uvicorn.Server | None = None
+        self.http_bound: int | None = None
+        """The HTTP API's port (None while it is off)."""
         self.store = GatewayStateStore(config.namespace)
         self._restart: asyncio.Task[int] | None = None
         if restarted():
@@ -104,21 +111,38 @@ class Gateway:
             if "ops" in saved:
                 self.frontend.ops.restore(saved["ops"])
             # Ray runs an async actor's constructor on its event loop: serve again from here.
-            self._restart = asyncio.get_running_loop().create_task(self.start(saved.get("port")))
+            self._restart = asyncio.get_running_loop().create_task(
+                self.start(saved.get("port"), saved.get("http_port"))
+            )
         else:
             self.store.clear()  # a previous mesh of this namespace left it
         self.frontend.ops.on_change = lambda state: self.store.save(ops=state)
 
-    async def start(self, port: int | None = None) -> int:
-        """Serve gRPC on `gateway.port` (or `port`, the one a restarted gateway had)."""
+    async def start(self, port: int | None = None, http_port: int | None = None) -> int:
+        """Serve gRPC on `gateway.port`, and HTTP on `gateway.http_port` when set (or on the
+        ports a restarted gateway had)."""
         gw = self.config.gateway
         self.server, bound = await serve_frontend(self.frontend, gw.host, port or gw.port)
         self.store.save(port=bound)
+        if gw.http_port is not None:
+            render = ChatTemplates(self.tokenizers).render
+            self.http, self.http_bound = await serve_http(
+                OpenAIServer(self.frontend, render, gw.api_key, self.model_paths),
+                gw,
+                http_port or gw.http_port,
+            )
+            self.store.save(http_port=self.http_bound)
         self.frontend.start()
         return bound
 
+    def http_port(self) -> int | None:
+        """The HTTP API's bound port (None when it is off)."""
+        return self.http_bound
+
     async def stop(self) -> None:
         self.frontend.stop()
+        if self.http is not None:
+            self.http.should_exit = True
         if self.server is not None:
             await self.server.stop(grace=2.0)
 
@@ -159,24 +183,27 @@ class Gateway:
         return errors
 
 
+def _load_tokenizers(model_paths: dict[str, str]) -> dict[str, Any]:
+    """Every resident model's tokenizer, from its local folder (no download, no remote code)."""
+    from transformers import AutoTokenizer
+
+    return {
+        model: AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+        for model, path in model_paths.items()
+    }
+
+
 def _token_counter(
-    worker_names: dict[str, list[str]], model_paths: dict[str, str] | None
+    worker_names: dict[str, list[str]], tokenizers: dict[str, Any]
 ) -> Callable[[str, str], int]:
     """Exact prompt lengths (for conditional disaggregation) from the tokenizers of the models
     that have more than one worker; an estimate for the others, which never hand off."""
-    from transformers import AutoTokenizer
-
-    paths = model_paths or {}
-    tokenizers = {
-        model: AutoTokenizer.from_pretrained(
-            paths[model], trust_remote_code=False, local_files_only=True
-        )
-        for model, names in worker_names.items()
-        if len(names) > 1 and model in paths
+    exact = {
+        m: tokenizers[m] for m, names in worker_names.items() if len(names) > 1 and m in tokenizers
     }
 
     def count(model: str, prompt: str) -> int:
-        tok = tokenizers.get(model)
+        tok = exact.get(model)
         return (
             len(tok.encode(prompt, add_special_tokens=False))
             if tok

@@ -34,6 +34,8 @@ class Mesh:
     actors: dict[str, Any]
     """Named actors besides the gateway: workers, the probe, the controller."""
     owns_ray: bool
+    http_address: str | None = None
+    """HOST:PORT of the OpenAI-compatible HTTP API (None when it is off)."""
 
     def shutdown(self) -> None:
         try:
@@ -121,11 +123,18 @@ def start_mesh(
     dashboard: bool = False,
     log_to_driver: bool = True,
 ) -> Mesh:
-    """Start workers and the gateway; returns once gRPC is serving. The FLEXMESH_ADMIN_TOKEN
-    environment variable sets the Admin token when the config holds none."""
-    token = os.environ.get("FLEXMESH_ADMIN_TOKEN", "")
-    if token and not config.gateway.admin_token:
-        config = replace(config, gateway=replace(config.gateway, admin_token=token))
+    """Start workers and the gateway; returns once gRPC (and HTTP, when on) is serving. The
+    FLEXMESH_ADMIN_TOKEN and FLEXMESH_API_KEY environment variables set the Admin token and
+    the HTTP API key when the config holds none."""
+    gw = config.gateway
+    config = replace(
+        config,
+        gateway=replace(
+            gw,
+            admin_token=gw.admin_token or os.environ.get("FLEXMESH_ADMIN_TOKEN", ""),
+            api_key=gw.api_key or os.environ.get("FLEXMESH_API_KEY", ""),
+        ),
+    )
     paths = resolve_model_paths(config)
     owns_ray = init_ray(address, dashboard, config.namespace, log_to_driver)
     actors: dict[str, Any] = {}
@@ -186,5 +195,7 @@ def start_mesh(
         ).remote(config)
         ray.get(actors["controller"].ready.remote())
     address = f"{config.gateway.host}:{port}"
-    log.info("mesh.serving", address=address, actors=sorted(actors))
-    return Mesh(config, address, gateway, actors, owns_ray)
+    http_port = ray.get(gateway.http_port.remote())
+    http = f"{config.gateway.host}:{http_port}" if http_port is not None else None
+    log.info("mesh.serving", address=address, http=http, actors=sorted(actors))
+    return Mesh(config, address, gateway, actors, owns_ray, http)

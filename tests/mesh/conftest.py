@@ -15,13 +15,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def mesh(models_dir: Path) -> Iterator[Mesh]:
-    """The demo mesh on one shared local Ray instance, gRPC on a free port."""
+    """The demo mesh on one shared local Ray instance, gRPC and HTTP on free ports."""
     cfg = load_mesh_config(REPO / "deploy" / "configs" / "demo.yaml")
     # 0.9 CPU a worker (still one torch thread): Ray keeps room for the prefill/decode mesh.
     models = tuple(replace(m, num_cpus=0.9) for m in cfg.models)
     # One worker a model: nothing to migrate to, so the worker-death test is the case of
     # migration disabled.
-    gateway = replace(cfg.gateway, port=0, max_migrations=0)
+    gateway = replace(cfg.gateway, port=0, max_migrations=0, http_port=0)
     cfg = replace(cfg, models=models, models_dir=str(models_dir), gateway=gateway)
     m = start_mesh(cfg, log_to_driver=False)
     yield m

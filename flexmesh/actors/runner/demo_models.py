@@ -1,4 +1,5 @@
-"""`flexmesh models build-demo DIR`: two small random-weight Qwen2 models and one tokenizer.
+"""`flexmesh models build-demo DIR`: two small random-weight Qwen2 models and one tokenizer
+(with Qwen2's ChatML chat template).
 
 The tokenizer is a byte-level BPE trained offline on Python's own standard library sources (on
 every machine, no download) with Qwen2's pre-tokenizer, normaliser and decoder, so
@@ -18,7 +19,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 """Bumped whenever the demo recipe changes, so stale builds are rebuilt."""
 MARKER = ".flexmesh-demo.json"
 
@@ -28,6 +29,12 @@ QWEN2_PRETOKENIZE_REGEX = (
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 VOCAB_SIZE = 8192
+CHATML_TEMPLATE = (
+    "{% for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""Qwen2's chat format (ChatML), so the HTTP chat API renders chats as for a real Qwen2."""
 CORPUS_CHARS = 4_000_000
 
 
@@ -104,6 +111,7 @@ def build_tokenizer(out_dir: Path) -> None:
         model_max_length=MAX_POSITION_TOKENS,
         clean_up_tokenization_spaces=False,
     )
+    fast.chat_template = CHATML_TEMPLATE
     fast.save_pretrained(str(out_dir))
 
 

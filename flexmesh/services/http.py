@@ -1,0 +1,481 @@
+"""The OpenAI-compatible HTTP front end: a thin adapter over the same `Frontend` as gRPC.
+
+JSON in, a checked `GenerationInput` (`services/inputs.py`, the gRPC servicer's checks) to
+`Frontend.generate`, JSON or server-sent events out. Routing, admission, migration, deadlines
+and metrics are the frontend's; this module only speaks the wire format (docs/http.md):
+
+- `POST /v1/completions`, `POST /v1/chat/completions` (the chat template of the model's
+  tokenizer; `model` is a resident model or `auto`), streaming or not, with
+  `stream_options.include_usage`;
+- `GET /v1/models`, `GET /health`;
+- errors as OpenAI's `{"error": {message, type, param, code}}` with the HTTP status of the
+  frontend's gRPC status (400, 401, 404, 429, 503, 504); `param` names the field;
+- FlexMesh's extras: request fields `strategy`, `top_k`, `ignore_eos`, `stop_token_ids`,
+  `return_token_ids`; every response's last message carries `flexmesh: {route, timings}`.
+
+A client that disconnects cancels its request, which aborts it on its workers and frees its KV
+blocks, as a gRPC cancel does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from flexmesh.meshcore.config import GatewayConfig
+from flexmesh.meshcore.errors import (
+    HTTP_STATUS,
+    FlexMeshError,
+    InvalidRequestError,
+    status_name,
+)
+from flexmesh.meshcore.sampling import SamplingParams
+from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.services.inputs import DEFAULT_MAX_TOKENS, generation_input
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    504: "timeout_error",
+}
+UNSUPPORTED = {
+    "n": 1,
+    "best_of": 1,
+    "echo": False,
+    "suffix": "",
+    "logprobs": False,
+    "top_logprobs": 0,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logit_bias": {},
+    "tools": [],
+    "functions": [],
+}
+"""OpenAI fields FlexMesh does not implement, with the value that means "not used": any other
+value is refused with 400 naming the field, never silently ignored."""
+
+T = TypeVar("T")
+RenderChat = Callable[[str, list[dict[str, Any]]], str]
+"""`render(model, messages)`: the prompt text of a chat, by `model`'s chat template."""
+
+
+class _Body:
+    """A request's JSON object, read field by field; a wrong type is a 400 naming the field."""
+
+    def __init__(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise InvalidRequestError("body", "must be a JSON object")
+        self.data = data
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds:
+            kinds = (*kinds, int)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+            raise InvalidRequestError(name, f"must be {names}, got {json.dumps(value)[:40]}")
+        return value
+
+    def ints(self, name: str) -> tuple[int, ...]:
+        values = self.get(name, list, [])
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise InvalidRequestError(name, "must be a list of integers")
+        return tuple(values)
+
+    def check_unsupported(self) -> None:
+        for name, unused in UNSUPPORTED.items():
+            value = self.data.get(name)
+            if value is not None and value != unused:
+                raise InvalidRequestError(
+                    name, f"is not supported by FlexMesh (only {json.dumps(unused)})"
+                )
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+               list: "a list", dict: "an object"}  # fmt: skip
+
+
+def sampling_params(body: _Body, max_tokens_fields: Sequence[str]) -> SamplingParams:
+    """OpenAI's sampling fields (and FlexMesh's extras) as `SamplingParams`. As in OpenAI's
+    API, `temperature` defaults to 1 (sampling); 0 is greedy."""
+    stop = body.get("stop", (str, list), [])
+    stop = [stop] if isinstance(stop, str) else stop
+    if not all(isinstance(s, str) for s in stop):
+        raise InvalidRequestError("stop", "must be a string or a list of strings")
+    max_tokens = next(
+        (body.get(f, int) for f in max_tokens_fields if body.data.get(f) is not None),
+        DEFAULT_MAX_TOKENS,
+    )
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=float(body.get("temperature", float, 1.0)),
+        top_p=float(body.get("top_p", float, 1.0)),
+        top_k=max(0, body.get("top_k", int, 0)),  # vLLM's -1 means "all", as 0 does here
+        seed=body.get("seed", int),
+        stop_token_ids=body.ints("stop_token_ids"),
+        stop=tuple(stop),
+        ignore_eos=body.get("ignore_eos", bool, False),
+        strategy=body.get("strategy", str, ""),
+    )
+
+
+def completion_prompt(body: _Body) -> tuple[str, tuple[int, ...]]:
+    """`prompt`: a string, a list of token ids, or a list holding one of either."""
+    prompt = body.get("prompt", (str, list), "")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt, ()
+    if prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return "", tuple(prompt)
+    raise InvalidRequestError(
+        "prompt", "must be one string or one list of token ids (send one prompt per request)"
+    )
+
+
+def chat_messages(body: _Body) -> list[dict[str, Any]]:
+    """`messages` as the chat template reads them: each a role and a text content (OpenAI's
+    content parts of type "text" are joined)."""
+    messages = body.get("messages", list)
+    if not messages:
+        raise InvalidRequestError("messages", "must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidRequestError(f"messages[{i}]", "must be an object with a role")
+        content = m.get("content") or ""
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                raise InvalidRequestError(f"messages[{i}].content", "only text parts are served")
+            content = "".join(str(p.get("text", "")) for p in content)
+        if not isinstance(content, str):
+            raise InvalidRequestError(f"messages[{i}].content", "must be a string or text parts")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """OpenAI's error body, with the HTTP status of the error's gRPC status."""
+    code = status_name(exc)
+    http = HTTP_STATUS.get(code, 500)
+    message = str(exc) if isinstance(exc, FlexMeshError) else f"internal error: {exc}"
+    body = {
+        "message": message,
+        "type": ERROR_TYPES.get(http, "server_error"),
+        "param": getattr(exc, "field", None),
+        "code": code,
+    }
+    return JSONResponse({"error": body}, status_code=http)
+
+
+class _Unauthenticated(FlexMeshError):
+    status = "UNAUTHENTICATED"
+
+
+class OpenAIServer:
+    """The routes; `api_key` (when set) is required as `Authorization: Bearer <key>` on
+    everything under /v1."""
+
+    def __init__(
+        self,
+        frontend: Frontend,
+        render_chat: RenderChat,
+        api_key: str = "",
+        model_paths: dict[str, str] | None = None,
+    ) -> None:
+        """`model_paths`: each model's local folder, listed as its `root` in /v1/models (where
+        a load generator on this machine finds the tokenizer)."""
+        self.frontend, self.render_chat, self.api_key = frontend, render_chat, api_key
+        self.model_paths = model_paths or {}
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/health", self.health, methods=["GET"]),
+            ]
+        )
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "in_flight": self.frontend.in_flight})
+
+    async def models(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+        except FlexMeshError as exc:
+            return error_response(exc)
+        names = [*sorted(self.frontend.workers), *(["auto"] if self.frontend.probe else [])]
+        large = self.frontend.router.policy.large_model
+        data = [
+            {
+                "id": n,
+                "object": "model",
+                "created": 0,
+                "owned_by": "flexmesh",
+                "root": self.model_paths.get(large if n == "auto" else n),
+            }
+            for n in names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, chat=True)
+
+    # -- the shared path -------------------------------------------------------------------
+
+    async def _serve(self, request: Request, chat: bool) -> Response:
+        model: Any = "auto"
+        try:
+            self._authorize(request)
+            body = _Body(await _json(request))
+            model = body.data.get("model") or "auto"
+            inp = self._input(request, body, chat)
+            stream = body.get("stream", bool, False)
+            include_usage = body.get("stream_options", dict, {}).get("include_usage") is True
+            reply = _Reply(chat, body.get("return_token_ids", bool, False), inp.request_id)
+        except FlexMeshError as exc:
+            self.frontend.record_failure(model if isinstance(model, str) else "auto", exc.status)
+            return error_response(exc)
+        chunks = self.frontend.generate(inp)
+        try:
+            if not stream:
+                return await _until_disconnect(request, reply.whole(chunks))
+            # The first chunk before the 200: a refusal (overload, unknown model) keeps its
+            # status. From the 200 on, Starlette cancels the stream when the client leaves.
+            first = await _until_disconnect(request, anext(chunks))
+        except _ClientGone:
+            return Response(status_code=499)  # nobody reads it
+        except Exception as exc:
+            return error_response(exc)
+        return StreamingResponse(
+            reply.events(first, chunks, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    def _authorize(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token, self.api_key):
+            raise _Unauthenticated("a valid API key is required (Authorization: Bearer <key>)")
+
+    def _input(self, request: Request, body: _Body, chat: bool) -> GenerationInput:
+        body.check_unsupported()
+        model = body.get("model", str, "")
+        if chat:
+            messages = chat_messages(body)
+            routed = model if model not in ("", "auto") else self.frontend.router.policy.large_model
+            if routed not in self.frontend.workers:
+                routed = self.frontend.default_model
+            prompt, ids, field = self.render_chat(routed, messages), (), "messages"
+            sampling = sampling_params(body, ("max_completion_tokens", "max_tokens"))
+        else:
+            (prompt, ids), field = completion_prompt(body), "prompt"
+            sampling = sampling_params(body, ("max_tokens",))
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        gw = self.frontend.config.gateway
+        return generation_input(gw, prompt, ids, sampling, model, rid, prompt_field=field)
+
+
+class ChatTemplates:
+    """Renders a chat to prompt text with its model's chat template (from its tokenizer)."""
+
+    def __init__(self, tokenizers: dict[str, Any]) -> None:
+        self.tokenizers = tokenizers
+
+    def render(self, model: str, messages: list[dict[str, Any]]) -> str:
+        tok = self.tokenizers.get(model)
+        if tok is None or not getattr(tok, "chat_template", None):
+            raise InvalidRequestError(
+                "messages", f"model {model!r} has no chat template (use /v1/completions)"
+            )
+        try:
+            return str(
+                tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            )
+        except Exception as exc:  # the template refuses the chat (roles out of order, ...)
+            raise InvalidRequestError("messages", f"the chat template refused them: {exc}") from exc
+
+
+async def serve_http(
+    server: OpenAIServer, gw: GatewayConfig, port: int
+) -> tuple[uvicorn.Server, int]:
+    """Serve `server`'s routes with uvicorn on this event loop at `gw.host:port` (TLS with the
+    gateway's cert and key); returns the server and its bound port once it accepts."""
+    family = socket.AF_INET6 if ":" in gw.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((gw.host, port))  # here, so a port in use is an error, not uvicorn's exit
+    config = uvicorn.Config(
+        server.app(),
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        ssl_certfile=gw.tls_cert_file or None,
+        ssl_keyfile=gw.tls_key_file or None,
+        timeout_graceful_shutdown=2,
+    )
+    http = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(http.serve(sockets=[sock]))
+    while not http.started:
+        if task.done():
+            task.result()  # its error
+            raise RuntimeError(f"the HTTP server on {gw.host}:{port} stopped while starting")
+        await asyncio.sleep(0.01)
+    return http, sock.getsockname()[1]
+
+
+class _Reply:
+    """One request's response in OpenAI's shape, whole or as server-sent events."""
+
+    def __init__(self, chat: bool, token_ids: bool, request_id: str) -> None:
+        self.chat, self.token_ids = chat, token_ids
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
+        self.created = int(time.time())
+
+    def _envelope(self, chunk: Chunk, stream: bool) -> dict[str, Any]:
+        kind = "chat.completion" if self.chat else "text_completion"
+        model = chunk.route.model if chunk.route else ""
+        return {
+            "id": self.id,
+            "object": f"{kind}.chunk" if stream and self.chat else kind,
+            "created": self.created,
+            "model": model,
+        }
+
+    def _choice(self, text: str, ids: Sequence[int], finish: str | None, delta: bool) -> dict:
+        choice: dict[str, Any] = {"index": 0}
+        if not self.chat:
+            choice.update(text=text, logprobs=None)
+        elif delta:
+            choice["delta"] = {"content": text} if text else {}
+        else:
+            choice["message"] = {"role": "assistant", "content": text}
+        if self.token_ids:
+            choice["token_ids"] = list(ids)
+        choice["finish_reason"] = finish
+        return choice
+
+    @staticmethod
+    def _extras(final: Chunk) -> dict[str, Any]:
+        out = final.output
+        usage = {
+            "prompt_tokens": out.prompt_tokens,
+            "completion_tokens": out.completion_tokens,
+            "total_tokens": out.prompt_tokens + out.completion_tokens,
+        }
+        route = asdict(final.route) if final.route else {}
+        return {"usage": usage, "flexmesh": {"route": route, "timings": final.timings}}
+
+    async def whole(self, chunks: AsyncIterator[Chunk]) -> Response:
+        text: list[str] = []
+        ids: list[int] = []
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                text.append(chunk.output.text)
+                ids.extend(chunk.output.token_ids)
+                if chunk.final:
+                    body = self._envelope(chunk, stream=False)
+                    reason = chunk.output.finish_reason
+                    body["choices"] = [self._choice("".join(text), ids, reason, delta=False)]
+                    return JSONResponse({**body, **self._extras(chunk)})
+        raise AssertionError("the frontend's stream ended without its final chunk")
+
+    async def events(
+        self, first: Chunk, chunks: AsyncIterator[Chunk], include_usage: bool
+    ) -> AsyncIterator[str]:
+        """Server-sent events from `first` on; an error after the 200 is one `error` event.
+        With `include_usage` every chunk has a `usage` field, null but in the last one, which
+        has no choices (OpenAI's shape)."""
+
+        def event(chunk: Chunk, choices: list[dict[str, Any]], **extra: Any) -> str:
+            usage = {"usage": None} if include_usage else {}
+            return _event({**self._envelope(chunk, True), "choices": choices, **usage, **extra})
+
+        async with aclosing(chunks):
+            if self.chat:
+                role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+                yield event(first, [{**role, "finish_reason": None}])
+            chunk: Chunk | None = first
+            try:
+                while chunk is not None:
+                    out = chunk.output
+                    reason = out.finish_reason if chunk.final else None
+                    choices = [self._choice(out.text, out.token_ids, reason, delta=True)]
+                    if not chunk.final:
+                        yield event(chunk, choices)
+                        chunk = await anext(chunks, None)
+                        continue
+                    extras = self._extras(chunk)
+                    yield event(chunk, choices, flexmesh=extras["flexmesh"])
+                    if include_usage:
+                        yield event(chunk, [], usage=extras["usage"])
+                    chunk = None
+            except Exception as exc:
+                yield _event(json.loads(error_response(exc).body))
+        yield "data: [DONE]\n\n"
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError("body", f"is not valid JSON ({exc})") from exc
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its response was ready."""
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or `_ClientGone` once `work` is cancelled (which aborts the request on
+    its workers) because the client disconnected first."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise _ClientGone
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
