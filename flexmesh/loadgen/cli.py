@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from flexmesh.loadgen.openai_http import is_http, served_model_path
 from flexmesh.loadgen.plots import write_plots
 from flexmesh.loadgen.prompts import DEFAULT_INTENT_MIX, Tokenizer, parse_intent_mix
 from flexmesh.loadgen.records import ReplayRequest
@@ -84,11 +85,24 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         metavar="MIX",
         help="the intent mix of each --phase, in order (an intent mix that shifts)",
     )
-    pr.add_argument("--prompts-dir", help="folder of *.jsonl(.gz) with task and prompt fields")
-    pr.add_argument("--tokenizer", help="Hugging Face folder of the target model's tokenizer")
+    pr.add_argument(
+        "--prompts-dir",
+        help="folder of *.jsonl(.gz) with task and prompt fields (default: prompts of random "
+        "tokens of the tokenizer's vocabulary)",
+    )
+    pr.add_argument(
+        "--tokenizer",
+        help="Hugging Face folder of the target model's tokenizer (default: the target's model "
+        "folder, when the target names it and it is on this machine)",
+    )
     pr.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     rp = parser.add_argument_group("replay")
-    rp.add_argument("--target", default="127.0.0.1:50051", help="gateway HOST:PORT")
+    rp.add_argument(
+        "--target",
+        default="127.0.0.1:50051",
+        help="a FlexMesh gateway HOST:PORT (gRPC), or http://HOST:PORT of any OpenAI-compatible "
+        "server",
+    )
     rp.add_argument("--out", required=True, help="output folder for reports and plots")
     rp.add_argument("--max-in-flight", type=int, default=64, help="bound on open requests")
     rp.add_argument("--deadline-s", type=float, default=300.0, help="per-request deadline")
@@ -115,6 +129,30 @@ def load_tokenizer(path: str) -> Tokenizer:
     return tok
 
 
+async def target_model_path(target: str, model: str = "") -> str | None:
+    """The local folder of the target's model (`model`, else the one it routes to first), when
+    the target tells it and the folder is on this machine: a FlexMesh gateway's worker reports,
+    an HTTP server's `/v1/models` roots."""
+    if is_http(target):
+        return await served_model_path(target, model)
+    from flexmesh.channel import open_channel
+    from flexmesh.v1 import flexmesh_pb2 as pb
+    from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+    try:
+        async with open_channel(target) as channel:
+            st = await pb_grpc.AdminStub(channel).GetStatus(
+                pb.GetStatusRequest(cached=True), timeout=10
+            )
+    except Exception:  # unreachable or refused (an Admin token): the caller asks for --tokenizer
+        return None
+    wanted = model or (st.policy.large_model if st.HasField("policy") else "")
+    paths = sorted(st.workers, key=lambda w: w.model != wanted)
+    return next(
+        (w.model_path for w in paths if Path(w.model_path, "tokenizer_config.json").exists()), None
+    )
+
+
 def shape_config(args: argparse.Namespace) -> ShapeConfig:
     return ShapeConfig(
         start_s=args.start,
@@ -137,12 +175,13 @@ def prepare(
     fmt = "phases" if phases else args.format or (infer_format(args.trace) if args.trace else None)
     if fmt is None:
         raise ValueError("format: give --format (or a --trace to infer it from)")
-    if not args.prompts_dir:
-        raise ValueError("prompts_dir: --prompts-dir is required")
     mix = parse_intent_mix(args.intent_mix)
     if tokenizer is None:
         if not args.tokenizer:
-            raise ValueError("tokenizer: --tokenizer is required (the target model's folder)")
+            raise ValueError(
+                "tokenizer: give --tokenizer (the target model's folder); it could not be read "
+                f"from {args.target}"
+            )
         tokenizer = load_tokenizer(args.tokenizer)
     synthetic = SyntheticConfig(args.rate_rps, args.cv, args.input_tokens, args.output_tokens)
     config = shape_config(args)
@@ -194,6 +233,8 @@ async def run_replay(
 
     Pass `tokenizer` to reuse one already loaded (then `--tokenizer` is not read).
     """
+    if tokenizer is None and not args.tokenizer:
+        args.tokenizer = await target_model_path(args.target, args.model)
     _, requests, meta = await asyncio.to_thread(prepare, args, tokenizer)
     result = await replay(
         requests,

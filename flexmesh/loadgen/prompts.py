@@ -36,6 +36,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: list[int]) -> str: ...
 
+    def __len__(self) -> int: ...
+
 
 def parse_intent_mix(spec: str | Mapping[str, float]) -> dict[str, float]:
     """`"code=0.3,math=0.2,chat=0.5"` (or a mapping) to weights normalised to sum 1."""
@@ -138,6 +140,26 @@ class PromptPool:
         return fit_text(self.tokenizer, text, n_tokens, tolerance)
 
 
+class VocabularyPool(PromptPool):
+    """Prompts of random ordinary tokens of the tokenizer's own vocabulary, for a replay given
+    no labelled prompts (a trace alone). Their text carries no intent: the mix only labels the
+    requests, and an intent router sees noise."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        super().__init__({}, tokenizer)
+        special = set(getattr(tokenizer, "all_special_ids", ()))
+        self.ids = np.array([i for i in range(len(tokenizer)) if i not in special])
+
+    def check_covers(self, intents: set[str]) -> None:
+        pass  # every intent draws from the one vocabulary
+
+    def stream(self, intent: str, rng: np.random.Generator, min_tokens: int) -> str:
+        """Random tokens decoded to text; re-encoded they may merge into fewer, so callers cut
+        and top up as for labelled prompts."""
+        ids = rng.choice(self.ids, size=max(1, min_tokens) + 8)
+        return self.tokenizer.decode([int(i) for i in ids])
+
+
 def fit_text(
     tokenizer: Tokenizer, text: str, n_tokens: int, tolerance: int = 1, max_steps: int = 24
 ) -> tuple[str, int]:
@@ -147,8 +169,10 @@ def fit_text(
     than `n_tokens` (or is all of `text`, which is then returned whole), so cutting a few
     dozen tokens from a long document stays cheap. Token count grows almost monotonically with
     the cut position, so an interpolation search between a too-short and a too-long cut
-    converges in a few encodes.
+    converges in a few encodes. A prompt asked for one token or more never comes back empty
+    (the tolerance never reaches down to zero tokens).
     """
+    tolerance = min(tolerance, max(0, n_tokens - 1))
 
     def count(s: str) -> int:
         return len(tokenizer.encode(s, add_special_tokens=False))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OK = "OK"
@@ -103,3 +104,38 @@ class RequestRecord:
         d = asdict(self)
         d["tpot_s"] = self.tpot_s
         return d
+
+
+@dataclass
+class Stream:
+    """What one call received so far (filled by a `Sender`, read into its `RequestRecord`)."""
+
+    times: list[float] = field(default_factory=list)
+    """Arrival of each token-carrying message, from send."""
+    tokens: list[int] = field(default_factory=list)
+    """Tokens in each of those messages."""
+    token_ids: list[int] | None = None
+    """The streamed ids, when kept."""
+    final: dict[str, Any] = field(default_factory=dict)
+    """`RequestRecord` fields the last messages report (usage, route, server timings)."""
+
+    def add(self, at_s: float, count: int, ids: Sequence[int] = ()) -> None:
+        self.times.append(at_s)
+        self.tokens.append(count)
+        if self.token_ids is not None:
+            self.token_ids.extend(ids)
+
+
+class ReplayError(Exception):
+    """A call that ended with a status other than OK (a gRPC status code name)."""
+
+    def __init__(self, status: str, error: str) -> None:
+        super().__init__(f"{status}: {error}")
+        self.status, self.error = status, error
+
+
+Sender = Callable[
+    [ReplayRequest, str, "float | None", Stream, Callable[[], float]], Awaitable[None]
+]
+"""`send(request, request_id, timeout_s, stream, elapsed_s)`: one call that fills `stream` (token
+times from `elapsed_s()`) and raises `ReplayError` when it fails."""

@@ -1,4 +1,5 @@
-"""Open-loop replay: send each request at its arrival time over gRPC and time its token stream.
+"""Open-loop replay: send each request at its arrival time and time its token stream, over gRPC
+to a FlexMesh gateway or over HTTP to any OpenAI-compatible server (`loadgen/openai_http.py`).
 
 Open loop means a slow server does not slow the arrivals down, up to `max_in_flight` requests
 in flight: past that bound the dispatcher waits for a slot, and the wait shows up as the
@@ -10,10 +11,11 @@ by itself; each request ends as exactly one `RequestRecord`, failures and unsent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -21,7 +23,16 @@ import structlog
 from tqdm import tqdm
 
 from flexmesh.channel import open_channel
-from flexmesh.loadgen.records import NOT_SENT, OK, ReplayRequest, RequestRecord
+from flexmesh.loadgen.openai_http import http_client, http_sender, is_http
+from flexmesh.loadgen.records import (
+    NOT_SENT,
+    OK,
+    ReplayError,
+    ReplayRequest,
+    RequestRecord,
+    Sender,
+    Stream,
+)
 from flexmesh.loadgen.status import StatusSampler
 from flexmesh.v1 import flexmesh_pb2, flexmesh_pb2_grpc
 
@@ -51,46 +62,46 @@ class ReplayResult:
     """`Admin/GetStatus` samples taken during the replay (empty unless asked for)."""
 
 
-@dataclass
-class _Stream:
-    """Mutable accumulator of one call's chunks (lives only inside `_call`)."""
+def grpc_sender(
+    stub: flexmesh_pb2_grpc.GenerationStub, model: str, strategy: str, temperature: float
+) -> Sender:
+    """Calls `Generation/Generate` of a FlexMesh gateway."""
 
-    times: list[float] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    last: flexmesh_pb2.GenerateResponse | None = None
-    token_ids: list[int] | None = None
-    """The streamed ids, when kept."""
+    async def send(
+        req: ReplayRequest,
+        request_id: str,
+        timeout_s: float | None,
+        stream: Stream,
+        elapsed_s: Callable[[], float],
+    ) -> None:
+        msg = flexmesh_pb2.GenerateRequest(
+            prompt=req.prompt,
+            max_tokens=req.max_tokens,
+            temperature=temperature,
+            ignore_eos=req.ignore_eos,
+            model=model,
+            request_id=request_id,
+            strategy=strategy,
+        )
+        try:
+            async for resp in stub.Generate(msg, timeout=timeout_s):
+                if resp.token_ids:
+                    stream.add(elapsed_s(), len(resp.token_ids), resp.token_ids)
+                if resp.finish_reason:
+                    stream.final = _final_fields(resp)
+        except grpc.aio.AioRpcError as e:
+            raise ReplayError(e.code().name, e.details() or "") from e
+
+    return send
 
 
-def _message(
-    req: ReplayRequest, request_id: str, model: str, strategy: str, temperature: float
-) -> flexmesh_pb2.GenerateRequest:
-    return flexmesh_pb2.GenerateRequest(
-        prompt=req.prompt,
-        max_tokens=req.max_tokens,
-        temperature=temperature,
-        ignore_eos=req.ignore_eos,
-        model=model,
-        request_id=request_id,
-        strategy=strategy,
-    )
-
-
-def _record(
-    req: ReplayRequest,
-    request_id: str,
-    send_s: float,
-    end_s: float,
-    stream: _Stream,
-    status: str,
-    error: str,
-) -> RequestRecord:
-    last = stream.last
-    fields: dict[str, Any] = {}
-    if last is not None and last.HasField("usage"):
+def _final_fields(last: flexmesh_pb2.GenerateResponse) -> dict[str, Any]:
+    """The record's fields from a gateway's final message."""
+    fields: dict[str, Any] = {"finish_reason": last.finish_reason}
+    if last.HasField("usage"):
         fields["prompt_tokens"] = last.usage.prompt_tokens
         fields["completion_tokens"] = last.usage.completion_tokens
-    if last is not None and last.HasField("route"):
+    if last.HasField("route"):
         r = last.route
         fields.update(
             route_model=r.model,
@@ -101,7 +112,7 @@ def _record(
             route_prefill_worker=r.prefill_worker,
             migrations=r.migrations,
         )
-    if last is not None and last.HasField("timings"):
+    if last.HasField("timings"):
         t = last.timings
         fields.update(
             server_queue_ms=t.queue_ms,
@@ -109,6 +120,19 @@ def _record(
             server_total_ms=t.total_ms,
             probe_ms=t.probe_ms,
         )
+    return fields
+
+
+def _record(
+    req: ReplayRequest,
+    request_id: str,
+    send_s: float,
+    end_s: float,
+    stream: Stream,
+    status: str,
+    error: str,
+) -> RequestRecord:
+    fields = dict(stream.final)
     return RequestRecord(
         index=req.index,
         request_id=request_id,
@@ -127,7 +151,6 @@ def _record(
         target_prompt_tokens=req.target_prompt_tokens,
         max_tokens=req.max_tokens,
         completion_tokens=fields.pop("completion_tokens", sum(stream.tokens)),
-        finish_reason=last.finish_reason if last is not None else "",
         error=error,
         **fields,
     )
@@ -138,7 +161,7 @@ class _Replayer:
 
     def __init__(
         self,
-        stub: flexmesh_pb2_grpc.GenerationStub,
+        send: Sender,
         max_in_flight: int,
         deadline_s: float | None,
         end_by_s: float | None,
@@ -146,7 +169,7 @@ class _Replayer:
         bar: tqdm[Any],
         keep_token_ids: bool = False,
     ) -> None:
-        self.stub = stub
+        self.send = send
         self.keep_token_ids = keep_token_ids
         self.slots = asyncio.Semaphore(max_in_flight)
         self.deadline_s = deadline_s
@@ -168,30 +191,20 @@ class _Replayer:
             limits.append(self.end_by_s - send_s)
         return max(0.001, min(limits)) if limits else None
 
-    async def call(self, req: ReplayRequest, send_s: float, options: dict[str, Any]) -> None:
+    async def call(self, req: ReplayRequest, send_s: float) -> None:
         request_id = f"{self.run_id}-{req.index}"
-        stream = _Stream(token_ids=[] if self.keep_token_ids else None)
+        stream = Stream(token_ids=[] if self.keep_token_ids else None)
         status, error = OK, ""
         try:
-            call = self.stub.Generate(
-                _message(req, request_id, **options), timeout=self.timeout_for(send_s)
+            await self.send(
+                req, request_id, self.timeout_for(send_s), stream, lambda: self.now() - send_s
             )
-            async for resp in call:
-                stream.last = resp
-                if resp.token_ids:
-                    stream.times.append(self.now() - send_s)
-                    stream.tokens.append(len(resp.token_ids))
-                    if stream.token_ids is not None:
-                        stream.token_ids.extend(resp.token_ids)
-        except grpc.aio.AioRpcError as e:
-            status, error = e.code().name, e.details() or ""
+        except ReplayError as e:
+            status, error = e.status, e.error
         except asyncio.CancelledError:
-            status, error = (
-                grpc.StatusCode.CANCELLED.name,
-                "cancelled by the replay (stuck or stopped)",
-            )
+            status, error = "CANCELLED", "cancelled by the replay (stuck or stopped)"
         except Exception as e:  # a client-side bug must still leave a record, not a hole
-            status, error = grpc.StatusCode.UNKNOWN.name, f"{type(e).__name__}: {e}"
+            status, error = "UNKNOWN", f"{type(e).__name__}: {e}"
         finally:
             self.in_flight -= 1
             self.slots.release()
@@ -220,7 +233,9 @@ async def replay(
     channel: grpc.aio.Channel | None = None,
     keep_token_ids: bool = False,
 ) -> ReplayResult:
-    """Send `requests` to `target` ("host:port") at their arrival times; one record each.
+    """Send `requests` to `target` at their arrival times; one record each. `target` is a
+    FlexMesh gateway ("host:port", gRPC) or any OpenAI-compatible server ("http://host:port",
+    its `/v1/completions`; `model` "" asks FlexMesh's router, as "auto").
 
     `deadline_s` bounds each call; `max_duration_s` bounds the run (nothing is sent after it,
     calls in flight get at most what is left). `status_interval_s` also samples
@@ -231,14 +246,24 @@ async def replay(
         raise ValueError(f"max_in_flight: must be >= 1, got {max_in_flight}")
     if len({r.index for r in requests}) != len(requests):
         raise ValueError("requests: indices must be unique (records are keyed by index)")
-    own_channel = channel is None
-    chan = channel or open_channel(target, options=_CHANNEL_OPTIONS)
     ordered = sorted(requests, key=lambda r: (r.arrival_s, r.index))
-    options = {"model": model, "strategy": strategy, "temperature": temperature}
     bar = tqdm(total=len(ordered), desc="replay", unit="req", disable=not progress)
     started_unix = time.time()
+    stack = contextlib.AsyncExitStack()
+    chan: grpc.aio.Channel | None = None
+    if is_http(target):
+        client = await stack.enter_async_context(http_client(target, max_in_flight))
+        send = http_sender(client, model, strategy, temperature)
+        if status_interval_s:
+            log.warning("status_sampling_skipped", reason="only a gRPC gateway has Admin/GetStatus")
+            status_interval_s = None
+    else:
+        chan = channel or open_channel(target, options=_CHANNEL_OPTIONS)
+        if channel is None:
+            stack.push_async_callback(chan.close)
+        send = grpc_sender(flexmesh_pb2_grpc.GenerationStub(chan), model, strategy, temperature)
     rp = _Replayer(
-        flexmesh_pb2_grpc.GenerationStub(chan),
+        send,
         max_in_flight,
         deadline_s,
         max_duration_s,
@@ -246,7 +271,7 @@ async def replay(
         bar,
         keep_token_ids,
     )
-    sampler = StatusSampler(chan, status_interval_s, rp.now) if status_interval_s else None
+    sampler = StatusSampler(chan, status_interval_s, rp.now) if chan and status_interval_s else None
     tasks: dict[int, asyncio.Task[None]] = {}
     try:
         if sampler:
@@ -266,7 +291,7 @@ async def replay(
                     break
             rp.in_flight += 1
             send_s = rp.now()
-            tasks[req.index] = asyncio.create_task(rp.call(req, send_s, options))
+            tasks[req.index] = asyncio.create_task(rp.call(req, send_s))
         pending = [t for t in tasks.values() if not t.done()]
         if pending:
             # Every call has its own deadline; the grace period only catches a stuck stream.
@@ -287,8 +312,7 @@ async def replay(
             await asyncio.gather(*unfinished, return_exceptions=True)
         samples = await sampler.stop() if sampler else []
         bar.close()
-        if own_channel:
-            await chan.close()
+        await stack.aclose()
     records = [
         rp.records.get(r.index)
         or RequestRecord(r.index, "", r.intent, r.arrival_s, NOT_SENT, max_tokens=r.max_tokens)

@@ -11,7 +11,7 @@ from typing import Literal
 
 import structlog
 
-from flexmesh.loadgen.prompts import PromptPool, Tokenizer
+from flexmesh.loadgen.prompts import PromptPool, Tokenizer, VocabularyPool
 from flexmesh.loadgen.records import ReplayRequest
 from flexmesh.loadgen.servegen import synthesize_servegen
 from flexmesh.loadgen.shaping import ShapeConfig, Workload, shape
@@ -183,13 +183,18 @@ def phase_bounds(phases: list[Phase], speedup: float = 1.0) -> list[tuple[str, f
 def build_requests(
     workload: Workload,
     mix: Mapping[str, float],
-    prompts_dir: str | Path,
+    prompts_dir: str | Path | None,
     tokenizer: Tokenizer,
     seed: int = 0,
     progress: bool = False,
     phase_mixes: Sequence[tuple[float, Mapping[str, float]]] = (),
 ) -> list[ReplayRequest]:
-    """Attach prompts of the mix's intents (per phase: `synthesize`) to a shaped workload."""
+    """Attach prompts of the mix's intents (per phase: `synthesize`) to a shaped workload;
+    without `prompts_dir`, prompts of random tokens of the tokenizer's vocabulary."""
     intents = {k for m in (mix, *(m for _, m in phase_mixes)) for k in m}
-    pool = PromptPool.from_dir(prompts_dir, tokenizer, intents)
+    pool = (
+        PromptPool.from_dir(prompts_dir, tokenizer, intents)
+        if prompts_dir
+        else VocabularyPool(tokenizer)
+    )
     return synthesize(workload, mix, pool, seed=seed, progress=progress, phase_mixes=phase_mixes)

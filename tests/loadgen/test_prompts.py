@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from flexmesh.loadgen.prompts import PromptPool, fit_text, parse_intent_mix
@@ -166,3 +168,25 @@ def test_real_prompts_mix(tokenizer: Any, data_dir: Path) -> None:
     for intent, weight in mix.items():
         assert share[intent] / len(out) == pytest.approx(weight, abs=0.09)
     assert all(abs(r.prompt_tokens - r.target_prompt_tokens) <= TOLERANCE for r in out)
+
+
+def test_a_mooncake_window_scaled_far_down_gives_only_valid_requests(
+    tokenizer: Any, prompts_dir: Path, tmp_path: Path
+) -> None:
+    """Lengths from 1 to 200k tokens scaled to at most 512: many prompts become 1-token ones
+    (with 2-token prefix blocks), and none may come out empty or ask for no output."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mooncake.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(400):
+            n = int(np.exp(rng.uniform(0, np.log(200_000))))
+            blocks = list(range(i % 7, i % 7 + n // 512 + 1))  # conversations share blocks
+            row = {"timestamp": i * 50, "input_length": n, "output_length": int(rng.integers(1, 9)),
+                   "hash_ids": blocks}  # fmt: skip
+            f.write(json.dumps(row) + "\n")
+    wl = shape(read_mooncake(path), ShapeConfig(max_input_tokens=512, max_output_tokens=4))
+    out = synthesize(wl, parse_intent_mix("code=0.5,chat=0.5"), PromptPool.from_dir(
+        prompts_dir, tokenizer), seed=0)  # fmt: skip
+    assert sum(r.target_prompt_tokens == 1 for r in out) >= 50  # the case this is about
+    assert all(_count(tokenizer, r.prompt) >= 1 and r.prompt_tokens >= 1 for r in out)
+    assert all(r.max_tokens >= 1 for r in out)
