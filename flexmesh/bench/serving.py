@@ -82,10 +82,10 @@ def _hf_reference(args: argparse.Namespace, model_path: str, tokenizer: str) -> 
 
 
 def each_mesh(
-    configs: str, models_dir: str | None
+    configs: str, models_dir: str | None, http: bool = False
 ) -> Iterator[tuple[str, Any, dict[str, str], Any]]:
-    """Start each named mesh config in turn (gRPC on a free port); yield (name, config, model
-    paths, mesh) and shut the mesh down when the caller moves on."""
+    """Start each named mesh config in turn (gRPC, and HTTP with `http`, on free ports); yield
+    (name, config, model paths, mesh) and shut the mesh down when the caller moves on."""
     from dataclasses import replace
 
     from flexmesh.services.mesh import resolve_model_paths, start_mesh
@@ -93,9 +93,9 @@ def each_mesh(
     for config in configs.split(","):
         name = Path(config).stem
         cfg = load_mesh_config(_config_path(config))
-        cfg = replace(
-            cfg, models_dir=models_dir or cfg.models_dir, gateway=replace(cfg.gateway, port=0)
-        )
+        http_port = 0 if http else cfg.gateway.http_port
+        gateway = replace(cfg.gateway, port=0, http_port=http_port)
+        cfg = replace(cfg, models_dir=models_dir or cfg.models_dir, gateway=gateway)
         paths = resolve_model_paths(cfg)
         progress(f"[{name}] starting mesh: {', '.join(m.name for m in cfg.models)}")
         mesh = start_mesh(cfg, log_to_driver=False)

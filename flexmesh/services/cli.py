@@ -18,6 +18,7 @@ from typing import Any
 
 from flexmesh.actors.probe.evaluate import add_eval_arguments
 from flexmesh.bench.chaos_bench import add_chaos_arguments
+from flexmesh.bench.http_bench import add_http_bench_arguments
 from flexmesh.bench.pd_bench import add_pd_bench_arguments
 from flexmesh.bench.policy_bench import add_policy_bench_arguments
 from flexmesh.bench.serving import ROUTING_PRESET, add_serving_bench_arguments
@@ -223,6 +224,12 @@ def cmd_bench_chaos(args: argparse.Namespace) -> int:
     return 0 if all(r["kv_all_free_after"] and r["normal_request_after"] for r in phases) else 1
 
 
+def cmd_bench_http(args: argparse.Namespace) -> int:
+    from flexmesh.bench.http_bench import print_http, run_http_bench
+
+    return 0 if _show(args, run_http_bench(args), print_http)["failed_streams"] == 0 else 1
+
+
 def cmd_bench_soak(args: argparse.Namespace) -> int:
     from flexmesh.bench.soak_bench import print_soak, run_soak
 
@@ -358,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("chaos", help="a trace replayed while actors of each kind are killed")
     add_chaos_arguments(b)
     b.set_defaults(func=cmd_bench_chaos)
+    b = bsub.add_parser("http", help="the same streams through gRPC and the OpenAI HTTP API")
+    add_http_bench_arguments(b)
+    b.set_defaults(func=cmd_bench_http)
     b = bsub.add_parser("soak", help="minutes at a multiple of the measured capacity")
     add_soak_arguments(b)
     b.set_defaults(func=cmd_bench_soak)
