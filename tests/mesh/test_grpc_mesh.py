@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 
 import grpc
 import pytest
@@ -196,3 +197,16 @@ async def test_policy_is_versioned_and_live(channel: grpc.aio.Channel) -> None:
     assert (await admin.SetPolicy(restore, timeout=10)).version == after.version + 1
     status = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
     assert status.policy_version == after.version + 1
+
+
+async def test_workers_bound_their_kernel_caches(mesh: Mesh) -> None:
+    """The environment that keeps a worker's memory flat under shapes that change every step
+    (`flexmesh bench soak` measures the memory itself)."""
+    from flexmesh.services.mesh import KERNEL_CACHE_ENV
+
+    workers = [h for name, h in mesh.actors.items() if name.startswith("worker-")]
+    envs = await asyncio.gather(
+        *(w.__ray_call__.remote(lambda _: {k: os.environ.get(k) for k in KERNEL_CACHE_ENV})
+          for w in workers)
+    )  # fmt: skip
+    assert workers and all(env == KERNEL_CACHE_ENV for env in envs)
