@@ -39,3 +39,23 @@ async def test_replay_against_demo_mesh(mesh: Mesh, shared_data: Path, tmp_path:
     for name in ("latency_cdf.png", "throughput.png", "status.png", "controller.png"):
         assert (out / name).stat().st_size > 5000, name
     assert json.loads((out / "summary.json").read_text())["completed"] == summary["completed"]
+
+
+@pytest.mark.parametrize("api", ["grpc", "http"])
+async def test_a_mooncake_window_alone_replays_valid_requests(
+    mesh: Mesh, shared_data: Path, tmp_path: Path, api: str
+) -> None:
+    """A Mooncake window scaled to 512 prompt tokens, with no prompts and no tokenizer given
+    (random vocabulary prompts; the tokenizer read from the target): nothing refused."""
+    target = mesh.address if api == "grpc" else f"http://{mesh.http_address}"
+    argv = [
+        "--trace", str(shared_data / "traces" / "mooncake_fast25_conversation_trace.jsonl"),
+        "--duration", "30", "--max-requests", "16", "--speedup", "4",
+        "--max-input-tokens", "512", "--max-output-tokens", "8", "--model", "demo-small",
+        "--target", target, "--out", str(tmp_path / api), "--no-progress",
+    ]  # fmt: skip
+    args = add_replay_arguments(argparse.ArgumentParser()).parse_args(argv)
+    summary = await run_replay(args)
+    assert args.tokenizer == f"{mesh.config.models_dir}/demo-small"
+    assert summary["requests_sent"] == 16
+    assert summary["completed"] == 16, summary["failed_by_status"]
