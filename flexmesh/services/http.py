@@ -253,7 +253,7 @@ class OpenAIServer:
         model: Any = "auto"
         try:
             self._authorize(request)
-            body = _Body(await _json(request))
+            body = _Body(await _json(request, self.frontend.config.gateway.max_message_bytes))
             model = body.data.get("model") or "auto"
             inp = self._input(request, body, chat)
             stream = body.get("stream", bool, False)
@@ -448,9 +448,15 @@ def _event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-async def _json(request: Request) -> Any:
+async def _json(request: Request, limit: int) -> Any:
+    """The request's JSON body, read only up to `limit` bytes (`gateway.max_message_bytes`)."""
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise InvalidRequestError("body", f"is over {limit} bytes (max_message_bytes)")
     try:
-        return await request.json()
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError("body", f"is not valid JSON ({exc})") from exc
 

@@ -135,6 +135,9 @@ async def test_bad_chats_and_bodies_are_400(api: Api) -> None:
     _assert_error(resp, 400, "messages")
     resp = await api.client.post("/v1/completions", content=b"{not json", headers={})
     _assert_error(resp, 400, "body")
+    huge = b'{"prompt": "' + b"x" * (5 << 20) + b'"}'  # over max_message_bytes (4 MiB)
+    err = _assert_error(await api.client.post("/v1/completions", content=huge), 400, "body")
+    assert "max_message_bytes" in err["message"]
 
 
 async def test_an_unknown_model_is_404(api: Api) -> None:

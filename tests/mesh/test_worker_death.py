@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import httpx
 import pytest
 import ray
 
@@ -76,3 +77,14 @@ async def test_a_restarted_gateway_serves_on_its_port_with_the_live_policy(
     assert next(w for w in st.workers if w.name == WORKER).pinned
     res = await stream_generate(stub, pb.GenerateRequest(prompt="z", max_tokens=4), 30)
     assert res.final is not None and res.gaps == 0
+    # Its HTTP API is back on its port too.
+    async with httpx.AsyncClient(base_url=f"http://{mesh.http_address}", timeout=10) as http:
+        for _ in range(100):
+            try:
+                if (await http.get("/health")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+        body = {"model": "demo-small", "prompt": "z", "max_tokens": 4}
+        assert (await http.post("/v1/completions", json=body)).status_code == 200
