@@ -10,6 +10,7 @@ from typing import Any
 import platformdirs
 import ray
 import structlog
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from flexmesh.actors.controller import ControllerActor
 from flexmesh.actors.probe.actor import ProbeActor
@@ -196,8 +197,14 @@ def start_mesh(
         )
     if "probe" in actors:
         ray.get(actors["probe"].ready.remote())  # fail here, not on the first request
+    # The gateway serves on this node (the one that started the mesh), so the address printed
+    # here, a Kubernetes head Service or a load balancer in front of it reach it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     gateway = GatewayActor.options(
-        name="gateway", namespace=config.namespace, max_restarts=config.actor_max_restarts
+        name="gateway",
+        namespace=config.namespace,
+        max_restarts=config.actor_max_restarts,
+        scheduling_strategy=here,
     ).remote(config, names, paths)
     port = ray.get(gateway.start.remote())
     if config.controller.enabled:
