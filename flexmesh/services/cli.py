@@ -131,6 +131,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return asyncio.run(generate_cli(args))
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from flexmesh.services.doctor import print_report, report
+
+    _show(args, report(args.models_dir), print_report)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from flexmesh.services.client import status_cli
 
@@ -277,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     p.add_argument("--json", action="store_true", help="print the final metadata as JSON")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("doctor", help="what this machine offers FlexMesh, what to install")
+    p.add_argument("--models-dir", default=None, help="where the demo models are (or would be)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("status", help="workers, roles and loads of a running mesh")
     p.add_argument("--target", default=DEFAULT_TARGET)
