@@ -112,6 +112,8 @@ def _print_table(r: dict[str, Any], c: int) -> None:
     table.add_column("tokens/s", justify="right")
     table.add_column("× HF batch 1", justify="right")
     rows = [
+        ("read roofline, batch 1", r["read_roofline_b1_tok_s"]),
+        ("GEMV chain of the model's shapes, batch 1", r["gemv_chain_tok_s"]),
         ("HF generate, batch 1", hf),
         ("engine, batch 1", r["engine_b1_tok_s"]),
         (f"engine, {c} concurrent", r[f"engine_c{c}_tok_s"]),
@@ -125,8 +127,10 @@ def _print_table(r: dict[str, Any], c: int) -> None:
         table.add_row(name, f"{v:.1f}", f"{v / hf:.2f}")
     Console().print(table)
     print(
-        f"roofline at batch 1: {r['roofline_b1_tok_s']} tok/s "
-        f"({r['weight_bytes'] / 1e6:.0f} MB weights per step at {r['bandwidth_gb_s']} GB/s)"
+        f"read roofline at batch 1: {r['read_roofline_b1_tok_s']} tok/s "
+        f"({r['step_read_bytes'] / 1e6:.0f} MB of weights a step at {r['read_gb_s']} GB/s); "
+        f"engine batch 1 = {r['engine_b1_of_roofline']} of it, GEMV chain = "
+        f"{r['gemv_chain_of_roofline']}"
     )
     if "ratio_grpc_b1_vs_engine" in r:
         print(f"gRPC single stream / in-process engine: {r['ratio_grpc_b1_vs_engine']}")

@@ -1,8 +1,11 @@
 """`flexmesh bench engine`: Hugging Face `generate` vs the engine, measured in one run.
 
-Same prompts, same output lengths (EOS ignored on both sides), greedy. Columns: HF batch 1,
-engine batch 1 (one request at a time), engine with 16 concurrent requests, and optionally the
-same single and 16-way streams through the gRPC gateway (`extra_columns`, from `bench/cli.py`).
+Same prompts, same output lengths (EOS ignored on both sides), greedy. Columns: the batch-1
+read roofline (a 1 GiB read on the engine's threads: the step's weight bytes at that speed),
+a chain of the model's own matrix-vector products (the kernels alone), HF batch 1, engine
+batch 1 (one request at a time), engine with 16 concurrent requests, and optionally the same
+single and 16-way streams through the gRPC gateway (`extra_columns`, from `bench/cli.py`).
+Every column is measured once per round, rounds interleaved, medians reported.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from flexmesh.meshcore.config import EngineConfig
@@ -41,17 +45,34 @@ class BenchSettings:
     """Interleaved rounds over all columns; each column reports its median round."""
 
 
-def measure_bandwidth_gbs(size_bytes: int = 256 * 1024 * 1024, reps: int = 5) -> float:
-    """Memory bandwidth seen by torch: a large copy reads and writes each byte once."""
-    src = torch.empty(size_bytes // 4, dtype=torch.float32).fill_(1.0)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size_bytes / best / 1e9
+READ_BYTES = 1 << 30
+"""Bytes one read-roofline pass streams (well beyond every cache)."""
+
+
+def read_bandwidth_gbs(buf: torch.Tensor, reps: int = 5) -> float:
+    """Memory read bandwidth as decode sees it: `buf` summed on the engine's own threads (each
+    byte read once, nothing written); the median of `reps` passes."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            buf.sum()
+            times.append(time.perf_counter() - t0)
+    return buf.numel() * buf.element_size() / statistics.median(times) / 1e9
+
+
+def gemv_chain_tok_s(matrices: list[torch.Tensor], reps: int = 5) -> float:
+    """Batch-1 "steps" of nothing but the model's matrix-vector products, in a step's order,
+    on its own weights: what the kernels alone stream, without attention, norms or Python."""
+    inputs = {m.shape[1]: torch.randn(1, m.shape[1], dtype=m.dtype) for m in matrices}
+    times = []
+    with torch.inference_mode():
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for m in matrices:
+                F.linear(inputs[m.shape[1]], m)
+            times.append(time.perf_counter() - t0)
+    return 1.0 / statistics.median(times)
 
 
 def _prompt_ids(tokenizer: Any) -> list[list[int]]:
@@ -108,7 +129,12 @@ def run_engine_bench(
     engine.warm_up()
     hf.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False)
     c = s.concurrency
+    model = engine.runner.model
+    step_bytes = model.step_read_bytes
+    buf = torch.ones(READ_BYTES // 4, dtype=torch.float32)
     columns: dict[str, Callable[[], float]] = {
+        "read_roofline_b1_tok_s": lambda: read_bandwidth_gbs(buf) * 1e9 / step_bytes,
+        "gemv_chain_tok_s": lambda: gemv_chain_tok_s(model.decode_matrices()),
         "hf_b1_tok_s": lambda: hf_batch1_tok_s(hf, prompts, s),
         "engine_b1_tok_s": lambda: engine_tok_s(engine, prompts, s, 1),
         f"engine_c{c}_tok_s": lambda: engine_tok_s(engine, prompts, s, c),
@@ -119,9 +145,7 @@ def run_engine_bench(
         for key, measure in columns.items():
             samples[key].append(round(measure(), 2))
     report: dict[str, Any] = {k: round(statistics.median(v), 2) for k, v in samples.items()}
-    hf_b1 = report["hf_b1_tok_s"]
-    bandwidth = measure_bandwidth_gbs()
-    weight_bytes = engine.runner.model.weight_bytes
+    hf_b1, roofline = report["hf_b1_tok_s"], report["read_roofline_b1_tok_s"]
     report.update(
         {
             "model": Path(s.model_path).name,
@@ -131,9 +155,10 @@ def run_engine_bench(
             "samples": samples,
             "ratio_b1": round(report["engine_b1_tok_s"] / hf_b1, 2),
             f"ratio_c{c}": round(report[f"engine_c{c}_tok_s"] / hf_b1, 2),
-            "weight_bytes": weight_bytes,
-            "bandwidth_gb_s": round(bandwidth, 1),
-            "roofline_b1_tok_s": round(bandwidth * 1e9 / weight_bytes, 1),
+            "step_read_bytes": step_bytes,
+            "read_gb_s": round(roofline * step_bytes / 1e9, 1),
+            "engine_b1_of_roofline": round(report["engine_b1_tok_s"] / roofline, 3),
+            "gemv_chain_of_roofline": round(report["gemv_chain_tok_s"] / roofline, 3),
             "threads": torch.get_num_threads(),
         }
     )

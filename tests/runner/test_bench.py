@@ -18,10 +18,27 @@ def test_engine_bench_reports_medians_of_interleaved_rounds(small_path: str) -> 
     report = run_engine_bench(s, extra_columns={"extra_tok_s": extra})
     assert report["samples"]["extra_tok_s"] == [1.0, 2.0, 3.0]
     assert report["extra_tok_s"] == 2.0  # the median round
-    for key in ("hf_b1_tok_s", "engine_b1_tok_s", "engine_c3_tok_s"):
+    for key in ("read_roofline_b1_tok_s", "gemv_chain_tok_s", "hf_b1_tok_s", "engine_b1_tok_s",
+                "engine_c3_tok_s"):  # fmt: skip
         assert len(report["samples"][key]) == 3
         assert report[key] > 0
     assert report["ratio_b1"] == pytest.approx(
         report["engine_b1_tok_s"] / report["hf_b1_tok_s"], abs=0.01
     )
-    assert report["roofline_b1_tok_s"] > 0
+    roofline = report["read_roofline_b1_tok_s"]
+    assert report["engine_b1_of_roofline"] == pytest.approx(
+        report["engine_b1_tok_s"] / roofline, abs=0.001
+    )
+    # The roofline is the step's weight bytes at the measured read speed.
+    assert roofline * report["step_read_bytes"] / 1e9 == pytest.approx(report["read_gb_s"], 0.01)
+
+
+def test_a_step_streams_every_weight_but_the_embedding_table(small_path: str) -> None:
+    from flexmesh.actors.runner.engine import Engine
+    from flexmesh.meshcore.config import EngineConfig
+
+    model = Engine(small_path, EngineConfig(num_kv_blocks=4)).runner.model
+    embed = model.embed.numel() * model.embed.element_size()
+    assert model.step_read_bytes == model.weight_bytes - embed  # demo weights are untied
+    mats = model.decode_matrices()
+    assert len(mats) == 4 * model.num_layers + 1 and mats[-1] is model.lm_head

@@ -150,6 +150,18 @@ class PagedCausalLM:
             tensors += [t for t in vars(lw).values() if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    @property
+    def step_read_bytes(self) -> int:
+        """Bytes of weights one batch-1 decode step streams: all of them but the embedding
+        table, of which a step reads one row (unless it is also the output projection)."""
+        tied = self.lm_head.data_ptr() == self.embed.data_ptr()
+        return self.weight_bytes - (0 if tied else self.embed.numel() * self.embed.element_size())
+
+    def decode_matrices(self) -> list[torch.Tensor]:
+        """The matrices a decode step multiplies its hidden state by, in order."""
+        mats = [w for lw in self.layers for w in (lw.qkv_w, lw.o_w, lw.gate_up_w, lw.down_w)]
+        return [*mats, self.lm_head]
+
     def kv_bytes_per_token(self) -> int:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.itemsize
 
