@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from flexmesh.loadgen.records import ReplayError, ReplayRequest, Sender, Stream
+from flexmesh.loadgen.records import ReplayError, ReplayRequest, Sender, Stream, server_fields
 from flexmesh.meshcore.errors import HTTP_STATUS
 
 STATUS_OF_HTTP = {http: name for name, http in reversed(HTTP_STATUS.items())}
@@ -129,24 +129,9 @@ def _take(msg: dict[str, Any], stream: Stream, elapsed_s: Callable[[], float]) -
     if usage:
         stream.final["prompt_tokens"] = usage.get("prompt_tokens", 0)
         stream.final["completion_tokens"] = usage.get("completion_tokens", 0)
-    route = (msg.get("flexmesh") or {}).get("route")
-    if route:
-        stream.final.update(
-            route_model=route.get("model", ""),
-            route_worker=route.get("worker", ""),
-            route_intent=route.get("intent", ""),
-            route_strategy=route.get("strategy", ""),
-            route_confidence=round(float(route.get("confidence", 0.0)), 4),
-            route_prefill_worker=route.get("prefill_worker", ""),
-            migrations=int(route.get("migrations", 0)),
-        )
-        t = msg["flexmesh"].get("timings") or {}
-        stream.final.update(
-            server_queue_ms=t.get("queue_ms"),
-            server_ttft_ms=t.get("ttft_ms"),
-            server_total_ms=t.get("total_ms"),
-            probe_ms=t.get("probe_ms"),
-        )
+    extras = msg.get("flexmesh")
+    if extras:
+        stream.final.update(server_fields(extras.get("route"), extras.get("timings")))
 
 
 async def served_model_path(target: str, model: str = "") -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,6 +104,38 @@ class RequestRecord:
         d = asdict(self)
         d["tpot_s"] = self.tpot_s
         return d
+
+
+ROUTE_FIELDS = {
+    "route_model": "model",
+    "route_worker": "worker",
+    "route_intent": "intent",
+    "route_strategy": "strategy",
+    "route_confidence": "confidence",
+    "route_prefill_worker": "prefill_worker",
+    "migrations": "migrations",
+}
+"""`RequestRecord` field <- the same field of the server's route."""
+TIMING_FIELDS = {
+    "server_queue_ms": "queue_ms",
+    "server_ttft_ms": "ttft_ms",
+    "server_total_ms": "total_ms",
+    "probe_ms": "probe_ms",
+}
+"""`RequestRecord` field <- the same field of the server's timings."""
+
+
+def server_fields(
+    route: Mapping[str, Any] | None = None, timings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A record's fields from what FlexMesh reports of a finished request, whichever API it
+    came through (the gRPC `Route` and `Timings`, or the HTTP API's `flexmesh` field)."""
+    route, timings = route or {}, timings or {}
+    out = {rec: route[src] for rec, src in ROUTE_FIELDS.items() if src in route}
+    if "route_confidence" in out:
+        out["route_confidence"] = round(float(out["route_confidence"]), 4)
+    out.update({rec: timings[src] for rec, src in TIMING_FIELDS.items() if src in timings})
+    return out
 
 
 @dataclass

@@ -27,11 +27,14 @@ from flexmesh.loadgen.openai_http import http_client, http_sender, is_http
 from flexmesh.loadgen.records import (
     NOT_SENT,
     OK,
+    ROUTE_FIELDS,
+    TIMING_FIELDS,
     ReplayError,
     ReplayRequest,
     RequestRecord,
     Sender,
     Stream,
+    server_fields,
 )
 from flexmesh.loadgen.status import StatusSampler
 from flexmesh.v1 import flexmesh_pb2, flexmesh_pb2_grpc
@@ -102,24 +105,12 @@ def _final_fields(last: flexmesh_pb2.GenerateResponse) -> dict[str, Any]:
         fields["prompt_tokens"] = last.usage.prompt_tokens
         fields["completion_tokens"] = last.usage.completion_tokens
     if last.HasField("route"):
-        r = last.route
         fields.update(
-            route_model=r.model,
-            route_worker=r.worker,
-            route_intent=r.intent,
-            route_strategy=r.strategy,
-            route_confidence=round(float(r.confidence), 4),
-            route_prefill_worker=r.prefill_worker,
-            migrations=r.migrations,
+            server_fields(route={f: getattr(last.route, f) for f in ROUTE_FIELDS.values()})
         )
     if last.HasField("timings"):
         t = last.timings
-        fields.update(
-            server_queue_ms=t.queue_ms,
-            server_ttft_ms=t.ttft_ms,
-            server_total_ms=t.total_ms,
-            probe_ms=t.probe_ms,
-        )
+        fields.update(server_fields(timings={f: getattr(t, f) for f in TIMING_FIELDS.values()}))
     return fields
 
 
