@@ -95,11 +95,18 @@ class Gateway:
             probe = ProbeClient(
                 ray.get_actor("probe", namespace=config.namespace), config.probe.timeout_s
             )
-        tokenizers = _load_tokenizers(model_paths or {})
+        self.model_paths = dict(model_paths or {})
+        # Tokenizers count the prompts of models that hand off; the HTTP API's chat templates
+        # need every model's. Loaded only where needed: a gateway restart waits for them.
+        needed = {
+            m: p
+            for m, p in self.model_paths.items()
+            if config.gateway.http_port is not None or len(worker_names.get(m, ())) > 1
+        }
+        self.tokenizers = _load_tokenizers(needed)
         self.frontend = Frontend(
-            config, clients, probe, GatewayMetrics(), _token_counter(worker_names, tokenizers)
+            config, clients, probe, GatewayMetrics(), _token_counter(worker_names, self.tokenizers)
         )
-        self.tokenizers, self.model_paths = tokenizers, dict(model_paths or {})
         self.server: grpc.aio.Server | None = None
         self.http: uvicorn.Server | None = None
         self.http_bound: int | None = None
@@ -184,7 +191,7 @@ class Gateway:
 
 
 def _load_tokenizers(model_paths: dict[str, str]) -> dict[str, Any]:
-    """Every resident model's tokenizer, from its local folder (no download, no remote code)."""
+    """Each model's tokenizer, from its local folder (no download, no remote code)."""
     from transformers import AutoTokenizer
 
     return {
