@@ -19,7 +19,12 @@ import structlog
 
 from flexmesh.loadgen.openai_http import is_http, served_model_path
 from flexmesh.loadgen.plots import write_plots
-from flexmesh.loadgen.prompts import DEFAULT_INTENT_MIX, Tokenizer, parse_intent_mix
+from flexmesh.loadgen.prompts import (
+    DEFAULT_INTENT_MIX,
+    Tokenizer,
+    parse_intent_mix,
+    tokenizer_dir,
+)
 from flexmesh.loadgen.records import ReplayRequest
 from flexmesh.loadgen.replay import ReplayResult, replay
 from flexmesh.loadgen.report import phase_summaries, summarize, write_reports
@@ -147,10 +152,7 @@ async def target_model_path(target: str, model: str = "") -> str | None:
     except Exception:  # unreachable or refused (an Admin token): the caller asks for --tokenizer
         return None
     wanted = model or (st.policy.large_model if st.HasField("policy") else "")
-    paths = sorted(st.workers, key=lambda w: w.model != wanted)
-    return next(
-        (w.model_path for w in paths if Path(w.model_path, "tokenizer_config.json").exists()), None
-    )
+    return tokenizer_dir(w.model_path for w in sorted(st.workers, key=lambda w: w.model != wanted))
 
 
 def shape_config(args: argparse.Namespace) -> ShapeConfig:

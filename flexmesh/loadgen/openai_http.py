@@ -15,11 +15,11 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from flexmesh.loadgen.prompts import tokenizer_dir
 from flexmesh.loadgen.records import ReplayError, ReplayRequest, Sender, Stream, server_fields
 from flexmesh.meshcore.errors import HTTP_STATUS
 
@@ -143,8 +143,4 @@ async def served_model_path(target: str, model: str = "") -> str | None:
             entries = resp.json().get("data", [])
         except (httpx.HTTPError, ValueError, AttributeError):
             return None
-    for e in sorted(entries, key=lambda e: e.get("id") != model):
-        root = e.get("root")
-        if isinstance(root, str) and (Path(root) / "tokenizer_config.json").exists():
-            return root
-    return None
+    return tokenizer_dir(e.get("root") for e in sorted(entries, key=lambda e: e.get("id") != model))

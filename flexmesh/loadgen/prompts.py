@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -37,6 +37,14 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
     def __len__(self) -> int: ...
+
+
+def tokenizer_dir(candidates: Iterable[object]) -> str | None:
+    """The first candidate that is a local Hugging Face tokenizer folder, if any."""
+    return next(
+        (c for c in candidates if isinstance(c, str) and Path(c, "tokenizer_config.json").exists()),
+        None,
+    )
 
 
 def parse_intent_mix(spec: str | Mapping[str, float]) -> dict[str, float]:

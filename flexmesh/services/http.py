@@ -97,7 +97,7 @@ class _Body:
 
     def ints(self, name: str) -> tuple[int, ...]:
         values = self.get(name, list, [])
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if not _all_ints(values):
             raise InvalidRequestError(name, "must be a list of integers")
         return tuple(values)
 
@@ -108,6 +108,11 @@ class _Body:
                 raise InvalidRequestError(
                     name, f"is not supported by FlexMesh (only {json.dumps(unused)})"
                 )
+
+
+def _all_ints(values: list[Any]) -> bool:
+    """Every value a JSON integer (not a boolean, which Python counts as one)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
@@ -145,7 +150,7 @@ def completion_prompt(body: _Body) -> tuple[str, tuple[int, ...]]:
         prompt = prompt[0]
     if isinstance(prompt, str):
         return prompt, ()
-    if prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+    if prompt and _all_ints(prompt):
         return "", tuple(prompt)
     raise InvalidRequestError(
         "prompt", "must be one string or one list of token ids (send one prompt per request)"
