@@ -93,13 +93,15 @@ def init_ray(
     return True
 
 
-KERNEL_CACHE_ENV = {"LRU_CACHE_CAPACITY": "16", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"}
+KERNEL_CACHE_ENV = {"LRU_CACHE_CAPACITY": "16", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256"}
 """Bounds of the CPU kernel caches in a worker's process (an environment variable of the same
-name set for `flexmesh serve` wins). PyTorch's oneDNN path (`engine.cpu_packed_weights`) caches
-a computation per input shape, and a step's shape changes with every batch: with the default
-1024 entries a worker's memory grows for as long as new shapes come (demo-small: +0.5 MB per
-request, 0.68 -> 1.46 GB in two minutes of a soak-like mix, all of it native heap in use).
-16 entries keep it flat at the same tokens/s (docs/reliability.md)."""
+name set for `flexmesh serve` wins). PyTorch's oneDNN path (`engine.cpu_packed_weights`) builds
+a kernel per input shape: with the default 1024 entries of both caches and a step's shape
+changing with every batch, a worker's memory grew for as long as new shapes came (demo-small:
++0.5 MB per request, 0.68 -> 1.46 GB in two minutes of a soak-like mix). Row counts are
+bucketed (`model.padded_rows`: 36 sizes up to 512 tokens, 5 projection shapes a model), so 256
+oneDNN kernels hold every shape of a model and its draft; ideep's own cache needs no more than
+16. Fewer oneDNN entries rebuild kernels all the time (~0.5 ms per projection; docs/engine.md)."""
 
 
 def worker_options(spec: ModelSpec, device: str) -> dict[str, Any]:

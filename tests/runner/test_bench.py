@@ -42,3 +42,14 @@ def test_a_step_streams_every_weight_but_the_embedding_table(small_path: str) ->
     assert model.step_read_bytes == model.weight_bytes - embed  # demo weights are untied
     mats = model.decode_matrices()
     assert len(mats) == 4 * model.num_layers + 1 and mats[-1] is model.lm_head
+
+
+def test_packed_projections_run_at_few_row_counts_and_pad_little() -> None:
+    from flexmesh.actors.runner.model import EXACT_ROWS, padded_rows
+
+    sizes = {padded_rows(r) for r in range(1, 513)}
+    assert len(sizes) == EXACT_ROWS + 20  # 4 per octave from 17 to 512
+    for rows in range(1, 2049):
+        padded = padded_rows(rows)
+        assert rows <= padded <= max(rows, rows * 1.25)
+        assert padded == rows or rows > EXACT_ROWS

@@ -13,8 +13,26 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PACKED_MIN_TOKENS = 4
-"""Steps with at least this many tokens use the oneDNN-packed weights (see `_pack_weights`)."""
+PACK_BATCH_HINT = 16
+"""Batch size oneDNN lays packed weights out for (it serves every other batch size too)."""
+EXACT_ROWS = 16
+"""Token counts up to this (decode batches) run through oneDNN as they are; larger ones are
+padded to one of 4 sizes per octave (`padded_rows`)."""
+
+
+def padded_rows(rows: int) -> int:
+    """The row count a packed projection runs at: `rows` up to `EXACT_ROWS`, beyond it the next
+    of 4 sizes per octave (20, 24, 28, 32, 40, ...; at most 25% more rows).
+
+    oneDNN builds a kernel per input shape (~0.5 ms per projection) and keeps the latest in a
+    bounded cache (`KERNEL_CACHE_ENV`); prompt chunks come in every size, so without buckets
+    nearly every mixed step would rebuild all of its kernels."""
+    if rows <= EXACT_ROWS:
+        return rows
+    step = 1 << (rows.bit_length() - 3)
+    return -(-rows // step) * step
+
+
 SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
 
 
@@ -99,6 +117,7 @@ class PagedCausalLM:
         self.embed = w(inner.embed_tokens.weight)  # [vocab, hidden]
         self.final_norm = w(inner.norm.weight)
         self.lm_head = w(hf_model.lm_head.weight)  # [vocab, hidden]
+        self.tied_embeddings = self.lm_head.data_ptr() == self.embed.data_ptr()
         self.layers: list[LayerWeights] = []
         for layer in inner.layers:
             att, mlp = layer.self_attn, layer.mlp
@@ -115,36 +134,53 @@ class PagedCausalLM:
                 )
             )
         self.num_layers = len(self.layers)
-        self._packed: dict[int, torch.Tensor] = {}
+        self.packed = False
         if packed_weights and device.type == "cpu" and dtype == torch.float32:
             self._pack_weights()
 
     def _pack_weights(self) -> None:
-        """oneDNN-blocked copies of the projection weights, for batches of many tokens.
+        """Replace every projection weight by its oneDNN-blocked layout (same bytes).
 
-        NOTE: measured here at 16 tokens per step: 18.3 ms of projections per step against
-        23.7 ms through MKL's sgemm (which repacks every call); at 1 token MKL is faster, so
-        both layouts are kept (weights take twice the memory).
+        NOTE: measured here on demo-large (docs/engine.md): at 1 token a step's matrix-vector
+        products stream 20-28 GB/s packed against ~16 through MKL's sgemm, and at 16 tokens
+        the projections take 18.3 ms per step against 23.7 (sgemm repacks the weight on every
+        call). Results differ from sgemm's in the last bits only; greedy output stays equal to
+        Hugging Face's (tests/runner).
         """
-        try:
-            for lw in self.layers:
-                for w in (lw.qkv_w, lw.o_w, lw.gate_up_w, lw.down_w):
-                    self._packed[id(w)] = torch.ops.mkldnn._reorder_linear_weight(w, 16)
-        except (RuntimeError, AttributeError):  # a torch build without oneDNN
-            self._packed.clear()
 
-    def _linear(
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            return torch.ops.mkldnn._reorder_linear_weight(t, PACK_BATCH_HINT)  # type: ignore[no-any-return]
+
+        try:
+            packed = [
+                {f: pack(getattr(lw, f)) for f in ("qkv_w", "o_w", "gate_up_w", "down_w")}
+                for lw in self.layers
+            ]
+            lm_head = pack(self.lm_head)
+        except (RuntimeError, AttributeError):  # a torch build without oneDNN
+            return
+        for lw, fields in zip(self.layers, packed, strict=True):
+            for name, t in fields.items():
+                setattr(lw, name, t)
+        self.lm_head = lm_head
+        self.packed = True
+
+    def linear(
         self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None
     ) -> torch.Tensor:
-        packed = self._packed.get(id(w)) if x.shape[0] >= PACKED_MIN_TOKENS else None
-        if packed is None:
+        if not self.packed:
             return F.linear(x, w, b)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")  # type: ignore[no-any-return]
+        rows = x.shape[0]
+        padded = padded_rows(rows)
+        if padded != rows:
+            x = F.pad(x, (0, 0, 0, padded - rows))
+        out = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return out if padded == rows else out[:rows]  # type: ignore[no-any-return]
 
     @property
     def weight_bytes(self) -> int:
         tensors = [self.embed, self.final_norm]
-        if self.lm_head.data_ptr() != self.embed.data_ptr():
+        if not self.tied_embeddings:
             tensors.append(self.lm_head)
         for lw in self.layers:
             tensors += [t for t in vars(lw).values() if t is not None]
@@ -154,11 +190,12 @@ class PagedCausalLM:
     def step_read_bytes(self) -> int:
         """Bytes of weights one batch-1 decode step streams: all of them but the embedding
         table, of which a step reads one row (unless it is also the output projection)."""
-        tied = self.lm_head.data_ptr() == self.embed.data_ptr()
-        return self.weight_bytes - (0 if tied else self.embed.numel() * self.embed.element_size())
+        embed = self.embed.numel() * self.embed.element_size()
+        return self.weight_bytes - (0 if self.tied_embeddings else embed)
 
     def decode_matrices(self) -> list[torch.Tensor]:
-        """The matrices a decode step multiplies its hidden state by, in order."""
+        """The matrices a decode step multiplies its hidden state by, in order (in the layout
+        `linear` takes)."""
         mats = [w for lw in self.layers for w in (lw.qkv_w, lw.o_w, lw.gate_up_w, lw.down_w)]
         return [*mats, self.lm_head]
 
@@ -201,7 +238,7 @@ class PagedCausalLM:
         for li, lw in enumerate(self.layers):
             residual = x
             hs = self._rms_norm(x, lw.input_norm)
-            qkv = self._linear(hs, lw.qkv_w, lw.qkv_b)
+            qkv = self.linear(hs, lw.qkv_w, lw.qkv_b)
             q, k, v = qkv.split([nh * h_dim, nkv * h_dim, nkv * h_dim], dim=-1)
             q = self._rotate(q.view(num_tokens, nh, h_dim), cos, sin)
             k = self._rotate(k.view(num_tokens, nkv, h_dim), cos, sin)
@@ -214,13 +251,13 @@ class PagedCausalLM:
                 attn[g.row_start : g.row_start + g.num_rows] = self._attend(
                     q[g.row_start : g.row_start + g.num_rows], g, k_cache, v_cache
                 )
-            x = residual + self._linear(attn.view(num_tokens, nh * h_dim), lw.o_w)
+            x = residual + self.linear(attn.view(num_tokens, nh * h_dim), lw.o_w)
             residual = x
             hs = self._rms_norm(x, lw.post_norm)
-            gate, up = self._linear(hs, lw.gate_up_w).chunk(2, dim=-1)
-            x = residual + self._linear(F.silu(gate) * up, lw.down_w)
+            gate, up = self.linear(hs, lw.gate_up_w).chunk(2, dim=-1)
+            x = residual + self.linear(F.silu(gate) * up, lw.down_w)
         x = self._rms_norm(x[batch.logit_rows], self.final_norm)
-        return F.linear(x, self.lm_head).float()
+        return self.linear(x, self.lm_head).float()
 
     def _attend(
         self, q: torch.Tensor, g: AttentionGroup, k_cache: torch.Tensor, v_cache: torch.Tensor
