@@ -2,7 +2,10 @@
 
 A Ray hop costs about 1 ms, so tokens never cross one by one: the first chunk leaves as soon
 as the first token exists (TTFT); a later chunk leaves when it holds `stream_chunk_tokens`
-tokens, when `stream_interval_ms` passed since the previous one, or when the request ends.
+tokens, when `stream_interval_ms` passed since the previous one, or when the request ends. With
+more than `stream_fanout` streams open on the worker both bounds grow in proportion, so the
+messages a worker sends per second stay flat with load (each costs the gateway ~0.7 ms of CPU,
+taken from the model's threads on a small machine; docs/engine.md).
 
 Prefill/decode hand-off (docs/pd.md): a prefill worker's `generate(..., hand_off=True)` ends
 after the first token with the request's state and keeps its KV; the decode worker's `resume`
@@ -59,6 +62,8 @@ class Worker(KVHandoff):
         stream = stream or GatewayConfig()
         self.stream_interval_s = stream.stream_interval_ms / 1000.0
         self.stream_chunk_tokens = stream.stream_chunk_tokens
+        self.stream_fanout = stream.stream_fanout
+        self.open_streams = 0
         hold_s = self.pd.hold_timeout_ms / 1000.0
 
         def build() -> Engine:
@@ -133,12 +138,14 @@ class Worker(KVHandoff):
         loop = asyncio.get_running_loop()
         done = False
         sent_first = False
+        self.open_streams += 1
         try:
             while not done:
                 batch = [await _next(queue)]
-                due = loop.time() + self.stream_interval_s
+                stretch = max(1.0, self.open_streams / self.stream_fanout)
+                due = loop.time() + self.stream_interval_s * stretch
                 while sent_first and not _ends(batch[-1]):
-                    if sum(len(o.token_ids) for o in batch) >= self.stream_chunk_tokens:
+                    if sum(len(o.token_ids) for o in batch) >= self.stream_chunk_tokens * stretch:
                         break
                     try:
                         batch.append(await asyncio.wait_for(_next(queue), due - loop.time()))
@@ -152,6 +159,7 @@ class Worker(KVHandoff):
                     self.metrics.finished(chunk)
                 yield chunk
         finally:
+            self.open_streams -= 1
             if not done:
                 await self.aengine.abort(request_id)
                 log.info("worker.request.aborted", request_id=request_id)

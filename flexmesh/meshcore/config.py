@@ -133,6 +133,10 @@ class GatewayConfig:
     """Longest a streamed chunk waits for more tokens (the first token leaves at once)."""
     stream_chunk_tokens: int = 8
     """A streamed chunk leaves as soon as it holds this many tokens."""
+    stream_fanout: int = 4
+    """Streams a worker chunks at the two bounds above; with more open streams both grow in
+    proportion (16 streams: 400 ms, 32 tokens), so a worker sends about as many messages at
+    any load and the gateway's work per message stops taking CPU from the model's threads."""
     worker_timeout_s: float = 30.0
     """Longest wait for a worker to answer a control call (status, abort) before UNAVAILABLE."""
     request_timeout_s: float = 600.0
@@ -187,6 +191,7 @@ class GatewayConfig:
             self.stream_chunk_tokens,
             "> 0",
         )
+        _check(self.stream_fanout > 0, "gateway.stream_fanout", self.stream_fanout, "> 0")
         _check(
             self.request_timeout_s > 0, "gateway.request_timeout_s", self.request_timeout_s, "> 0"
         )
