@@ -216,17 +216,21 @@ class PagedCausalLM:
         return weight * xf.to(x.dtype)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and "signed" sin `[tokens, 1, head_dim]` for `_rotate`.
+
+        HF rotates `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`; the
+        sign moves into sin's first half (`-x2 * s == x2 * -s` exactly) so a rotation is one
+        swap of the halves and three element-wise ops, with HF's results to the bit."""
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None, :]  # [tokens, 1, head_dim]
-        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None, :]
-        return cos, sin
+        cos = (torch.cat((freqs, freqs), dim=-1).cos() * self.rope_scale).to(self.dtype)
+        sin = (freqs.sin() * self.rope_scale).to(self.dtype)
+        return cos[:, None, :], torch.cat((-sin, sin), dim=-1)[:, None, :]
 
     @staticmethod
-    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        *lead, dim = x.shape
+        swapped = x.view(*lead, 2, dim // 2).flip(-2).view(*lead, dim)  # cat(x2, x1)
+        return x * cos + swapped * signed_sin
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
@@ -239,19 +243,21 @@ class PagedCausalLM:
             residual = x
             hs = self._rms_norm(x, lw.input_norm)
             qkv = self.linear(hs, lw.qkv_w, lw.qkv_b)
-            q, k, v = qkv.split([nh * h_dim, nkv * h_dim, nkv * h_dim], dim=-1)
-            q = self._rotate(q.view(num_tokens, nh, h_dim), cos, sin)
-            k = self._rotate(k.view(num_tokens, nkv, h_dim), cos, sin)
-            k_cache = kv_cache[li, 0].view(-1, nkv, h_dim)  # [slots, kv_heads, head_dim]
-            v_cache = kv_cache[li, 1].view(-1, nkv, h_dim)
-            k_cache.index_copy_(0, batch.slot_mapping, k)
-            v_cache.index_copy_(0, batch.slot_mapping, v.view(num_tokens, nkv, h_dim))
-            attn = torch.empty_like(q)  # [tokens, heads, head_dim]
-            for g in batch.groups:
-                attn[g.row_start : g.row_start + g.num_rows] = self._attend(
-                    q[g.row_start : g.row_start + g.num_rows], g, k_cache, v_cache
-                )
-            x = residual + self.linear(attn.view(num_tokens, nh * h_dim), lw.o_w)
+            # Queries and keys are rotated together: one rotation of [tokens, heads + kv, dim].
+            qk = self._rotate(qkv[:, : (nh + nkv) * h_dim].view(num_tokens, -1, h_dim), cos, sin)
+            q, k = qk[:, :nh], qk[:, nh:]
+            v = qkv[:, (nh + nkv) * h_dim :].view(num_tokens, nkv, h_dim)
+            cache = kv_cache[li].view(2, -1, nkv, h_dim)  # [k/v, slots, kv_heads, head_dim]
+            cache[0].index_copy_(0, batch.slot_mapping, k)
+            cache[1].index_copy_(0, batch.slot_mapping, v)
+            if len(batch.groups) == 1:
+                attn = self._attend(q, batch.groups[0], cache)
+            else:
+                attn = q.new_empty(q.shape)  # [tokens, heads, head_dim]
+                for g in batch.groups:
+                    rows = slice(g.row_start, g.row_start + g.num_rows)
+                    attn[rows] = self._attend(q[rows], g, cache)
+            x = residual + self.linear(attn.reshape(num_tokens, nh * h_dim), lw.o_w)
             residual = x
             hs = self._rms_norm(x, lw.post_norm)
             gate, up = self.linear(hs, lw.gate_up_w).chunk(2, dim=-1)
@@ -259,22 +265,21 @@ class PagedCausalLM:
         x = self._rms_norm(x[batch.logit_rows], self.final_norm)
         return self.linear(x, self.lm_head).float()
 
-    def _attend(
-        self, q: torch.Tensor, g: AttentionGroup, k_cache: torch.Tensor, v_cache: torch.Tensor
-    ) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, g: AttentionGroup, cache: torch.Tensor) -> torch.Tensor:
+        """Attention of one group's query rows over its requests' cached keys and values
+        (`cache` is one layer's `[k/v, slots, kv_heads, head_dim]`)."""
         batch, max_q = g.q_valid.shape
         if max_q * batch == q.shape[0]:
-            qp = q.view(batch, max_q, self.num_heads, self.head_dim)
+            qp = q.reshape(batch, max_q, self.num_heads, self.head_dim)
         else:
             qp = q.new_zeros(batch, max_q, self.num_heads, self.head_dim)
             qp[g.q_valid] = q
-        flat = g.kv_slots.view(-1)
-        shape = (batch, -1, self.num_kv_heads, self.head_dim)
-        k = k_cache.index_select(0, flat).view(shape).transpose(1, 2)  # [batch, kv, ctx, dim]
-        v = v_cache.index_select(0, flat).view(shape).transpose(1, 2)
+        kv = cache.index_select(1, g.kv_slots.view(-1))  # keys and values in one gather
+        kv = kv.view(2, batch, -1, self.num_kv_heads, self.head_dim).transpose(2, 3)
+        q_heads = qp.transpose(1, 2)  # [batch, heads, max_q, head_dim]
         out = F.scaled_dot_product_attention(
-            qp.transpose(1, 2), k, v, attn_mask=g.mask, is_causal=g.is_causal, enable_gqa=True
-        )  # [batch, heads, max_q, head_dim]
+            q_heads, kv[0], kv[1], attn_mask=g.mask, is_causal=g.is_causal, enable_gqa=True
+        )
         out = out.transpose(1, 2)
         if max_q * batch == q.shape[0]:
             return out.reshape(q.shape)

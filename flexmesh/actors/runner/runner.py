@@ -249,7 +249,8 @@ class ModelRunner:
             num_rows=int(n_q.sum()),
             q_valid=q_valid.to(dev),
             kv_slots=kv_slots.to(dev),
-            mask=mask[:, None].to(dev),
+            # One decoding request sees its whole context: no mask to build or apply.
+            mask=None if max_q * len(chunks) == 1 else mask[:, None].to(dev),
             is_causal=False,
         )
 
