@@ -12,7 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flexmesh.bench.engine_bench import BENCH_PROMPTS, BenchSettings, run_engine_bench
+from flexmesh.bench.engine_bench import (
+    BENCH_PROMPTS,
+    BenchSettings,
+    profile_decode_step,
+    run_engine_bench,
+)
 from flexmesh.channel import open_channel
 
 BENCH_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "configs" / "bench-large.yaml"
@@ -55,6 +60,8 @@ def bench_engine(args: argparse.Namespace) -> int:
             {"models": [{"name": "demo-large"}], "models_dir": args.models_dir or ""}
         )
         model_path = resolve_model_paths(cfg)["demo-large"]
+    if args.profile:
+        return _print_profile(profile_decode_step(model_path), args.json)
     s = BenchSettings(
         model_path, new_tokens=args.new_tokens, concurrency=args.concurrency, rounds=args.rounds
     )
@@ -97,6 +104,24 @@ def _bench_mesh(s: BenchSettings, models_dir: str | None) -> Iterator[str]:
         yield mesh.address
     finally:
         mesh.shutdown()
+
+
+def _print_profile(r: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(r["ops"])
+    print(
+        f"{r['model']}, one request decoding at ~{r['context_tokens']} tokens of context, "
+        f"medians of {r['steps']} steps (ms):\n"
+        f"  step {r['step_ms']}, of which outside the forward {r['outside_forward_ms']} "
+        "(scheduling, the step's tensors, sampling)\n"
+        f"  forward {r['forward_ms']} = projections {r['projections_ms']} + other ops "
+        f"{r['other_ops_ms']} (norms, rotary, KV writes and gathers, attention, Python)\n"
+        f"  the projections alone, chained: {r['gemv_chain_ms']}; "
+        f"{r['step_read_bytes'] / 1e6:.0f} MB at the read roofline: {r['roofline_ms']}"
+    )
+    return 0
 
 
 def _print_table(r: dict[str, Any], c: int) -> None:

@@ -164,3 +164,86 @@ def run_engine_bench(
         }
     )
     return report
+
+
+def profile_decode_step(
+    model_path: str, steps: int = 50, context_tokens: int = 64, table_rows: int = 15
+) -> dict[str, Any]:
+    """Where one batch-1 decode step of the model goes (`bench engine --profile`).
+
+    Wall clock, medians over `steps`: the engine's step, and its time outside the forward
+    pass; the forward pass; the same forward with every projection answered from a cache (what
+    the other ops cost); and, as the difference, the projections inside the forward. Beside
+    them the GEMV chain alone and the read roofline's time for the step's bytes, then
+    torch.profiler's per-op table of `steps` real steps (self CPU time; the profiler's own
+    cost inflates the small ops).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from flexmesh.actors.runner.engine import Engine
+
+    engine = Engine(model_path, EngineConfig())
+    engine.warm_up()
+    model = engine.runner.model
+    prompt = [i % model.vocab_size for i in range(1, context_tokens + 1)]
+    sampling = SamplingParams(max_tokens=3 * steps + 8, ignore_eos=True)
+    engine.add_request(prompt_token_ids=prompt, sampling=sampling)
+    for _ in range(4):  # prefill, then a few decode steps
+        engine.step()
+    forward = model.forward
+    batches: list[Any] = []
+    forward_s: list[float] = []
+
+    def timed_forward(batch: Any, kv: torch.Tensor) -> torch.Tensor:
+        batches.append(batch)
+        t0 = time.perf_counter()
+        out = forward(batch, kv)
+        forward_s.append(time.perf_counter() - t0)
+        return out
+
+    model.forward = timed_forward
+    step_s = [_seconds(engine.step) for _ in range(steps)]
+    del model.forward
+    outside_ms = statistics.median(s - f for s, f in zip(step_s, forward_s, strict=True)) * 1e3
+    batch, kv = batches[-1], engine.runner.kv_cache
+    forward_ms = _median_ms(lambda: forward(batch, kv), steps)
+    outputs: dict[tuple[int, int], torch.Tensor] = {}
+    linear = model.linear
+
+    def cached(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        key = (x.shape[0], w.shape[0])
+        if key not in outputs:
+            outputs[key] = linear(x, w, b)
+        return outputs[key]
+
+    model.linear = cached
+    other_ms = _median_ms(lambda: forward(batch, kv), steps)
+    del model.linear
+    buf = torch.ones(READ_BYTES // 4, dtype=torch.float32)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            engine.step()
+    return {
+        "model": Path(model_path).name,
+        "context_tokens": context_tokens,
+        "steps": steps,
+        "step_ms": round(statistics.median(step_s) * 1e3, 2),
+        "forward_ms": forward_ms,
+        "projections_ms": round(forward_ms - other_ms, 2),
+        "other_ops_ms": other_ms,
+        "outside_forward_ms": round(outside_ms, 2),
+        "gemv_chain_ms": round(1e3 / gemv_chain_tok_s(model, reps=steps), 2),
+        "roofline_ms": round(model.step_read_bytes / (read_bandwidth_gbs(buf) * 1e9) * 1e3, 2),
+        "step_read_bytes": model.step_read_bytes,
+        "ops": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=table_rows),
+    }
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _median_ms(fn: Callable[[], Any], reps: int) -> float:
+    return round(statistics.median(_seconds(fn) for _ in range(reps)) * 1e3, 2)

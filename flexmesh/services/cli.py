@@ -353,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", type=int, default=16)
     b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported")
     b.add_argument("--no-grpc", action="store_true", help="skip the gRPC columns")
+    b.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: where one batch-1 decode step goes (wall clock split, per-op table)",
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_engine)
     b = bsub.add_parser("routing", help="static-large vs static-small vs adaptive, same workload")

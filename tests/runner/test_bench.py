@@ -53,3 +53,13 @@ def test_packed_projections_run_at_few_row_counts_and_pad_little() -> None:
         padded = padded_rows(rows)
         assert rows <= padded <= max(rows, rows * 1.25)
         assert padded == rows or rows > EXACT_ROWS
+
+
+def test_the_decode_profile_splits_a_step_into_its_parts(small_path: str) -> None:
+    from flexmesh.bench.engine_bench import profile_decode_step
+
+    r = profile_decode_step(small_path, steps=5, context_tokens=8)
+    assert 0 < r["other_ops_ms"] < r["forward_ms"] <= r["step_ms"]
+    assert r["projections_ms"] == pytest.approx(r["forward_ms"] - r["other_ops_ms"], abs=0.01)
+    assert r["outside_forward_ms"] > 0 and r["gemv_chain_ms"] > 0 and r["roofline_ms"] > 0
+    assert "linear" in r["ops"] and "index_select" in r["ops"]  # the per-op table
