@@ -80,6 +80,9 @@ def bench_engine(args: argparse.Namespace) -> int:
         report["ratio_grpc_b1_vs_engine"] = round(
             report["grpc_b1_tok_s"] / report["engine_b1_tok_s"], 3
         )
+        report[f"ratio_grpc_c{c}_vs_engine"] = round(
+            report[f"grpc_c{c}_tok_s"] / report[f"engine_c{c}_tok_s"], 3
+        )
         report[f"ratio_grpc_c{c}_vs_hf_b1"] = round(
             report[f"grpc_c{c}_tok_s"] / report["hf_b1_tok_s"], 2
         )
@@ -158,7 +161,10 @@ def _print_table(r: dict[str, Any], c: int) -> None:
         f"{r['gemv_chain_of_roofline']}"
     )
     if "ratio_grpc_b1_vs_engine" in r:
-        print(f"gRPC single stream / in-process engine: {r['ratio_grpc_b1_vs_engine']}")
+        print(
+            f"gRPC / in-process engine: 1 stream {r['ratio_grpc_b1_vs_engine']}, "
+            f"{c} streams {r[f'ratio_grpc_c{c}_vs_engine']}"
+        )
 
 
 REPETITIVE_PROMPTS = (
