@@ -111,10 +111,10 @@ class BufferPool:
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A tensor of `shape` over a free buffer large enough (or a new one)."""
         numel = int(np.prod(shape))
-        fits = [b for b in self._free if b.dtype == dtype and b.numel() >= numel]
+        # By position, never by `==` (list.remove would compare tensors element-wise).
+        fits = [i for i, b in enumerate(self._free) if b.dtype == dtype and b.numel() >= numel]
         if fits:
-            buf = min(fits, key=lambda b: b.numel())
-            self._free.remove(buf)
+            buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
         else:
             buf = torch.empty(numel, dtype=dtype)
         return buf[:numel].view(shape)

@@ -47,3 +47,15 @@ def test_buffer_pool_reuses_memory_and_bounds_what_it_keeps() -> None:
     big = pool.take((2000,), torch.float32)
     pool.give(big)  # 8000 bytes: over the bound, the largest buffer is dropped first
     assert sorted(t.numel() * 4 for t in pool._free) == [400, 800]
+
+
+def test_buffer_pool_takes_the_smallest_fit_among_buffers_of_other_sizes() -> None:
+    pool = BufferPool()
+    small, same, large = (pool.take((n,), torch.float32) for n in (8, 32, 32))
+    for t in (small, same, large):
+        pool.give(t)
+    # Two free buffers of 32 and a smaller one before them: the pick is by identity, never by
+    # comparing tensors (which raised for buffers of other sizes, failing a hand-off).
+    got = pool.take((20,), torch.float32)
+    assert got.data_ptr() in (same.data_ptr(), large.data_ptr())
+    assert sorted(b.numel() for b in pool._free) == [8, 32]
