@@ -40,6 +40,8 @@ class KVHandoff:
     metrics: WorkerMetrics
 
     def _init_handoff(self) -> None:
+        self.node_id = ray.get_runtime_context().get_node_id()
+        """The Ray node this worker runs on: a hand-off's transport depends on its peer's."""
         self.kv_group: KVGroup | None = None
         self.buffers = BufferPool()
         """Staging memory for KV sent or received, reused across hand-offs."""
@@ -61,18 +63,18 @@ class KVHandoff:
         Returns how it went, for the request's route: transport, bytes, milliseconds.
         """
         rid, t0 = state.request_id, time.monotonic()
-        transport, peer = "none", None
+        how, transport, peer = "none", "none", None  # how the bytes move; its name in the route
         phases: dict[str, float] = {}  # ms spent preparing, moving and importing
 
         async def fetch() -> tuple[KVMeta, torch.Tensor]:
-            nonlocal transport, peer
+            nonlocal how, transport, peer
             peer = await self._peer(src)
-            packed, peer_group = await peer.prepare_kv.remote(rid)
+            packed, peer_group, peer_node = await peer.prepare_kv.remote(rid)
             phases["prepare_ms"] = (time.monotonic() - t0) * 1000.0
             meta = KVMeta.unpack(packed)
-            transport = self._transport(peer_group)
-            rank = src_rank if transport != "object_store" else -1
-            kv = await self._pull(meta, peer, src, rank)
+            how = self._transport(peer_group, local=peer_node == self.node_id)
+            transport = how if peer_node == self.node_id else f"{how} cross-node"
+            kv = await self._pull(meta, peer, src, src_rank if how != "object_store" else -1)
             phases["move_ms"] = (time.monotonic() - t0) * 1000.0 - phases["prepare_ms"]
             return meta, kv
 
@@ -82,12 +84,12 @@ class KVHandoff:
             try:
                 await self.aengine.call(lambda: self.engine.import_kv(rid, kv, state.num_kv_tokens))
             finally:
-                if transport != "object_store":
+                if how != "object_store":
                     self.buffers.give(kv)
             phases["import_ms"] = (time.monotonic() - t1) * 1000.0
         except Exception as exc:
             outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
-            if transport not in ("none", "object_store") and self.kv_group is not None:
+            if how not in ("none", "object_store") and self.kv_group is not None:
                 # A recv may still be posted: this group's pair streams are in an unknown state.
                 self.kv_group.broken = self.kv_group.broken or f"transfer {outcome}"
             ms = (time.monotonic() - t0) * 1000.0
@@ -128,14 +130,18 @@ class KVHandoff:
         group = self.kv_group
         return group if group is not None and not group.broken else None
 
-    def _transport(self, peer_group: str) -> str:
-        """The collective backend when both ends share a usable group, else the object store."""
+    def _transport(self, peer_group: str, local: bool) -> str:
+        """How the KV moves from a peer: the collective group both ends share (its backend),
+        else the object store. By locality: within a node any backend; across nodes gloo
+        (TCP) still, but a device collective (HCCL, NCCL) gives way to the object store."""
         group = self._usable_group()
         shared = group is not None and group.name == peer_group
         if self.pd.transport == "object_store" or (self.pd.transport == "auto" and not shared):
             return "object_store"
         if group is None or not shared:
             raise RuntimeError(f"{self.name} shares no usable KV collective group with the peer")
+        if not local and group.backend != "gloo" and self.pd.transport == "auto":
+            return "object_store"
         return group.backend
 
     async def _pull(self, meta: KVMeta, peer: Any, src: str, src_rank: int) -> torch.Tensor:
@@ -180,9 +186,9 @@ class KVHandoff:
 
     # -- KV hand-off: prefill side ---------------------------------------------------------
 
-    async def prepare_kv(self, request_id: str) -> tuple[bytes, str]:
-        """Gather a handed-off request's KV (at a step boundary); return its `KVMeta` (msgpack)
-        and the name of this worker's usable collective group ("" when it has none)."""
+    async def prepare_kv(self, request_id: str) -> tuple[bytes, str, str]:
+        """Gather a handed-off request's KV (at a step boundary); return its `KVMeta` (msgpack),
+        the name of this worker's usable collective group ("" when it has none) and its node."""
         if self._faults.get("kv_error", 0) > 0:
             self._faults["kv_error"] -= 1
             raise RuntimeError("injected KV transfer failure")
@@ -202,7 +208,7 @@ class KVHandoff:
                 self.buffers.give(stale)
         self._staged[request_id] = (now, kv)
         group = self._usable_group()
-        return meta.pack(), group.name if group is not None else ""
+        return meta.pack(), group.name if group is not None else "", self.node_id
 
     async def send_kv(self, request_id: str, dst_rank: int) -> Any:
         """Send prepared KV to `dst_rank` of the group, or put it in the object store as numpy

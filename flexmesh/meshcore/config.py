@@ -76,6 +76,8 @@ class EngineConfig:
 
 ROLES = ("prefill", "decode", "mixed")
 """What a worker does: prompts only (hands KV over), decoding only (takes KV), or both."""
+PLACEMENTS = ("pack", "spread")
+"""How a model's workers are placed on nodes (`ModelSpec.placement`)."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,25 @@ class ModelSpec:
     """Name of a resident model used for draft-model speculation ("" = none)."""
     num_cpus: float = 1.0
     """CPUs reserved per worker when it runs on CPU (also its torch thread count)."""
+    placement: str = "pack"
+    """Where the workers go: `pack` = all on one node (one STRICT_PACK Ray placement group), so
+    KV hand-offs stay on the node's device link; `spread` = across nodes as far as resources
+    allow (Ray's SPREAD strategy), so losing a node loses fewer of them."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources every worker needs (custom ones set on the nodes meant for it, e.g.
+    `{pool_a: 1}`), beside its device or CPUs."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "models[].name", self.name, "non-empty")
+        _check(
+            self.placement in PLACEMENTS,
+            "models[].placement",
+            self.placement,
+            f"one of {PLACEMENTS}",
+        )
+        for key, amount in self.resources.items():
+            ok = isinstance(amount, int | float) and not isinstance(amount, bool) and amount > 0
+            _check(ok, f"models[].resources.{key}", amount, "a number > 0")
         _check(self.num_workers > 0, "models[].num_workers", self.num_workers, "> 0")
         _check(self.num_cpus > 0, "models[].num_cpus", self.num_cpus, "> 0")
         _check(self.role in ROLES, "models[].role", self.role, f"one of {ROLES}")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 import ray
 import structlog
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 from flexmesh.actors.controller import ControllerActor
 from flexmesh.actors.probe.actor import ProbeActor
@@ -37,6 +41,8 @@ class Mesh:
     owns_ray: bool
     http_address: str | None = None
     """HOST:PORT of the OpenAI-compatible HTTP API (None when it is off)."""
+    placement_groups: list[PlacementGroup] = field(default_factory=list)
+    """One a packed model (`place_workers`)."""
 
     def shutdown(self) -> None:
         try:
@@ -45,6 +51,8 @@ class Mesh:
             pass
         for handle in [self.gateway, *self.actors.values()]:
             ray.kill(handle)
+        for pg in self.placement_groups:
+            remove_placement_group(pg)
         if self.owns_ray:
             ray.shutdown()
 
@@ -84,6 +92,7 @@ def init_ray(
     # process and its OpenMP barriers stall (see the README's gRPC benchmark).
     os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
+        address="local",  # a new instance even when `ray start` runs one on this machine
         namespace=namespace,
         include_dashboard=dashboard,
         logging_level="WARNING",
@@ -104,16 +113,64 @@ oneDNN kernels hold every shape of a model and its draft; ideep's own cache need
 16. Fewer oneDNN entries rebuild kernels all the time (~0.5 ms per projection; docs/engine.md)."""
 
 
-def worker_options(spec: ModelSpec, device: str) -> dict[str, Any]:
-    """Ray resources of one worker (an NPU, a GPU, or CPUs) and its process environment."""
+PLACEMENT_TIMEOUT_S = 60.0
+"""Longest wait for a model's placement group before `start_mesh` fails naming the model."""
+
+
+def worker_bundle(spec: ModelSpec, device: str) -> dict[str, float]:
+    """Ray resources of one worker: an NPU, a GPU, or CPUs, plus the model's own resources."""
+    cluster = ray.cluster_resources()
+    if device in ("auto", "npu") and cluster.get("NPU", 0) >= 1:
+        bundle = {"NPU": 1.0, "CPU": 1.0}
+    elif device in ("auto", "cuda") and cluster.get("GPU", 0) >= 1:
+        bundle = {"GPU": 1.0, "CPU": 1.0}
+    else:
+        bundle = {"CPU": float(spec.num_cpus)}
+    return {**bundle, **{k: float(v) for k, v in spec.resources.items()}}
+
+
+def place_workers(
+    spec: ModelSpec, bundle: dict[str, float]
+) -> tuple[PlacementGroup | None, list[Any]]:
+    """Where a model's workers go: its placement group (None for `spread`) and each worker's
+    scheduling strategy.
+
+    `pack`: one STRICT_PACK placement group, a bundle a worker, all on one node (fails naming
+    the model if no node fits them). `spread`: Ray's SPREAD strategy per worker, no group.
+    NOTE: in Ray 2.60 a placement group that lost a node and cannot be placed again keeps the
+    GCS busy-spinning (ray-project/ray#65007: a core of the head node and its dashboard agent's,
+    measured here, until capacity comes back); spread workers whose node is lost just wait as
+    pending actors, so spreading, whose point is surviving a node, takes no group.
+    """
+    if spec.placement == "spread":
+        return None, ["SPREAD"] * spec.num_workers
+    pg = placement_group([bundle] * spec.num_workers, strategy="STRICT_PACK")
+    try:
+        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise RuntimeError(
+            f"model {spec.name}: {spec.num_workers} workers of {bundle} do not fit one node "
+            f"(placement: pack; Ray resources: {ray.cluster_resources()})"
+        ) from None
+    strategies = [
+        PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+        for i in range(spec.num_workers)
+    ]
+    return pg, strategies
+
+
+def worker_options(bundle: dict[str, float], strategy: Any) -> dict[str, Any]:
+    """Actor options of a worker: its resources, where it goes, its process environment."""
     env = {k: os.environ.get(k, v) for k, v in KERNEL_CACHE_ENV.items()}
-    options: dict[str, Any] = {"runtime_env": {"env_vars": env}}
-    resources = ray.cluster_resources()
-    if device in ("auto", "npu") and resources.get("NPU", 0) >= 1:
-        return {**options, "resources": {"NPU": 1}, "num_cpus": 1}
-    if device in ("auto", "cuda") and resources.get("GPU", 0) >= 1:
-        return {**options, "num_gpus": 1, "num_cpus": 1}
-    return {**options, "num_cpus": spec.num_cpus}
+    custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
+    return {
+        "runtime_env": {"env_vars": env},
+        "num_cpus": bundle.get("CPU", 0.0),
+        "num_gpus": bundle.get("GPU", 0.0),
+        "resources": custom,
+        "scheduling_strategy": strategy,
+    }
 
 
 def join_kv_group(config: MeshConfig, model: str, workers: list[Any]) -> None:
@@ -153,17 +210,21 @@ def start_mesh(
     owns_ray = init_ray(address, dashboard, config.namespace, log_to_driver)
     actors: dict[str, Any] = {}
     names: dict[str, list[str]] = {}
+    groups: list[PlacementGroup] = []
     for spec in config.models:
         engine_cfg = config.engine
         if engine_cfg.num_threads == 0:
             engine_cfg = replace(engine_cfg, num_threads=max(1, int(spec.num_cpus)))
+        bundle = worker_bundle(spec, config.engine.device)
+        pg, strategies = place_workers(spec, bundle)
+        groups += [pg] if pg is not None else []
         for i in range(spec.num_workers):
             name = f"worker-{spec.name}-{i}"
             actors[name] = WorkerActor.options(
                 name=name,
                 namespace=config.namespace,
                 max_restarts=config.actor_max_restarts,
-                **worker_options(spec, config.engine.device),
+                **worker_options(bundle, strategies[i]),
             ).remote(
                 name,
                 spec.name,
@@ -218,4 +279,4 @@ def start_mesh(
     http_port = ray.get(gateway.http_port.remote())
     http = f"{config.gateway.host}:{http_port}" if http_port is not None else None
     log.info("mesh.serving", address=address, http=http, actors=sorted(actors))
-    return Mesh(config, address, gateway, actors, owns_ray, http)
+    return Mesh(config, address, gateway, actors, owns_ray, http, groups)

@@ -62,4 +62,5 @@ def test_the_decode_profile_splits_a_step_into_its_parts(small_path: str) -> Non
     assert 0 < r["other_ops_ms"] < r["forward_ms"] <= r["step_ms"]
     assert r["projections_ms"] == pytest.approx(r["forward_ms"] - r["other_ops_ms"], abs=0.01)
     assert r["outside_forward_ms"] > 0 and r["gemv_chain_ms"] > 0 and r["roofline_ms"] > 0
-    assert "linear" in r["ops"] and "index_select" in r["ops"]  # the per-op table
+    table = r["ops"].splitlines()  # the per-op table: its top rows by self CPU time
+    assert "Self CPU" in table[1] and sum("aten::" in row or "mkldnn::" in row for row in table) > 5

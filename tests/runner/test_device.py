@@ -112,3 +112,29 @@ def test_hccl_is_registered_through_ray_ascend(monkeypatch: pytest.MonkeyPatch) 
     kv._register_hccl()
     kv._register_hccl()  # a second group in the same process: already there, not an error
     assert calls == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("backend", "setting", "local", "expected"),
+    [
+        ("hccl", "auto", True, "hccl"),  # within a node: the device link
+        ("hccl", "auto", False, "object_store"),  # across nodes a device collective gives way
+        ("nccl", "auto", False, "object_store"),
+        ("gloo", "auto", False, "gloo"),  # gloo is TCP: it crosses nodes
+        ("gloo", "auto", True, "gloo"),
+        ("hccl", "collective", False, "hccl"),  # asked for by name: kept
+        ("hccl", "object_store", True, "object_store"),
+    ],
+)
+def test_the_kv_transport_of_a_hand_off_follows_locality(
+    backend: str, setting: str, local: bool, expected: str
+) -> None:
+    from flexmesh.actors.handoff import KVHandoff
+    from flexmesh.meshcore.config import PDConfig
+
+    worker = KVHandoff()
+    worker.name, worker.pd = "w", PDConfig(transport=setting)
+    worker.kv_group = types.SimpleNamespace(name="g", backend=backend, broken="")  # type: ignore[assignment]
+    assert worker._transport("g", local=local) == expected
+    if setting == "auto":  # a peer outside this worker's group: the object store
+        assert worker._transport("other", local=local) == "object_store"
