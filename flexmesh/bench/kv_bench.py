@@ -7,15 +7,21 @@ In the same run, two bare peer actors move the same byte counts over the same tr
 (`KVGroup.send/recv`; a numpy array returned through the object store), and, for comparison,
 over Ray Direct Transport with gloo (a tensor-returning method feeding another actor's task).
 The table prints the bandwidths and the hand-off's ratio to raw per length.
+
+With `--nodes 2` the same runs cross nodes: a Ray cluster of a head and two nodes on this
+machine (`ray.cluster_utils.Cluster`), the prefill and the decode worker spread over the two
+(`placement: spread`), the raw peers pinned to the same two nodes, so both move the same bytes
+over the same path.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +34,10 @@ from flexmesh.channel import open_channel
 
 TRANSPORTS = ("collective", "object_store")
 """Transports that run on this machine (NCCL and HCCL need their devices)."""
+POOL = "kv_bench_pool"
+"""The resource only the worker nodes of `--nodes` have: one worker each."""
+Where = tuple[dict[str, Any], dict[str, Any]]
+"""Actor options placing the sending and the receiving end (empty: anywhere)."""
 
 
 class KVPeer:
@@ -90,13 +100,13 @@ def _medians(sizes: list[int], repeats: int, once: Callable[[int], float]) -> di
     return {n: statistics.median([once(n) for _ in range(repeats + 1)][1:]) for n in sizes}
 
 
-def _rdt_ms(sizes: list[int], repeats: int) -> dict[int, float]:
+def _rdt_ms(sizes: list[int], repeats: int, where: Where) -> dict[int, float]:
     """Median milliseconds for an RDT tensor (gloo) to reach a consuming actor's task."""
     from ray.experimental.collective import create_collective_group
 
     opts = {"num_cpus": 0, "enable_tensor_transport": True}
-    a = ray.remote(**opts)(RDTProducer).remote()
-    b = ray.remote(**opts)(RDTConsumer).remote()
+    a = ray.remote(**opts)(RDTProducer).options(**where[0]).remote()
+    b = ray.remote(**opts)(RDTConsumer).options(**where[1]).remote()
     try:
         create_collective_group([a, b], backend="torch_gloo")
 
@@ -111,10 +121,10 @@ def _rdt_ms(sizes: list[int], repeats: int) -> dict[int, float]:
         ray.kill(b)
 
 
-def _raw_ms(transport: str, sizes: list[int], repeats: int) -> dict[int, float]:
+def _raw_ms(transport: str, sizes: list[int], repeats: int, where: Where) -> dict[int, float]:
     """Median milliseconds to move each byte count between two bare peers."""
     peer = ray.remote(num_cpus=0)(KVPeer)
-    a, b = peer.remote(), peer.remote()
+    a, b = (peer.options(**w).remote() for w in where)
     try:
         if transport == "collective":
             ray.get(
@@ -168,48 +178,102 @@ def run_kv_bench(args: argparse.Namespace) -> dict[str, Any]:
     from flexmesh.services.mesh import start_mesh
 
     lengths = [int(x) for x in args.lengths.split(",")]
-    report: dict[str, Any] = {"model": args.model, "lengths": lengths, "transports": {}}
-    for transport in TRANSPORTS:
-        cfg = MeshConfig.from_dict(
-            {
-                "models": [{"name": args.model, "num_workers": 2, "roles": ["prefill", "decode"]}],
-                "models_dir": args.models_dir or "",
-                "gateway": {"port": 0},
-                "pd": {"min_prompt_tokens": 1, "transport": transport},
-                "namespace": "flexmesh-bench-kv",
-            }
-        )
-        progress(f"[{transport}] starting a prefill/decode mesh of {args.model}")
-        mesh = start_mesh(cfg, log_to_driver=False)
-        try:
-            handoff = asyncio.run(_handoffs(mesh.address, args.model, lengths, args.repeats))
-            sizes = sorted({h["bytes"] for h in handoff.values()})
-            raw = _raw_ms(transport, sizes, args.repeats)
-            rdt = _rdt_ms(sizes, args.repeats) if transport == "collective" else {}
-        finally:
-            mesh.shutdown()
-        rows = {}
-        for n, h in handoff.items():
-            nbytes = h["bytes"]
-            gbs = nbytes / (h["handoff_ms"] / 1000.0) / 1e9
-            raw_gbs = nbytes / (raw[nbytes] / 1000.0) / 1e9
-            rows[n] = {
-                **h,
-                "raw_ms": round(raw[nbytes], 3),
-                "handoff_gb_s": round(gbs, 3),
-                "raw_gb_s": round(raw_gbs, 3),
-                "ratio": round(gbs / raw_gbs, 3),
-                "rdt_gb_s": round(nbytes / (rdt[nbytes] / 1000.0) / 1e9, 3) if rdt else None,
-            }
-        report["transports"][transport] = rows
+    nodes = args.nodes
+    report: dict[str, Any] = {
+        "model": args.model,
+        "lengths": lengths,
+        "nodes": nodes,
+        "transports": {},
+    }
+    model: dict[str, Any] = {"name": args.model, "num_workers": 2, "roles": ["prefill", "decode"]}
+    if nodes > 1:
+        model.update(placement="spread", resources={POOL: 1}, num_cpus=1)
+    with _cluster(nodes):
+        for transport in TRANSPORTS:
+            cfg = MeshConfig.from_dict(
+                {
+                    "models": [model],
+                    "models_dir": args.models_dir or "",
+                    "gateway": {"port": 0},
+                    "pd": {"min_prompt_tokens": 1, "transport": transport},
+                    "namespace": "flexmesh-bench-kv",
+                }
+            )
+            progress(
+                f"[{transport}] starting a prefill/decode mesh of {args.model} ({nodes} node(s))"
+            )
+            mesh = start_mesh(cfg, log_to_driver=False)
+            try:
+                where = _ends(args.model) if nodes > 1 else ({}, {})
+                handoff = asyncio.run(_handoffs(mesh.address, args.model, lengths, args.repeats))
+                sizes = sorted({h["bytes"] for h in handoff.values()})
+                raw = _raw_ms(transport, sizes, args.repeats, where)
+                rdt = _rdt_ms(sizes, args.repeats, where) if transport == "collective" else {}
+            finally:
+                mesh.shutdown()
+            report["transports"][transport] = _rows(handoff, raw, rdt)
     return report
+
+
+def _rows(handoff: dict[int, Any], raw: dict[int, float], rdt: dict[int, float]) -> dict[int, Any]:
+    rows = {}
+    for n, h in handoff.items():
+        nbytes = h["bytes"]
+        gbs = nbytes / (h["handoff_ms"] / 1000.0) / 1e9
+        raw_gbs = nbytes / (raw[nbytes] / 1000.0) / 1e9
+        rows[n] = {
+            **h,
+            "raw_ms": round(raw[nbytes], 3),
+            "handoff_gb_s": round(gbs, 3),
+            "raw_gb_s": round(raw_gbs, 3),
+            "ratio": round(gbs / raw_gbs, 3),
+            "rdt_gb_s": round(nbytes / (rdt[nbytes] / 1000.0) / 1e9, 3) if rdt else None,
+        }
+    return rows
+
+
+@contextlib.contextmanager
+def _cluster(nodes: int) -> Iterator[None]:
+    """For `nodes` > 1, a Ray cluster on this machine: a head (the gateway) and `nodes` nodes
+    with one `POOL` each; else nothing (the mesh starts its own Ray)."""
+    if nodes <= 1:
+        yield
+        return
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(nodes):
+        cluster.add_node(num_cpus=1, resources={POOL: 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _ends(model: str) -> Where:
+    """Options pinning a raw sender and receiver to the prefill and the decode worker's nodes."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from ray.util.state import list_actors
+
+    node = {a.name: a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.name}
+    prefill, decode = (node[f"worker-{model}-{i}"] for i in (0, 1))
+    if prefill == decode:
+        raise RuntimeError("the prefill and decode workers share a node: nothing crosses")
+    pin = [NodeAffinitySchedulingStrategy(n, soft=False) for n in (prefill, decode)]
+    return {"scheduling_strategy": pin[0]}, {"scheduling_strategy": pin[1]}
 
 
 def print_kv_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"KV hand-off vs raw send/recv of the same bytes ({report['model']})")
+    across = f", across {report['nodes']} nodes" if report.get("nodes", 1) > 1 else ""
+    table = Table(
+        title=f"KV hand-off vs raw send/recv of the same bytes ({report['model']}{across})"
+    )
     columns = ("transport", "prompt tokens", "KV MB", "hand-off ms", "raw ms", "hand-off GB/s",
                "raw GB/s", "ratio", "raw RDT GB/s")  # fmt: skip
     for col in columns:

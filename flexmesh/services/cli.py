@@ -377,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models-dir", default=None)
     b.add_argument("--lengths", default="128,512,1024,2048", help="prompt lengths (tokens)")
     b.add_argument("--repeats", type=int, default=5, help="measurements per length (medians)")
+    b.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="2: prefill and decode worker on two Ray nodes of a local cluster (cross-node)",
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_kv)
     b = bsub.add_parser("chaos", help="a trace replayed while actors of each kind are killed")
