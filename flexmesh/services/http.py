@@ -119,6 +119,14 @@ _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a b
                list: "a list", dict: "an object"}  # fmt: skip
 
 
+def top_k(value: int) -> int:
+    """vLLM's -1 means "every token", as 0 does here; any other negative is refused (as gRPC
+    refuses it)."""
+    if value < -1:
+        raise InvalidRequestError("top_k", f"must be >= 0 (or -1: no limit), got {value}")
+    return max(0, value)
+
+
 def sampling_params(body: _Body, max_tokens_fields: Sequence[str]) -> SamplingParams:
     """OpenAI's sampling fields (and FlexMesh's extras) as `SamplingParams`. As in OpenAI's
     API, `temperature` defaults to 1 (sampling); 0 is greedy."""
@@ -134,7 +142,7 @@ def sampling_params(body: _Body, max_tokens_fields: Sequence[str]) -> SamplingPa
         max_tokens=max_tokens,
         temperature=float(body.get("temperature", float, 1.0)),
         top_p=float(body.get("top_p", float, 1.0)),
-        top_k=max(0, body.get("top_k", int, 0)),  # vLLM's -1 means "all", as 0 does here
+        top_k=top_k(body.get("top_k", int, 0)),
         seed=body.get("seed", int),
         stop_token_ids=body.ints("stop_token_ids"),
         stop=tuple(stop),

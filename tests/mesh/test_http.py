@@ -121,6 +121,7 @@ async def test_a_stream_is_server_sent_events_with_usage_last(api: Api) -> None:
         ({"model": "ok", "prompt": ""}, "prompt"),
         ({"model": "ok", "prompt": "x", "stop": [1]}, "stop"),
         ({"model": "ok", "prompt": "x", "stream": "yes"}, "stream"),
+        ({"model": "ok", "prompt": "x", "top_k": -2}, "top_k"),  # -1 is vLLM's "no limit"
     ],
 )
 async def test_bad_input_is_400_naming_the_field(
@@ -211,3 +212,12 @@ async def test_a_client_that_disconnects_cancels_its_request(api: Api, case: str
             break
         await asyncio.sleep(0.01)
     assert worker.cancelled == [f"gone-{case}"] and api.frontend.in_flight == 0
+
+
+def test_top_k_minus_one_is_no_limit_and_other_negatives_are_refused() -> None:
+    from flexmesh.meshcore.errors import InvalidRequestError
+    from flexmesh.services.http import top_k
+
+    assert (top_k(-1), top_k(0), top_k(5)) == (0, 0, 5)
+    with pytest.raises(InvalidRequestError, match="top_k"):
+        top_k(-3)
