@@ -72,8 +72,9 @@ class KVHandoff:
             packed, peer_group, peer_node = await peer.prepare_kv.remote(rid)
             phases["prepare_ms"] = (time.monotonic() - t0) * 1000.0
             meta = KVMeta.unpack(packed)
-            how = self._transport(peer_group, local=peer_node == self.node_id)
-            transport = how if peer_node == self.node_id else f"{how} cross-node"
+            local = peer_node == self.node_id
+            how = self._transport(peer_group, local)
+            transport = how if local else f"{how} cross-node"
             kv = await self._pull(meta, peer, src, src_rank if how != "object_store" else -1)
             phases["move_ms"] = (time.monotonic() - t0) * 1000.0 - phases["prepare_ms"]
             return meta, kv

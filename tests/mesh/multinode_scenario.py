@@ -15,10 +15,8 @@ import time
 from typing import Any
 
 import grpc
-import ray
-from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
 
+from flexmesh.bench.kv_bench import actor_nodes, local_cluster
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.services.client import stream_generate
 from flexmesh.services.mesh import start_mesh
@@ -77,7 +75,7 @@ async def _status(address: str) -> list[dict[str, Any]]:
     return [{"name": w.name, "alive": w.alive, "role": w.role} for w in status.workers]
 
 
-async def _lose_a_node(cluster: Cluster, address: str, ids: list[int], node: Any) -> Any:
+async def _lose_a_node(cluster: Any, address: str, ids: list[int], node: Any) -> Any:
     """Start a long stream, remove `node` (its decode worker's) while it runs, finish it."""
     stream = asyncio.create_task(_generate(address, ids, LONG_TOKENS))
     await asyncio.sleep(4.0)  # well into decoding on the other node
@@ -86,50 +84,41 @@ async def _lose_a_node(cluster: Cluster, address: str, ids: list[int], node: Any
 
 
 def main(models_dir: str) -> dict[str, Any]:
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            # Notice a lost node in ~1.5 s instead of Ray's default ~15 s.
-            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
-        },
-    )
-    nodes = [cluster.add_node(num_cpus=1, resources={"pool": 1}) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=NAMESPACE, logging_level="WARNING")
-    mesh = start_mesh(mesh_config(models_dir), address=cluster.address, log_to_driver=False)
-    try:
-        workers = {
-            a.name: a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.name
-        }
-        from transformers import AutoTokenizer
+    with local_cluster(2, "pool") as cluster:
+        mesh = start_mesh(mesh_config(models_dir), address=cluster.address, log_to_driver=False)
+        try:
+            return _scenario(cluster, mesh.address, models_dir)
+        finally:
+            mesh.shutdown()
 
-        tok = AutoTokenizer.from_pretrained(f"{models_dir}/{MODEL}")
-        text = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n"
-        ids = tok.encode(text * 2, add_special_tokens=False)
-        before = [
-            asyncio.run(_generate(mesh.address, ids[: 20 + 7 * i], NEW_TOKENS)) for i in range(3)
-        ]
-        decode_node = workers[f"worker-{MODEL}-1"]
-        node = next(n for n in nodes if n.node_id == decode_node)
-        t0 = time.monotonic()
-        during = asyncio.run(_lose_a_node(cluster, mesh.address, ids, node))
-        lost_s = time.monotonic() - t0
-        after = asyncio.run(_generate(mesh.address, ids[:30], NEW_TOKENS))
-        status = asyncio.run(_status(mesh.address))
-        return {
-            "nodes": {"head": cluster.head_node.node_id, "workers": [n.node_id for n in nodes]},
-            "placement": workers,
-            "before": before,
-            "during": during,
-            "during_s": lost_s,
-            "after": after,
-            "status": status,
-        }
-    finally:
-        mesh.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+
+def _scenario(cluster: Any, address: str, models_dir: str) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    workers = actor_nodes()
+    nodes = {
+        "head": cluster.head_node.node_id,
+        "workers": [n.node_id for n in cluster.worker_nodes],
+    }
+    tok = AutoTokenizer.from_pretrained(f"{models_dir}/{MODEL}")
+    text = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n"
+    ids = tok.encode(text * 2, add_special_tokens=False)
+    before = [asyncio.run(_generate(address, ids[: 20 + 7 * i], NEW_TOKENS)) for i in range(3)]
+    decode_node = workers[f"worker-{MODEL}-1"]
+    node = next(n for n in cluster.worker_nodes if n.node_id == decode_node)
+    t0 = time.monotonic()
+    during = asyncio.run(_lose_a_node(cluster, address, ids, node))
+    lost_s = time.monotonic() - t0
+    after = asyncio.run(_generate(address, ids[:30], NEW_TOKENS))
+    return {
+        "nodes": nodes,
+        "placement": workers,
+        "before": before,
+        "during": during,
+        "during_s": lost_s,
+        "after": after,
+        "status": asyncio.run(_status(address)),
+    }
 
 
 if __name__ == "__main__":
