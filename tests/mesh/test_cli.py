@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.mesh.conftest import free_port
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _flexmesh(*args: str) -> list[str]:
@@ -27,7 +22,7 @@ def _flexmesh(*args: str) -> list[str]:
 
 
 def test_serve_then_generate_and_status(models_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     serve = subprocess.Popen(
         _flexmesh("serve", "--port", str(port), "--models-dir", str(models_dir)),

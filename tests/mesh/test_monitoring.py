@@ -8,7 +8,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from flexmesh.services.client import stream_generate
 from flexmesh.services.mesh import Mesh
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+from tests.mesh.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "deploy" / "monitoring"
@@ -106,9 +106,7 @@ def prometheus(mesh: Mesh, tmp_path: Path) -> Iterator[str]:
     targets.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": agents}]))
     job["file_sd_configs"] = [{"files": [str(targets)]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
     proc = subprocess.Popen(
         [
