@@ -51,13 +51,9 @@ READ_BYTES = 1 << 30
 def read_bandwidth_gbs(buf: torch.Tensor, reps: int = 5) -> float:
     """Memory read bandwidth as decode sees it: `buf` summed on the engine's own threads (each
     byte read once, nothing written); the median of `reps` passes."""
-    times = []
     with torch.inference_mode():
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            buf.sum()
-            times.append(time.perf_counter() - t0)
-    return buf.numel() * buf.element_size() / statistics.median(times) / 1e9
+        seconds = statistics.median(_seconds(buf.sum) for _ in range(reps))
+    return buf.numel() * buf.element_size() / seconds / 1e9
 
 
 def gemv_chain_tok_s(model: Any, reps: int = 5) -> float:
@@ -66,14 +62,13 @@ def gemv_chain_tok_s(model: Any, reps: int = 5) -> float:
     attention, norms or Python."""
     matrices = model.decode_matrices()
     inputs = {m.shape[1]: torch.randn(1, m.shape[1], dtype=m.dtype) for m in matrices}
-    times = []
+
+    def chain() -> None:
+        for m in matrices:
+            model.linear(inputs[m.shape[1]], m)
+
     with torch.inference_mode():
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            for m in matrices:
-                model.linear(inputs[m.shape[1]], m)
-            times.append(time.perf_counter() - t0)
-    return 1.0 / statistics.median(times)
+        return 1.0 / statistics.median(_seconds(chain) for _ in range(reps))
 
 
 def _prompt_ids(tokenizer: Any) -> list[list[int]]:
