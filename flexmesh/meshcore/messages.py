@@ -12,8 +12,8 @@ class RequestState:
     """Everything that defines a request between workers (KV hand-off, fallback, migration).
 
     A decode worker continues from it as if it had computed the request itself: the same
-    tokens, the same sampler state (seeded sampling gives the same tokens either way), and
-    stream positions past what the client already received.
+    tokens (seeded sampling draws each position from its own seed, so it gives the same tokens
+    either way), and stream positions past what the client already received.
     """
 
     request_id: str
@@ -26,8 +26,6 @@ class RequestState:
     """Output tokens already streamed to the client (the next chunk's offset)."""
     sent_text_chars: int = 0
     """Characters of decoded output already streamed (the detokeniser's position)."""
-    generator_state: bytes = b""
-    """The request's random generator state after its last sample (empty when greedy)."""
     queue_ms: float = 0.0
     """Queue time measured where the request was first computed."""
     prefill_ms: float = 0.0

@@ -30,7 +30,9 @@ class SamplingParams:
     top_k: int = 0
     """Keep only the k most likely tokens; 0 keeps all."""
     seed: int | None = None
-    """Seed of this request's own random generator (reproducible sampling)."""
+    """Reproducible sampling: the token at each position is drawn from a generator seeded
+    with `position_seed(seed, position)`, so the same seed gives the same tokens on any
+    worker, in any batch, after a hand-off or a migration."""
     stop_token_ids: tuple[int, ...] = ()
     """Token ids that end the request (the id itself is kept in the output)."""
     stop: tuple[str, ...] = ()
@@ -74,3 +76,14 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def position_seed(seed: int, position: int) -> int:
+    """The seed of the random draws for the token at `position` (its index in prompt +
+    output) of a request seeded with `seed`: SplitMix64 of both, so that nearby seeds and
+    positions give unrelated streams (a generator may keep only the low 32 bits)."""
+    mask = (1 << 64) - 1
+    z = (seed * 0x9E3779B97F4A7C15 + position + 1) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)

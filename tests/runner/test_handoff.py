@@ -9,7 +9,7 @@ import pytest
 
 from flexmesh.actors.runner.engine import Engine
 from flexmesh.meshcore.config import EngineConfig
-from flexmesh.meshcore.messages import RequestOutput
+from flexmesh.meshcore.messages import RequestOutput, RequestState
 from flexmesh.meshcore.sampling import SamplingParams
 from tests.runner.conftest import PROMPTS, hf_greedy
 
@@ -121,6 +121,28 @@ def test_seeded_sampling_gives_the_same_tokens_both_ways(small_path: str) -> Non
     disaggregated = pair.run(prompts, sps)
     colocated = [pair.d.generate([p], sp)[0] for p, sp in zip(prompts, sps, strict=True)]
     assert disaggregated == colocated
+    assert pair.all_free()
+
+
+@pytest.mark.parametrize("strategy", ["none", "pld"])
+def test_seeded_sampling_continues_with_the_same_tokens_after_a_migration(
+    small_path: str, strategy: str
+) -> None:
+    """A migration hands the new worker only the tokens streamed so far (no sampler state):
+    it recomputes them and draws the rest, the same tokens as an uninterrupted run."""
+    pair = _pair(small_path)
+    ids = _prompts(pair.p)[0]
+    sp = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.9, top_p=0.95, seed=5,
+                        strategy=strategy)  # fmt: skip
+    whole = pair.p.generate([ids], sp)[0]
+    for cut in (1, NEW_TOKENS // 2):
+        state = RequestState(f"moved-{strategy}-{cut}", tuple(ids), tuple(whole[:cut]), sp,
+                             sent_tokens=cut)  # fmt: skip
+        assert pair.d.resume(state, kv_deadline=None) == []  # recomputes, as a migration does
+        rest: list[int] = []
+        while pair.d.has_unfinished():
+            rest += [t for out in pair.d.step() for t in out.token_ids]
+        assert whole[:cut] + rest == whole
     assert pair.all_free()
 
 

@@ -162,8 +162,6 @@ class Engine:
         self._tracked[state.request_id] = _Tracked(
             request, detok, state.sent_tokens, (state.queue_ms, state.prefill_ms)
         )
-        if state.generator_state:
-            self.runner.restore_generator(state.request_id, state.generator_state)
         return list(request.block_ids) if reserved else []
 
     def export_kv(
@@ -301,7 +299,6 @@ class Engine:
                 num_kv_tokens=req.num_computed_tokens,
                 sent_tokens=tracked.sent_tokens,
                 sent_text_chars=tracked.detok.emitted,
-                generator_state=self.runner.generator_state(req.request_id),
                 queue_ms=queue_ms,
                 prefill_ms=prefill_ms,
                 draft_tokens_proposed=req.draft_tokens_proposed,

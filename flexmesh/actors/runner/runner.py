@@ -1,6 +1,6 @@
 """ModelRunner: turns a scheduler plan into tensors, runs the model, samples, and returns tokens.
 
-It owns the model weights, the KV cache tensor and per-request random generators; it holds no
+It owns the model weights, the KV cache tensor and the sampler's generator; it holds no
 scheduling state. Device choice is npu, then cuda, then cpu; `torch_npu` is imported only when
 it is installed (without Ascend's CANN toolkit it breaks `import torch`).
 """
@@ -8,6 +8,7 @@ it is installed (without Ascend's CANN toolkit it breaks `import torch`).
 from __future__ import annotations
 
 import importlib.util
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,7 +99,10 @@ class ModelRunner:
             1, config.kv_cache_bytes // (self.model.kv_bytes_per_token() * self.block_size)
         )
         self.kv_cache = self.model.allocate_kv_cache(self.num_blocks, self.block_size)
-        self._generators: dict[str, torch.Generator] = {}
+        self._generator = torch.Generator(device="cpu")
+        """Reseeded for every sampled position (`sampler.sample_chunk`)."""
+        self._seeds: dict[str, int] = {}
+        """Per unseeded request sampling here: the seed drawn for it at its first sample."""
 
     # -- step ------------------------------------------------------------------------------
 
@@ -116,8 +120,14 @@ class ModelRunner:
             if chunk.sampling.greedy:
                 out[rid] = accept_greedy(drafts, [greedy_ids[r] for r in rows])
             else:
-                gen = self._generator(rid, chunk.sampling.seed)
-                out[rid] = sample_chunk(logits[first_row : rows.stop], drafts, chunk.sampling, gen)
+                seed = chunk.sampling.seed
+                if seed is None:
+                    seed = self._seeds.setdefault(rid, secrets.randbits(64))
+                position = chunk.start + chunk.num_tokens - chunk.num_draft
+                out[rid] = sample_chunk(
+                    logits[first_row : rows.stop], drafts, chunk.sampling, self._generator,
+                    seed, position,
+                )  # fmt: skip
         return out
 
     def next_token_logits(self, token_ids: list[int]) -> list[float]:
@@ -137,7 +147,7 @@ class ModelRunner:
         )
         return self.model.forward(batch, scratch)[0].tolist()  # type: ignore[no-any-return]
 
-    # -- KV and sampler state that move with a request -------------------------------------
+    # -- KV that moves with a request -------------------------------------------------------
 
     def kv_shape(self, num_blocks: int) -> tuple[int, ...]:
         """Shape of `num_blocks` blocks as `gather_kv` returns them."""
@@ -160,31 +170,9 @@ class ModelRunner:
         index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
         self.kv_cache.index_copy_(2, index, kv.to(device=self.device, dtype=self.dtype))
 
-    def generator_state(self, request_id: str) -> bytes:
-        """The request's sampler state (empty when it never sampled randomly)."""
-        gen = self._generators.get(request_id)
-        return b"" if gen is None else bytes(gen.get_state().numpy().tobytes())
-
-    def restore_generator(self, request_id: str, state: bytes) -> None:
-        """Continue a request's random stream where another worker left it."""
-        gen = torch.Generator(device="cpu")
-        gen.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-        self._generators[request_id] = gen
-
     def release(self, request_id: str) -> None:
-        """Forget per-request state (its random generator) once the request ends."""
-        self._generators.pop(request_id, None)
-
-    def _generator(self, request_id: str, seed: int | None) -> torch.Generator:
-        gen = self._generators.get(request_id)
-        if gen is None:
-            gen = torch.Generator(device="cpu")
-            if seed is not None:
-                gen.manual_seed(seed)
-            else:
-                gen.seed()
-            self._generators[request_id] = gen
-        return gen
+        """Forget per-request state (an unseeded request's seed) once the request ends."""
+        self._seeds.pop(request_id, None)
 
     # -- turning a plan into tensors -------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flexmesh.meshcore.sampling import SamplingParams
+from flexmesh.meshcore.sampling import SamplingParams, position_seed
 
 
 def probabilities(logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
@@ -25,18 +25,27 @@ def probabilities(logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
 
 
 def sample_chunk(
-    logits: torch.Tensor, drafts: list[int], sp: SamplingParams, gen: torch.Generator
+    logits: torch.Tensor,
+    drafts: list[int],
+    sp: SamplingParams,
+    gen: torch.Generator,
+    seed: int,
+    position: int,
 ) -> list[int]:
-    """Sample one request's next tokens from `logits` `[len(drafts) + 1, vocab]`.
+    """Sample one request's next tokens from `logits` `[len(drafts) + 1, vocab]`, the first
+    for sequence `position`.
 
     Drafts are point proposals (PLD, or a greedy draft model), so speculative sampling accepts
     draft d with probability p(d) and on rejection samples from p with d removed: the output
-    distribution equals sampling without drafts.
+    distribution equals sampling without drafts. Each position's draws come from `gen`
+    seeded with `position_seed(seed, position)`: the tokens depend on the seed and the
+    sequence alone, not on which worker or batch drew them.
     """
     probs = probabilities(logits, sp).cpu()
     out: list[int] = []
     for i, draft in enumerate(drafts):
         p = probs[i]
+        gen.manual_seed(position_seed(seed, position + i))
         if torch.rand((), generator=gen).item() < p[draft].item():
             out.append(draft)
             continue
@@ -44,5 +53,6 @@ def sample_chunk(
         residual[draft] = 0.0  # rand < 1, so a draft holding all the mass is always accepted
         out.append(int(torch.multinomial(residual, 1, generator=gen).item()))
         return out
+    gen.manual_seed(position_seed(seed, position + len(drafts)))
     out.append(int(torch.multinomial(probs[len(drafts)], 1, generator=gen).item()))
     return out
