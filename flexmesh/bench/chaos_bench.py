@@ -3,12 +3,13 @@
 One phase per kind of actor (`decode`, `prefill`: the prefill/decode pool's workers by their
 role at the time; `probe`, `gateway`, `controller`): the trace is replayed greedily while that
 kind is killed `--kills` times (Ray restarts it), one kill every `--interval-s` x U(0.5, 1.5)
-once the mesh served again. After each kill a canary request is sent every 0.1 s until one
-completes: that time is "served again". A request is *affected* by a kill when it was in
-flight at the kill, or sent before the mesh served again (a worker kill leaves the other
-model's completed requests out). After each phase: every KV block must be free and a normal
-request must work; after all phases every affected request that completed is sent again,
-alone on the healed mesh with the same model and strategy, and its tokens compared.
+once the mesh is whole again, and for `TAIL_S` after the last. After each kill a canary
+request is sent every 0.1 s until one completes: that time is "served again". A request is
+*affected* by a kill when it was in flight at the kill, or sent before the mesh served again
+(a worker kill leaves the other model's completed requests out). After each phase: every KV
+block must be free and a normal request must work; after all phases every affected request
+that completed is sent again, alone on the healed mesh with the same model and strategy, and
+its tokens compared.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ FAST_RECONNECT = [
     ("grpc.max_reconnect_backoff_ms", 500),
 ]
 """A client that finds the gateway down retries within 0.5 s (gRPC's default grows to 120 s)."""
+TAIL_S = 5.0
+"""Traffic after the last kill healed (requests sent in its outage are counted)."""
 
 
 def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,8 +77,11 @@ class Kill:
 async def _canary(stub: pb_grpc.GenerationStub, model: str, timeout_s: float = 60.0) -> float:
     """Seconds until a tiny request completes (each attempt bounded; retried every 0.1 s)."""
     t0 = time.monotonic()
-    req = pb.GenerateRequest(prompt="ping", max_tokens=2, model=model)
+    attempt = 0
     while time.monotonic() - t0 < timeout_s:
+        attempt += 1
+        rid = f"canary-{time.time():.3f}-{attempt}"  # to find it in the gateway's log
+        req = pb.GenerateRequest(prompt="ping", max_tokens=2, model=model, request_id=rid)
         try:
             async for msg in stub.Generate(req, timeout=10):
                 if msg.finish_reason:
@@ -108,7 +114,7 @@ async def _killer(
     clock: float,
     rng: random.Random,
 ) -> list[Kill]:
-    """Kill `kind` `args.kills` times; each kill waits until the mesh served again."""
+    """Kill `kind` `args.kills` times; each kill waits until the mesh is whole again."""
     kills: list[Kill] = []
     async with open_channel(address, FAST_RECONNECT) as channel:
         stub, admin = pb_grpc.GenerationStub(channel), pb_grpc.AdminStub(channel)
@@ -183,6 +189,7 @@ async def chaos_phase(
     duration_s = _phase_s(args)
     phase_requests = [r for r in requests if r.arrival_s < duration_s]
     clock = time.monotonic()
+    stop = asyncio.Event()
     async with open_channel(address, FAST_RECONNECT) as channel:
         replaying = asyncio.create_task(
             replay(
@@ -194,26 +201,38 @@ async def chaos_phase(
                 channel=channel,
                 keep_token_ids=True,
                 run_id=f"chaos-{kind}",
+                stop=stop,
             )
         )
         kills = await _killer(
             kind, args, address, namespace, pool_model, clock, random.Random(seed)
         )
+        await asyncio.sleep(TAIL_S)
+        stop.set()
         result = await replaying
     offset = result.started_unix - (time.time() - (time.monotonic() - clock))
     kills = [replace(k, at_s=k.at_s - offset) for k in kills]  # onto the replay's clock
-    records = list(result.records)
+    records = [r for r in result.records if r.send_s is not None]
+    if kills and max((r.send_s or 0.0 for r in records), default=0.0) < kills[-1].at_s:
+        progress(f"[{kind}] the trace window ended before the last kill: its outage saw no traffic")
     hit = _affected(records, kills, kind, pool_model)
     failed = [r for r in records if r.index in hit and not r.ok]
     used = await kv_blocks_used(address)
     async with open_channel(address, FAST_RECONNECT) as channel:
         normal_s = await _canary(pb_grpc.GenerationStub(channel), "", timeout_s=30.0)
     # How long each failed client waited: from the kill, or from its send during the outage.
-    fail_after = [
-        r.end_s - max(hit[r.index], r.send_s)
+    failures = [
+        {
+            "index": r.index,
+            "status": r.status,
+            "error": r.error[:160],
+            "in_flight_at_kill": r.send_s < hit[r.index],
+            "after_s": round(r.end_s - max(hit[r.index], r.send_s), 3),
+        }
         for r in failed
         if r.end_s is not None and r.send_s is not None
     ]
+    fail_after = [f["after_s"] for f in failures]
     served = [k.served_again_s for k in kills]
     return {
         "kills": len(kills),
@@ -222,7 +241,8 @@ async def chaos_phase(
         "completed": sum(r.ok for r in records if r.index in hit),
         "failed_by_status": dict(Counter(r.status for r in failed)),
         "failed_errors": dict(Counter(f"{r.status}: {r.error[:120]}" for r in failed)),
-        "failed_within_s_max": round(max(fail_after), 3) if fail_after else None,
+        "failed_within_s_max": max(fail_after) if fail_after else None,
+        "failures": failures,
         "served_again_s_median": round(statistics.median(served), 3) if served else None,
         "served_again_s_max": round(max(served), 3) if served else None,
         "kv_all_free_after": bool(used) and not any(used.values()),
@@ -252,8 +272,9 @@ async def verify_tokens(
 
 
 def _phase_s(args: argparse.Namespace) -> float:
-    """Trace seconds one phase replays: enough to cover its kills and restarts."""
-    return args.kills * (args.interval_s + 5.0) + 10.0  # a kill, ~4 s to heal, the next
+    """Trace seconds prepared for a phase: more than its kills and restarts take (the
+    longest wait between kills, and 30 s to restart and heal); the rest is not sent."""
+    return args.kills * (1.5 * args.interval_s + 30.0) + 10.0
 
 
 async def chaos(

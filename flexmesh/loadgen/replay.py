@@ -208,6 +208,15 @@ class _Replayer:
             self.bar.set_postfix(in_flight=self.in_flight, refresh=False)
 
 
+async def _sleep_unless(stop: asyncio.Event | None, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 async def replay(
     requests: Sequence[ReplayRequest],
     target: str,
@@ -223,6 +232,7 @@ async def replay(
     status_interval_s: float | None = None,
     channel: grpc.aio.Channel | None = None,
     keep_token_ids: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> ReplayResult:
     """Send `requests` to `target` at their arrival times; one record each. `target` is a
     FlexMesh gateway ("host:port", gRPC) or any OpenAI-compatible server ("http://host:port",
@@ -231,7 +241,8 @@ async def replay(
     `deadline_s` bounds each call; `max_duration_s` bounds the run (nothing is sent after it,
     calls in flight get at most what is left). `status_interval_s` also samples
     `Admin/GetStatus` during the run. Pass `channel` to reuse one (it is then not closed).
-    `keep_token_ids` keeps each completion's ids in its record (to compare outputs).
+    `keep_token_ids` keeps each completion's ids in its record (to compare outputs). Once
+    `stop` is set nothing more is sent (the rest are NOT_SENT); calls in flight finish.
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight: must be >= 1, got {max_in_flight}")
@@ -272,7 +283,9 @@ async def replay(
             if max_duration_s is not None and max(req.arrival_s, rp.now()) >= max_duration_s:
                 break
             if wait > 0:
-                await asyncio.sleep(wait)
+                await _sleep_unless(stop, wait)
+            if stop is not None and stop.is_set():
+                break
             if max_duration_s is None:
                 await rp.slots.acquire()
             else:
