@@ -15,6 +15,9 @@ from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
 
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+ANSWER_S = 0.1
+"""A live actor's event loop answers a control call within this; one still waiting then asks
+Ray's GCS whether the actor is restarting or dead."""
 
 
 class WorkerClientProtocol(Protocol):
@@ -100,15 +103,15 @@ class WorkerClient:
 
     async def abort(self, request_id: str) -> None:
         try:
-            await asyncio.wait_for(self.handle.abort.remote(request_id), self.timeout_s)
-        except (*_DEAD, TimeoutError):
-            pass  # a dead or stuck worker holds no KV we could free
+            await self._answer(self.handle.abort.remote(request_id))
+        except (WorkerUnavailableError, TimeoutError):
+            pass  # a dead, restarting or stuck worker holds no KV we could free
 
     async def status(self) -> WorkerStatus:
         return await self._call(self.handle.status.remote())  # type: ignore[no-any-return]
 
     async def ping(self, timeout_s: float | None = None) -> None:
-        """Return while the worker is alive, else raise WorkerUnavailableError.
+        """Return while the worker is alive, else raise WorkerLostError.
 
         Answered by the actor's event loop, not its engine: a busy worker answers at once, a
         dead or restarting one does not (Ray holds the call). One whose event loop is starved
@@ -117,11 +120,30 @@ class WorkerClient:
         alone never takes a worker, and the requests it serves, out of the pool.
         """
         try:
-            await asyncio.wait_for(self._call(self.handle.ready.remote()), timeout_s)
-        except TimeoutError as exc:
+            await self._answer(self.handle.ready.remote(), timeout_s)
+        except (TimeoutError, WorkerLostError) as exc:
+            # No answer in time, or Ray's "temporarily unavailable" (also raised for a while
+            # after a restart, by calls sent while it ran): the GCS decides.
             state = await asyncio.to_thread(self._actor_state)
             if state != "ALIVE":
                 raise WorkerLostError(f"worker {self.name} is {state.lower()}") from exc
+
+    async def _answer(self, ref: Any, timeout_s: float | None = None) -> Any:
+        """`ref`'s result within `timeout_s` (default: the client's), else TimeoutError; but
+        WorkerLostError as soon as a call not answered at once (`ANSWER_S`) finds the actor
+        restarting or dead in the GCS: Ray holds calls to a restarting actor until its new
+        process is up, seconds later, and they concern the old process."""
+        call = asyncio.ensure_future(self._call(ref))
+        timeout_s = timeout_s or self.timeout_s
+        try:
+            done, _ = await asyncio.wait({call}, timeout=min(ANSWER_S, timeout_s))
+            if not done:
+                state = await asyncio.to_thread(self._actor_state)
+                if state in ("RESTARTING", "DEAD"):
+                    raise WorkerLostError(f"worker {self.name} is {state.lower()}")
+            return await asyncio.wait_for(call, max(0.0, timeout_s - ANSWER_S))
+        finally:
+            call.cancel()
 
     def _actor_state(self) -> str:
         """The actor's state in the GCS: ALIVE, RESTARTING, DEAD (or UNKNOWN)."""

@@ -244,8 +244,6 @@ class Frontend:
                 prefill: dict[str, float] = {}
                 self.last_status = await self.status(gw.status_timeout_ms / 1000.0)
                 for s in self.last_status:
-                    if self.dispatcher.set_alive(s.name, s.alive):
-                        log.warning("worker.alive" if s.alive else "worker.lost", worker=s.name)
                     if s.alive:
                         delays[s.model] = min(
                             delays.get(s.model, s.queue_delay_ms), s.queue_delay_ms
@@ -411,8 +409,13 @@ class Frontend:
     # -- admin -----------------------------------------------------------------------------
 
     async def status(self, timeout_s: float | None = None) -> list[WorkerStatus]:
-        """Every worker's report, asked now (each bounded by `timeout_s`)."""
-        return await self.ops.status(timeout_s)
+        """Every worker's report, asked now (each bounded by `timeout_s`); the pool takes the
+        health it shows at once (an operator's fresh status and placement never disagree)."""
+        reports = await self.ops.status(timeout_s)
+        for s in reports:
+            if self.dispatcher.set_alive(s.name, s.alive):
+                log.warning("worker.alive" if s.alive else "worker.lost", worker=s.name)
+        return reports
 
     async def latest_status(self) -> list[WorkerStatus]:
         """The latest poll's reports with the roles, drains and pins in force now (no wait on

@@ -202,18 +202,21 @@ class Operations:
         A report waits for the worker's current engine step; a ping does not (and a worker too
         starved of CPU to answer it is still alive while Ray holds its actor alive). So a worker
         that passes the ping but does not report in time is busy, not dead: its last report
-        stands with `alive` kept true. Only a worker that fails both reads as not alive.
+        stands with `alive` kept true. Only a worker that fails both reads as not alive, at
+        once when the ping finds its actor restarting or dead (no report will come).
         """
         ping = asyncio.ensure_future(w.ping(timeout_s))
-        report: WorkerStatus | None = None
-        try:
-            report = await asyncio.wait_for(w.status(), timeout_s)
-        except (WorkerUnavailableError, TimeoutError):
-            pass
-        answered = await asyncio.gather(ping, return_exceptions=True) == [None]  # bounded too
-        if report is not None:
-            s = report
-        else:
+        asked = asyncio.ensure_future(asyncio.wait_for(w.status(), timeout_s))
+        await asyncio.wait((ping, asked), return_when=asyncio.FIRST_EXCEPTION)
+        if asked.done() and asked.exception() is None:
+            ping.cancel()
+            s = asked.result()
+        else:  # no report in time, or the ping found it lost first (then none will come)
+            asked.cancel()
+            (pinged,) = await asyncio.gather(ping, return_exceptions=True)  # bounded too
+            answered = pinged is None
+            if not answered:
+                log.debug("worker.ping_failed", worker=w.name, error=repr(pinged)[:300])
             dead = WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
             s = replace(self._last.get(w.name, dead), alive=True) if answered else dead
         self._last[w.name] = s

@@ -10,7 +10,12 @@ import grpc
 import pytest
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
-from flexmesh.meshcore.errors import PreconditionError, QueueFullError, WorkerUnavailableError
+from flexmesh.meshcore.errors import (
+    PreconditionError,
+    QueueFullError,
+    WorkerLostError,
+    WorkerUnavailableError,
+)
 from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
@@ -353,3 +358,22 @@ async def test_a_busy_worker_stays_alive_and_only_a_silent_one_is_lost() -> None
     worker.dead = True
     (dead,) = await frontend.status(0.05)
     assert not dead.alive
+
+
+class RestartingWorker(SlowWorker):
+    """A killed worker Ray restarts: calls wait (Ray holds them) but the ping, asking the GCS,
+    knows at once."""
+
+    async def ping(self, timeout_s: float | None = None) -> None:
+        if self.dead:
+            raise WorkerLostError(f"worker {self.name} is restarting")
+
+
+async def test_a_worker_found_restarting_is_lost_without_waiting_for_its_report() -> None:
+    worker = RestartingWorker("w", "ok")
+    frontend = Frontend(MeshConfig(models=(ModelSpec(name="ok"),)), {"ok": [worker]})
+    worker.dead = True
+    # The report would wait out the whole status timeout (a minute); the ping decides first.
+    (lost,) = await asyncio.wait_for(frontend.status(60.0), 10.0)
+    assert not lost.alive
+    assert not frontend.pool.get("w").alive, "the pool takes a fresh status's health at once"

@@ -20,8 +20,7 @@ from flexmesh.services.mesh import Mesh
 pytestmark = pytest.mark.slow
 
 
-@ray.remote(num_cpus=0)
-class Streamer:
+class _Streamer:
     """Streams a token every 20 ms; remembers aborts and generators that ended early."""
 
     def __init__(self) -> None:
@@ -50,6 +49,9 @@ class Streamer:
 
     async def block(self, seconds: float) -> None:
         time.sleep(seconds)  # holds the actor's event loop, as a CPU-starved process would
+
+
+Streamer: Any = ray.remote(num_cpus=0)(_Streamer)
 
 
 async def _first_tokens(client: WorkerClient, rid: str, n: int) -> Any:
@@ -88,7 +90,7 @@ async def test_an_actor_that_dies_mid_stream_is_reported_lost(mesh: Mesh) -> Non
 async def test_a_ping_tells_a_starved_actor_from_a_dead_one(mesh: Mesh) -> None:
     actor = Streamer.options(max_restarts=1).remote()
     client = WorkerClient(actor, "streamer", "m", timeout_s=5.0)
-    await client.ping(1.0)
+    await client.ping(10.0)  # its process may take a moment to start
     blocked = actor.block.remote(3.0)
     await asyncio.sleep(0.2)
     await client.ping(0.5)  # no answer in time, but Ray holds the actor alive: no error
@@ -102,3 +104,30 @@ async def test_a_ping_tells_a_starved_actor_from_a_dead_one(mesh: Mesh) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError("a killed actor still passed its ping")
+
+
+class _SlowStarter(_Streamer):
+    """Takes a while to come back after a restart, like a worker loading its model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            time.sleep(5.0)
+
+
+SlowStarter: Any = ray.remote(num_cpus=0, max_restarts=1)(_SlowStarter)
+
+
+async def test_a_restarting_actor_is_lost_at_once_not_when_it_is_back(mesh: Mesh) -> None:
+    """Ray holds calls to a restarting actor until its new process answers; the ping and the
+    abort ask the GCS instead of waiting for that (which would read it alive again)."""
+    actor = SlowStarter.remote()
+    client = WorkerClient(actor, "slow", "m", timeout_s=20.0)
+    await client.ping(10.0)
+    ray.kill(actor, no_restart=False)
+    with pytest.raises(WorkerLostError, match="slow is restarting"):
+        for _ in range(50):  # the GCS learns of the death within moments
+            await client.ping(20.0)
+            await asyncio.sleep(0.1)
+    await client.abort("r")  # gives up at once too: the restarted actor holds nothing of it
+    assert client._actor_state() == "RESTARTING"
