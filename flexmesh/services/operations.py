@@ -203,7 +203,9 @@ class Operations:
         starved of CPU to answer it is still alive while Ray holds its actor alive). So a worker
         that passes the ping but does not report in time is busy, not dead: its last report
         stands with `alive` kept true. Only a worker that fails both reads as not alive, at
-        once when the ping finds its actor restarting or dead (no report will come).
+        once when the ping finds its actor restarting or dead (no report will come). A worker
+        out of the pool (a call to it failed) comes back only by reporting: Ray's GCS may
+        still hold a killed actor ALIVE for a moment.
         """
         ping = asyncio.ensure_future(w.ping(timeout_s))
         asked = asyncio.ensure_future(asyncio.wait_for(w.status(), timeout_s))
@@ -218,7 +220,8 @@ class Operations:
             if not answered:
                 log.debug("worker.ping_failed", worker=w.name, error=repr(pinged)[:300])
             dead = WorkerStatus(w.name, w.model, "", "", "", 0, 0, 0, 0, 0.0, 0, alive=False)
-            s = replace(self._last.get(w.name, dead), alive=True) if answered else dead
+            busy = answered and self.pool.get(w.name).alive  # a lost one must report to return
+            s = replace(self._last.get(w.name, dead), alive=True) if busy else dead
         self._last[w.name] = s
         return self.overlay(s)
 

@@ -377,3 +377,18 @@ async def test_a_worker_found_restarting_is_lost_without_waiting_for_its_report(
     (lost,) = await asyncio.wait_for(frontend.status(60.0), 10.0)
     assert not lost.alive
     assert not frontend.pool.get("w").alive, "the pool takes a fresh status's health at once"
+
+
+async def test_a_worker_lost_by_a_failed_call_returns_only_by_reporting() -> None:
+    """A stream's failure takes a worker out before Ray's GCS knows; a ping that the GCS
+    still answers for must not bring it back, a report from its new process does."""
+    worker = SlowWorker("w", "ok")
+    frontend = Frontend(MeshConfig(models=(ModelSpec(name="ok"),)), {"ok": [worker]})
+    await frontend.status(0.05)
+    frontend.dispatcher.set_alive("w", False)  # as `Dispatcher._recover` does
+    worker.slow = True  # no report; the ping still answers
+    (silent,) = await frontend.status(0.05)
+    assert not silent.alive and not frontend.pool.get("w").alive
+    worker.slow = False
+    (back,) = await frontend.status(0.05)
+    assert back.alive and frontend.pool.get("w").alive
