@@ -116,18 +116,17 @@ class Dispatcher:
         self.max_migrations, self.on_move = max_migrations, on_move
         self.moves = {"prefill_fallback": 0, "migration": 0}
         """Requests that left a broken worker, by kind."""
-        self._lost: dict[str, asyncio.Event] = {}
-        """Per worker, set while it is known dead: requests waiting on it move at once."""
+        self._lost = asyncio.Event()
+        """Set (then replaced) whenever a worker is found dead: wakes every waiting request."""
 
     def set_alive(self, worker: str, alive: bool) -> bool:
         """Record a worker's health (from a call that failed, or from its report); True when
         it changed. A worker found dead wakes every request still waiting on it: Ray queues
         calls to an actor that restarts, so they would otherwise wait out the restart."""
         changed = self.pool.set_alive(worker, alive)
-        if changed and alive:
-            self._lost[worker] = asyncio.Event()
-        elif changed:
-            self._lost.setdefault(worker, asyncio.Event()).set()  # set while it is dead
+        if changed and not alive:
+            self._lost.set()
+            self._lost = asyncio.Event()
         return changed
 
     async def run(
@@ -202,17 +201,16 @@ class Dispatcher:
         step = asyncio.ensure_future(anext(stream, None))
         try:
             while True:
-                worker = progress.worker
-                lost = asyncio.ensure_future(self._lost.setdefault(worker, asyncio.Event()).wait())
+                lost = asyncio.ensure_future(self._lost.wait())
                 try:
                     await asyncio.wait((step, lost), return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     lost.cancel()
                 if step.done():
                     return step.result()
-                if progress.worker == worker:
+                if not self.pool.get(progress.worker).alive:
                     raise WorkerLostError(
-                        f"worker {worker} was lost while the request waited on it"
+                        f"worker {progress.worker} was lost while the request waited on it"
                     )
         finally:
             if not step.done():
@@ -242,6 +240,8 @@ class Dispatcher:
         if state is None:
             return  # finished on its first token, or broken (the caller tells which)
         progress.at(decode.name, prefill_worker=prefill.name)
+        if not decode.alive:  # lost since placement: no event will wake a wait on it
+            raise WorkerLostError(f"worker {decode.name} was lost before the hand-off")
         with _Load(decode, decoding=True):
             stream = self.clients[decode.name].resume(state, prefill.name, prefill.rank)
             async with aclosing(stream):

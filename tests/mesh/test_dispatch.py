@@ -26,7 +26,7 @@ class PDWorker:
     """Hands off after one token when asked; decodes to `TOKENS` tokens; can misbehave:
     `dies` at once, `dies_mid_stream` after two tokens, leaves a `gap`, `truncates`, `hangs`
     before its first token (a call Ray queues for an actor that is restarting), or waits for
-    `go` before it resumes a request (`slow_resume`)."""
+    `go` before it resumes a request (`slow_resume`) or hands one off (`slow_prefill`)."""
 
     def __init__(self, name: str, fault: str = "") -> None:
         self.name, self.model, self.fault = name, "m", fault
@@ -49,6 +49,8 @@ class PDWorker:
         if self.fault == "hangs":
             await asyncio.Event().wait()
         if hand_off:
+            if self.fault == "slow_prefill":
+                await self.go.wait()
             state = RequestState(request_id, (9,) * 20, (0,), sampling, 20, sent_tokens=1)
             yield RequestOutput(request_id, (0,), "t", handoff=state)
             return
@@ -278,3 +280,31 @@ async def test_a_prefill_worker_lost_after_its_hand_off_leaves_the_request_alone
     route = chunks[-1].route
     assert route is not None and (route.worker, route.migrations) == ("d", 0)
     assert frontend.pool.get("d").alive, "the decode worker was not the one lost"
+
+
+async def test_a_decode_worker_lost_while_it_resumes_a_handed_off_request_moves_it_at_once() -> (
+    None
+):
+    p, d = PDWorker("p"), PDWorker("d", fault="slow_resume")  # d never answers (restarting)
+    frontend = _frontend(p, d)
+    running = asyncio.create_task(_run(frontend))
+    while not d.calls:  # handed off in the step the dispatcher is waiting on
+        await asyncio.sleep(0.01)
+    frontend.dispatcher.set_alive("d", False)
+    chunks = await asyncio.wait_for(running, 5)
+    assert _tokens(chunks) == list(range(TOKENS))
+    route = chunks[-1].route
+    assert route is not None and (route.worker, route.migrations) == ("p", 1)
+
+
+async def test_a_decode_worker_lost_before_the_hand_off_is_never_called() -> None:
+    p, d = PDWorker("p", fault="slow_prefill"), PDWorker("d")
+    frontend = _frontend(p, d)
+    running = asyncio.create_task(_run(frontend))
+    while not p.calls:  # placed: prefill on p, decode on d
+        await asyncio.sleep(0.01)
+    frontend.dispatcher.set_alive("d", False)
+    p.go.set()
+    chunks = await asyncio.wait_for(running, 5)
+    assert _tokens(chunks) == list(range(TOKENS))
+    assert d.calls == [] and p.calls == [("stream", True), ("resume", "", -1)]
