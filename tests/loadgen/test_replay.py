@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from pathlib import Path
@@ -93,6 +94,16 @@ async def test_time_limit_and_unreachable_target() -> None:
     # Nothing listens on port 1: every request fails fast, each with its status.
     down = await replay(_requests(5), "127.0.0.1:1", 2, deadline_s=2.0, progress=False)
     assert [r.status for r in down.records] == ["UNAVAILABLE"] * 5
+
+
+async def test_nothing_is_sent_once_stopped() -> None:
+    reqs = _requests(5, gap_s=2.0)
+    stop = asyncio.Event()
+    async with fake_server(admin=False) as target:
+        asyncio.get_running_loop().call_later(0.5, stop.set)
+        result = await replay(reqs, target, 8, progress=False, stop=stop)
+    assert [r.status for r in result.records] == ["OK"] + [NOT_SENT] * 4
+    assert result.wall_s < 2.0, "the wait for the next arrival (at 2 s) ends with the stop"
 
 
 def test_plots_without_data(tmp_path: Path) -> None:
