@@ -58,7 +58,8 @@ class KVHandoff:
     async def _take_kv(
         self, state: RequestState, src: str, src_rank: int, deadline: float
     ) -> dict[str, Any]:
-        """Pull the request's KV from `src` and import it; on failure recompute (or raise).
+        """Pull the request's KV from `src` and import it; on failure raise `KVTransferError`
+        (the caller frees the reservation; the gateway's route decides what follows).
 
         Returns how it went, for the request's route: transport, bytes, milliseconds.
         """
@@ -102,12 +103,9 @@ class KVHandoff:
                 transport=transport,
                 outcome=outcome,
                 error=f"{type(exc).__name__}: {exc}",
-                fallback=self.pd.fallback,
             )
-            if self.pd.fallback == "fail":
-                raise KVTransferError(f"KV of {rid} did not arrive from {src}: {exc}") from exc
-            await self.aengine.call(lambda: self.engine.kv_failed(rid))
-            return {"kv_transport": f"recompute ({outcome})", "kv_transfer_ms": ms}
+            # The gateway's route decides what follows (recompute here, or fail: pd.fallback).
+            raise KVTransferError(f"did not arrive from {src}: {exc}", outcome) from exc
         finally:
             if peer is not None:
                 peer.release_kv.remote(rid)  # the acknowledgement; its hold deadline covers loss

@@ -245,6 +245,10 @@ class ProbeConfig:
         _check(self.timeout_s > 0, "probe.timeout_s", self.timeout_s, "> 0")
 
 
+FALLBACKS = ("recompute", "fail")
+"""What a failed hand-off does: prefill again elsewhere (or on the decode worker), or fail."""
+
+
 @dataclass(frozen=True)
 class PDConfig:
     """Prefill/decode disaggregation: when a request's KV moves between workers, and its bounds."""
@@ -275,8 +279,7 @@ class PDConfig:
             self.hold_timeout_ms,
             "> pd.transfer_timeout_ms",
         )
-        fallbacks = ("recompute", "fail")
-        _check(self.fallback in fallbacks, "pd.fallback", self.fallback, f"one of {fallbacks}")
+        _check(self.fallback in FALLBACKS, "pd.fallback", self.fallback, f"one of {FALLBACKS}")
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,15 @@ class EngineFailedError(WorkerUnavailableError):
 class KVTransferError(WorkerUnavailableError):
     """A request's KV did not reach its decode worker (timeout, transport error, dead peer)."""
 
+    def __init__(self, message: str, outcome: str = "error") -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        """"timeout" or "error": the route's fallback names it ("recompute (timeout)")."""
+
+    def __reduce__(self) -> tuple[type[KVTransferError], tuple[str, str]]:
+        # Crosses Ray actor boundaries: keep the outcome.
+        return (type(self), (str(self), self.outcome))
+
 
 class DeadlineExceededError(FlexMeshError, TimeoutError):
     """The caller's deadline passed before the request finished."""

@@ -19,7 +19,7 @@ decode-capable worker taking new requests per model, else it is refused.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from flexmesh.meshcore.config import ROLES
@@ -125,6 +125,19 @@ class WorkerPool:
         if not live:
             raise WorkerUnavailableError(f"model {model!r} has no live worker left to resume on")
         return min(live, key=lambda e: (e.draining, not e.takes_decode, e.decoding, e.prefilling))
+
+    def count(self, before: Mapping[str, str], after: Mapping[str, str]) -> None:
+        """Move one request's load from `before` to `after` (its route's `load` on either side
+        of a step: worker -> "prefilling" or "decoding")."""
+        for loads, sign in ((before, -1), (after, 1)):
+            for name, kind in loads.items():
+                entry = self.entries.get(name)
+                if entry is None:
+                    continue
+                if kind == "prefilling":
+                    entry.prefilling += sign
+                else:
+                    entry.decoding += sign
 
     # -- run-time changes ------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -28,7 +28,12 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary and server-streaming handlers; typed errors become status codes."""
+    """Wraps unary and server-streaming handlers; typed errors become status codes.
+
+    Streaming handlers write their messages with `context.write` (grpc.aio's writer API, as
+    grpc_health's Watch does), so the wrapper is a coroutine, not one more generator layer
+    every streamed chunk passes through.
+    """
 
     async def intercept_service(
         self,
@@ -39,33 +44,27 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await _abort(context, exc, method)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_unary is not None:
-            inner_unary = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await inner_unary(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await _abort(context, exc, method)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
+        for kind, wrap in (
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+        ):
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return wrap(
+                    _guard(inner, method), handler.request_deserializer, handler.response_serializer
+                )
         return handler
+
+
+def _guard(
+    inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+
+    return guarded

@@ -13,7 +13,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -32,10 +31,11 @@ from flexmesh.meshcore.errors import (
 )
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
 from flexmesh.meshcore.pool import WorkerPool
+from flexmesh.meshcore.route import RouteRules, RouteState
 from flexmesh.meshcore.routing import ProbeResult, Router
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.meshcore.traffic import TrafficWindow
-from flexmesh.services.dispatch import Dispatcher, Hop
+from flexmesh.services.dispatch import Dispatcher
 from flexmesh.services.operations import Operations
 
 log = structlog.get_logger(__name__)
@@ -136,8 +136,8 @@ class Frontend:
         self.dispatcher = Dispatcher(
             self.pool,
             self.clients,
-            config.pd,
-            config.gateway.max_migrations,
+            RouteRules.of(config),
+            config.pd.min_prompt_tokens,
             metrics.moved if metrics else None,
         )
         self.count_tokens = count_tokens
@@ -152,7 +152,6 @@ class Frontend:
         """Per model, the lowest queue delay its workers last reported (polled)."""
         self.prefill_ms: dict[str, float] = {}
         """Per model, the recent prefill time per request its workers last reported (polled)."""
-        self._awaiting_first = {model: 0 for model in self.workers}
         self.in_flight = 0
         self._poller: asyncio.Task[None] | None = None
 
@@ -225,16 +224,14 @@ class Frontend:
         prefill time (spread over its workers); the workers' own report is the floor. A burst
         thus moves spillable intents as it arrives, not one poll interval later.
         """
-        prefillers = {
-            m: max(1, sum(e.takes_prefill for e in self.pool.of_model(m))) for m in self.workers
-        }
-        return {
-            model: max(
-                self.queue_delay_ms.get(model, 0.0),
-                self._awaiting_first[model] * self.prefill_ms.get(model, 0.0) / prefillers[model],
-            )
-            for model in self.workers
-        }
+        loads = {}
+        for model in self.workers:
+            entries = self.pool.of_model(model)
+            awaiting = sum(e.prefilling for e in entries)
+            prefillers = max(1, sum(e.takes_prefill for e in entries))
+            backlog_ms = awaiting * self.prefill_ms.get(model, 0.0) / prefillers
+            loads[model] = max(self.queue_delay_ms.get(model, 0.0), backlog_ms)
+        return loads
 
     async def _poll(self) -> None:
         gw = self.config.gateway
@@ -283,23 +280,24 @@ class Frontend:
             self.traffic.arrived(time.monotonic(), route.intent)
             if self.metrics is not None:
                 self.metrics.routed(route)
+            ids = req.prompt_token_ids
+            n_prompt = len(ids) if ids else self.count_tokens(model, req.prompt)
             sampling = replace(req.sampling, strategy=route.strategy)
-            self._awaiting_first[route.model] += 1
-            awaiting = True
-            stream = self._stream(rid, req, sampling, route, arrival)
+            run = self.dispatcher.start(rid, model, req.prompt, ids, n_prompt, sampling, deadline)
+            first_token: float | None = None
             try:
-                async with aclosing(stream):
-                    while not final_sent:
-                        async with asyncio.timeout_at(deadline):
-                            chunk = await anext(stream)
-                        if awaiting and (chunk.output.token_ids or chunk.final):
-                            awaiting = False
-                            self._awaiting_first[route.model] -= 1
-                        final_sent = chunk.final
-                        yield chunk
+                while (out := await run.next()) is not None:
+                    now = time.monotonic()
+                    if first_token is None and out.token_ids:
+                        first_token = now
+                    if out.finished:
+                        chunk = self._final(rid, out, run.state, route, arrival, first_token or now)
+                    else:
+                        chunk = Chunk(rid, out, route=route)
+                    final_sent = chunk.final
+                    yield chunk
             finally:
-                if awaiting:
-                    self._awaiting_first[route.model] -= 1
+                await run.close()  # a request left unfinished is aborted on its workers
         except TimeoutError as exc:
             self.record_failure(model, DeadlineExceededError.status)
             raise DeadlineExceededError(f"deadline of {timeout_s:.3f} s exceeded") from exc
@@ -332,42 +330,17 @@ class Frontend:
         if code in SLO_MISSES and model in self.workers:
             self.traffic.ended(time.monotonic(), model, met_slo=False)
 
-    async def _stream(
-        self,
-        rid: str,
-        req: GenerationInput,
-        sampling: SamplingParams,
-        route: RouteInfo,
-        arrival: float,
-    ) -> AsyncIterator[Chunk]:
-        """Follow the request through its workers (which prove its offsets contiguous and
-        move it off a broken worker); time it."""
-        first_token: float | None = None
-        ids = list(req.prompt_token_ids)
-        n_prompt = len(ids) if ids else self.count_tokens(route.model, req.prompt)
-        outputs = self.dispatcher.run(rid, route.model, req.prompt, ids, n_prompt, sampling)
-        async with aclosing(outputs):  # releases its worker loads when this block ends
-            async for out, hop in outputs:
-                now = time.monotonic()
-                if first_token is None and out.token_ids:
-                    first_token = now
-                if not out.finished:
-                    yield Chunk(rid, out, route=route)
-                    continue
-                yield self._final(rid, out, hop, route, arrival, first_token or now, now)
-                return
-
     def _final(
         self,
         rid: str,
         out: RequestOutput,
-        hop: Hop,
+        hop: RouteState,
         route: RouteInfo,
         arrival: float,
         first_token: float,
-        now: float,
     ) -> Chunk:
         """The last chunk, with timings and the full route; counted in metrics and logged."""
+        now = time.monotonic()
         timings = {
             "queue_ms": out.queue_ms,
             "prefill_ms": out.prefill_ms,
@@ -377,10 +350,10 @@ class Frontend:
         }
         final_route = replace(
             route,
-            worker=hop.decode_worker,
+            worker=hop.worker,
             prefill_worker=hop.prefill_worker,
             strategy=out.strategy,
-            kv_transport=out.kv_transport or "local",
+            kv_transport=out.kv_transport or hop.kv_note or "local",
             kv_bytes=out.kv_bytes,
             kv_transfer_ms=out.kv_transfer_ms,
             migrations=hop.migrations,
@@ -396,7 +369,7 @@ class Frontend:
         log.info(
             "request.done",
             model=route.model,
-            worker=hop.decode_worker,
+            worker=hop.worker,
             prefill_worker=hop.prefill_worker,
             kv_transport=final_route.kv_transport,
             tokens=out.completion_tokens,

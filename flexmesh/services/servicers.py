@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -77,7 +78,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.GenerateResponse]:
+    ) -> None:
+        """Stream the request's chunks with `context.write` (no generator layer of its own)."""
         remaining = context.time_remaining()
         timeout_s = remaining if remaining is not None and math.isfinite(remaining) else None
         try:
@@ -85,8 +87,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         except FlexMeshError as exc:
             self.frontend.record_failure(request.model or "auto", exc.status)
             raise
-        async for chunk in self.frontend.generate(inp, timeout_s=timeout_s):
-            yield to_response(chunk)
+        # Closed at once when the client leaves mid-write: the request is aborted on its workers.
+        async with aclosing(self.frontend.generate(inp, timeout_s=timeout_s)) as chunks:
+            async for chunk in chunks:
+                await context.write(to_response(chunk))
 
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
+import flexmesh
 import flexmesh.meshcore
 
 
@@ -21,3 +24,48 @@ def test_meshcore_imports_no_ray_grpc_or_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+RULE_FIELDS = {"fallback", "max_migrations"}
+"""Config that says where a request goes next: read by `meshcore.route.RouteRules` only."""
+ROUTE_FIELDS = {
+    "offset",
+    "finished",
+    "handoff",
+    "phase",
+    "tokens",
+    "migrations",
+    "dead",
+    "failed",
+    "holders",
+    "alive",
+    "moving",
+}
+"""Fields a rule about a request's next worker would read (outputs, route state, health)."""
+
+
+def _attributes(node: ast.AST) -> set[str]:
+    return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+
+
+def test_no_module_outside_meshcore_decides_where_a_request_goes_next() -> None:
+    """The route machine (`meshcore/route.py`) holds every such rule: the gateway's loop
+    (`services/dispatch.py`) only turns messages into events and actions into calls, and no
+    other module reads the rules' config."""
+    root = Path(flexmesh.__file__).parent
+    for path in root.rglob("*.py"):
+        if "meshcore" in path.parts or "v1" in path.parts:
+            continue
+        tree = ast.parse(path.read_text())
+        read = _attributes(tree) & RULE_FIELDS
+        assert not read, f"{path.relative_to(root)} reads {sorted(read)}: a route rule"
+    dispatch = ast.parse((root / "services" / "dispatch.py").read_text())
+    for node in ast.walk(dispatch):
+        if isinstance(node, (ast.If, ast.IfExp, ast.While, ast.Assert)):
+            decided = _attributes(node.test) & ROUTE_FIELDS
+            assert not decided, f"dispatch.py:{node.lineno} branches on {sorted(decided)}"
+        if isinstance(node, ast.Compare):
+            names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+            assert "Phase" not in names and not _attributes(node) & {"Phase"}, (
+                f"dispatch.py:{node.lineno} compares a route phase"
+            )
