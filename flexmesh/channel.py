@@ -7,12 +7,13 @@ Two environment variables set it up for a gateway that is not the local default:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from flexmesh import env
 
 ADMIN_PREFIX = "/flexmesh.v1.Admin/"
 
@@ -40,8 +41,8 @@ def open_channel(
     tls_ca: str | None = None,
 ) -> grpc.aio.Channel:
     """A channel to `target`; token and CA default to the environment (see module docs)."""
-    token = os.environ.get("FLEXMESH_ADMIN_TOKEN", "") if admin_token is None else admin_token
-    ca = os.environ.get("FLEXMESH_TLS_CA", "") if tls_ca is None else tls_ca
+    token = env.admin_token() if admin_token is None else admin_token
+    ca = env.tls_ca() if tls_ca is None else tls_ca
     interceptors = [_BearerToken(token)] if token else None
     if ca:
         creds = grpc.ssl_channel_credentials(Path(ca).read_bytes())

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from flexmesh import env
 from flexmesh.loadgen.prompts import tokenizer_dir
 from flexmesh.loadgen.records import ReplayError, ReplayRequest, Sender, Stream, server_fields
 from flexmesh.meshcore.errors import HTTP_STATUS
@@ -34,7 +34,7 @@ def is_http(target: str) -> bool:
 def http_client(target: str, max_in_flight: int) -> httpx.AsyncClient:
     """A client with a connection for every request in flight and no timeout of its own (each
     call has its deadline)."""
-    key = os.environ.get("FLEXMESH_API_KEY") or os.environ.get("OPENAI_API_KEY", "")
+    key = env.api_key(client=True)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
     return httpx.AsyncClient(base_url=target, headers=headers, limits=limits, timeout=None)

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flexmesh import env
+
 CANN_HOMES = ("/usr/local/Ascend/ascend-toolkit/latest", "/usr/local/Ascend/cann")
 
 
@@ -25,7 +27,7 @@ def _version(dist: str) -> str | None:
 
 def cann_home() -> str | None:
     """Where Ascend's CANN toolkit lives, if anywhere."""
-    home = os.environ.get("ASCEND_HOME_PATH") or os.environ.get("ASCEND_TOOLKIT_HOME")
+    home = env.cann_home()
     candidates = [home] if home else list(CANN_HOMES)
     return next((c for c in candidates if c and Path(c).is_dir()), None)
 

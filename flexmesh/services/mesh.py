@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from ray.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
+from flexmesh import env
 from flexmesh.actors.controller import ControllerActor
 from flexmesh.actors.probe.actor import ProbeActor
 from flexmesh.actors.runner.demo_models import DEMO_MODELS, build_demo_models, is_built
@@ -87,10 +87,10 @@ def init_ray(
             log_to_driver=log_to_driver,
         )
         return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local embedded use only
-    # Ray starts workers at nice 15; a model worker then loses its cores to every other
-    # process and its OpenMP barriers stall (see the README's gRPC benchmark).
-    os.environ.setdefault("RAY_worker_niceness", "0")
+    # No auth: local embedded use only. Ray starts workers at nice 15; a model worker then
+    # loses its cores to every other process and its OpenMP barriers stall (the README's
+    # gRPC benchmark).
+    env.set_defaults({"RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"})
     ray.init(
         address="local",  # a new instance even when `ray start` runs one on this machine
         namespace=namespace,
@@ -162,10 +162,9 @@ def place_workers(
 
 def worker_options(bundle: dict[str, float], strategy: Any) -> dict[str, Any]:
     """Actor options of a worker: its resources, where it goes, its process environment."""
-    env = {k: os.environ.get(k, v) for k, v in KERNEL_CACHE_ENV.items()}
     custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
     return {
-        "runtime_env": {"env_vars": env},
+        "runtime_env": {"env_vars": env.overridden(KERNEL_CACHE_ENV)},
         "num_cpus": bundle.get("CPU", 0.0),
         "num_gpus": bundle.get("GPU", 0.0),
         "resources": custom,
@@ -202,8 +201,8 @@ def start_mesh(
         config,
         gateway=replace(
             gw,
-            admin_token=gw.admin_token or os.environ.get("FLEXMESH_ADMIN_TOKEN", ""),
-            api_key=gw.api_key or os.environ.get("FLEXMESH_API_KEY", ""),
+            admin_token=gw.admin_token or env.admin_token(),
+            api_key=gw.api_key or env.api_key(),
         ),
     )
     paths = resolve_model_paths(config)

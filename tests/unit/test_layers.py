@@ -69,3 +69,13 @@ def test_no_module_outside_meshcore_decides_where_a_request_goes_next() -> None:
             assert "Phase" not in names and not _attributes(node) & {"Phase"}, (
                 f"dispatch.py:{node.lineno} compares a route phase"
             )
+
+
+def test_one_module_reads_the_environment() -> None:
+    root = Path(flexmesh.__file__).parent
+    readers = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if _attributes(ast.parse(path.read_text())) & {"environ", "getenv", "putenv"}
+    )
+    assert readers == ["env.py"]
