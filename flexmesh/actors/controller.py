@@ -1,4 +1,5 @@
-"""The controller actor: a reconcile loop around the pure policies of `meshcore/controller.py`.
+"""The controller actor: a reconcile loop around the pure policies of
+`meshcore/controller_policy.py`.
 
 Every `controller.interval_ms` it takes one snapshot from the gateway (the workers' latest
 reports from the gateway's bounded poll, pins, the live and configured routing policy, the
@@ -23,7 +24,7 @@ from ray.util import metrics
 
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
-from flexmesh.meshcore.controller import Action, ControllerState, decide
+from flexmesh.meshcore.controller_policy import Action, ControllerState, decide
 
 log = structlog.get_logger(__name__)
 

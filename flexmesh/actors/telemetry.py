@@ -6,7 +6,7 @@ from typing import Any
 
 from ray.util import metrics
 
-from flexmesh.meshcore.config import ROLES
+from flexmesh.meshcore.config import WORKER_ROLES
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
 
 _MS_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
@@ -90,7 +90,7 @@ class WorkerMetrics:
         self.queue.set(s.queue_length, self.tags)
         self.running.set(s.running_requests, self.tags)
         self.kv_used.set(s.kv_blocks_used, self.tags)
-        for role in ROLES:
+        for role in WORKER_ROLES:
             self.role.set(1.0 if role == s.role else 0.0, {**self.tags, "role": role})
         self.prefill_waiting.set(s.prefill_tokens_waiting, self.tags)
         self.decode_batch.set(s.decode_batch, self.tags)

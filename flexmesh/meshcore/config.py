@@ -74,7 +74,7 @@ class EngineConfig:
         _check(self.pld_ngram_tokens > 0, "engine.pld_ngram_tokens", self.pld_ngram_tokens, "> 0")
 
 
-ROLES = ("prefill", "decode", "mixed")
+WORKER_ROLES = ("prefill", "decode", "mixed")
 """What a worker does: prompts only (hands KV over), decoding only (takes KV), or both."""
 PLACEMENTS = ("pack", "spread")
 """How a model's workers are placed on nodes (`ModelSpec.placement`)."""
@@ -119,7 +119,7 @@ class ModelSpec:
             _check(ok, f"models[].resources.{key}", amount, "a number > 0")
         _check(self.num_workers > 0, "models[].num_workers", self.num_workers, "> 0")
         _check(self.num_cpus > 0, "models[].num_cpus", self.num_cpus, "> 0")
-        _check(self.role in ROLES, "models[].role", self.role, f"one of {ROLES}")
+        _check(self.role in WORKER_ROLES, "models[].role", self.role, f"one of {WORKER_ROLES}")
         _check(
             not self.roles or len(self.roles) == self.num_workers,
             "models[].roles",
@@ -127,7 +127,7 @@ class ModelSpec:
             f"one role per worker ({self.num_workers})",
         )
         for role in self.roles:
-            _check(role in ROLES, "models[].roles[]", role, f"one of {ROLES}")
+            _check(role in WORKER_ROLES, "models[].roles[]", role, f"one of {WORKER_ROLES}")
 
     def role_of(self, index: int) -> str:
         """Initial role of worker `index`."""

@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from flexmesh.meshcore.config import ROLES
+from flexmesh.meshcore.config import WORKER_ROLES
 from flexmesh.meshcore.errors import (
     InvalidRequestError,
     PreconditionError,
@@ -152,8 +152,8 @@ class WorkerPool:
     def set_role(self, name: str, role: str) -> PoolEntry:
         """Change a worker's role (refused if it would leave its model without a prefill- or
         decode-capable worker); returns the entry."""
-        if role not in ROLES:
-            raise InvalidRequestError("role", f"must be one of {ROLES}, got {role!r}")
+        if role not in WORKER_ROLES:
+            raise InvalidRequestError("role", f"must be one of {WORKER_ROLES}, got {role!r}")
         entry = self.get(name)
         self._check_after(entry, role, entry.draining)
         entry.role = role

@@ -29,10 +29,8 @@ from flexmesh.meshcore.config import FALLBACKS, MeshConfig
 from flexmesh.meshcore.messages import RequestState
 from flexmesh.meshcore.route_events import (
     Abort,
-    Action,
     Cancel,
     Deadline,
-    Event,
     Fail,
     FindWorker,
     Forward,
@@ -45,6 +43,8 @@ from flexmesh.meshcore.route_events import (
     Refused,
     Replacement,
     Resume,
+    RouteAction,
+    RouteEvent,
     Run,
     StreamEnded,
     StreamFailed,
@@ -55,10 +55,8 @@ from flexmesh.meshcore.sampling import SamplingParams
 
 __all__ = [
     "Abort",
-    "Action",
     "Cancel",
     "Deadline",
-    "Event",
     "Fail",
     "FindWorker",
     "Forward",
@@ -72,6 +70,8 @@ __all__ = [
     "Refused",
     "Replacement",
     "Resume",
+    "RouteAction",
+    "RouteEvent",
     "RouteRules",
     "RouteState",
     "Run",
@@ -205,13 +205,13 @@ class RouteState:
         return {}
 
 
-Step = tuple[RouteState, list[Action]]
+Step = tuple[RouteState, list[RouteAction]]
 
 
 # -- the machine -------------------------------------------------------------------------------
 
 
-def step(state: RouteState, event: Event) -> Step:
+def step(state: RouteState, event: RouteEvent) -> Step:
     """The route after `event`, and what to do about it. Events that no longer concern the
     request (a stale worker's, or any after it ended) change nothing."""
     if state.phase.over:
@@ -255,7 +255,7 @@ def step(state: RouteState, event: Event) -> Step:
         case Deadline():
             return _fail(state, "DEADLINE_EXCEEDED", event.error)
         case Cancel():
-            aborts: list[Action] = [Abort(w) for w in state.holders]
+            aborts: list[RouteAction] = [Abort(w) for w in state.holders]
             return replace(state, phase=Phase.FAILED, status="CANCELLED"), aborts
     raise TypeError(f"not a route event: {event!r}")
 
@@ -332,7 +332,7 @@ def _break(
 ) -> Step:
     """The stream the request follows broke: fall back, migrate, or fail."""
     broken = state.worker
-    actions: list[Action] = [Abort(w) for w in (state.holders if holders is None else holders)]
+    actions: list[RouteAction] = [Abort(w) for w in (state.holders if holders is None else holders)]
     if lost:
         actions.append(MarkLost(broken))
     kind = "prefill_fallback" if _hands_off(state) else "migration"
@@ -366,7 +366,7 @@ def _replaced(state: RouteState, worker: str) -> Step:
         moving="",
         broken="",
     )
-    call: Action = Resume(worker, state.resume_state()) if state.tokens else Run(worker)
+    call: RouteAction = Resume(worker, state.resume_state()) if state.tokens else Run(worker)
     return state, [moved, call]
 
 
@@ -386,6 +386,6 @@ def _fail(state: RouteState, status: str, error: str) -> Step:
     return _ended(state, status, error, [Abort(w) for w in state.holders])
 
 
-def _ended(state: RouteState, status: str, error: str, actions: list[Action]) -> Step:
+def _ended(state: RouteState, status: str, error: str, actions: list[RouteAction]) -> Step:
     state = replace(state, phase=Phase.FAILED, status=status, error=error)
     return state, [*actions, Fail(status, error)]

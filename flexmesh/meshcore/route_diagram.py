@@ -20,7 +20,7 @@ MAX_EVENTS = 7
 """Depth of the search: enough to pass every phase twice (a migration after a migration)."""
 
 
-def _events(s: rt.RouteState) -> list[tuple[str, rt.Event]]:
+def _events(s: rt.RouteState) -> list[tuple[str, rt.RouteEvent]]:
     """Each kind of event, labelled, as it could reach `s` (from the worker it follows)."""
     w, n = s.worker, len(s.tokens)
     handoff = RequestState(s.request_id, (1, 2, 3), (0,), s.sampling, 3, sent_tokens=1)

@@ -95,7 +95,7 @@ class Cancel:
     """The client left."""
 
 
-Event = (
+RouteEvent = (
     Placed
     | Output
     | StreamEnded
@@ -185,4 +185,4 @@ class Fail:
     error: str
 
 
-Action = Prefill | Run | Resume | Forward | Abort | FindWorker | MarkLost | Moved | Fail
+RouteAction = Prefill | Run | Resume | Forward | Abort | FindWorker | MarkLost | Moved | Fail

@@ -19,7 +19,7 @@ from flexmesh.meshcore.errors import InvalidRequestError, UnknownModelError
 
 INTENTS = ("code", "math", "knowledge_qa", "chinese_exam", "chat", "long_context")
 """Intents the probe names, in a fixed order (score vectors and tables use it)."""
-ROLES = ("small", "large")
+ROUTE_MODELS = ("small", "large")
 """Symbolic models a route names; the policy maps them to resident model names."""
 ROUTE_STRATEGIES = ("none", "pld", "spec")
 """Decoding accelerations: none, prompt-lookup decoding, draft-model speculation."""
@@ -71,7 +71,7 @@ class Route:
     """May move to the other resident model while the target's queue is long."""
 
     def validate(self, name: str) -> None:
-        _check(self.model in ROLES, f"{name}.model", self.model, f"one of {ROLES}")
+        _check(self.model in ROUTE_MODELS, f"{name}.model", self.model, f"one of {ROUTE_MODELS}")
         rule = f"one of {ROUTE_STRATEGIES}"
         _check(self.strategy in ROUTE_STRATEGIES, f"{name}.strategy", self.strategy, rule)
         # The small model is the draft model; speculating on it would need a third model.

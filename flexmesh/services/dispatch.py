@@ -98,7 +98,7 @@ class RouteRun:
         self, dispatcher: Dispatcher, model: str, state: rt.RouteState, deadline: float
     ) -> None:
         self.d, self.model, self.state, self.deadline = dispatcher, model, state, deadline
-        self._events: deque[rt.Event] = deque()
+        self._events: deque[rt.RouteEvent] = deque()
         self._outputs: deque[RequestOutput] = deque()
         self._stream: AsyncIterator[RequestOutput] | None = None
         self._stream_worker = ""
@@ -109,7 +109,7 @@ class RouteRun:
         self._health = -1
         """The dispatcher's `health` when the route last heard which workers are dead."""
 
-    def feed(self, event: rt.Event) -> None:
+    def feed(self, event: rt.RouteEvent) -> None:
         self._events.append(event)
 
     async def next(self) -> RequestOutput | None:
@@ -134,7 +134,7 @@ class RouteRun:
 
     # -- events in ---------------------------------------------------------------------------
 
-    async def _wait(self) -> rt.Event:
+    async def _wait(self) -> rt.RouteEvent:
         """The next thing that happens to the request: its stream moves, a worker is found
         dead, or the deadline passes."""
         assert self._stream is not None, "a live route always follows a stream"
@@ -173,14 +173,14 @@ class RouteRun:
 
     # -- actions out -------------------------------------------------------------------------
 
-    async def _apply(self, event: rt.Event) -> None:
+    async def _apply(self, event: rt.RouteEvent) -> None:
         before = self.state.load
         self.state, actions = rt.step(self.state, event)
         self.d.pool.count(before, self.state.load)
         for action in actions:
             await self._do(action)
 
-    async def _do(self, action: rt.Action) -> None:
+    async def _do(self, action: rt.RouteAction) -> None:
         s = self.state
         match action:
             case rt.Forward():

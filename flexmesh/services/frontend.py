@@ -20,7 +20,7 @@ import structlog
 
 from flexmesh.actors.client import ProbeClientProtocol, WorkerClientProtocol
 from flexmesh.meshcore.config import MeshConfig
-from flexmesh.meshcore.controller import Snapshot
+from flexmesh.meshcore.controller_policy import Snapshot
 from flexmesh.meshcore.errors import (
     DeadlineExceededError,
     InvalidRequestError,

@@ -23,7 +23,7 @@ from flexmesh.actors.state import GatewayStateStore, restarted
 from flexmesh.actors.telemetry import GatewayMetrics
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
-from flexmesh.meshcore.controller import Action, Snapshot, policy_changes
+from flexmesh.meshcore.controller_policy import Action, Snapshot, policy_changes
 from flexmesh.meshcore.errors import FlexMeshError
 from flexmesh.services.auth import AdminTokenInterceptor
 from flexmesh.services.errors import ErrorInterceptor

@@ -130,7 +130,7 @@ def policy_to_proto(p: RoutingConfig, pinned: Iterable[str] = ()) -> pb.Policy:
     )
 
 
-def policy_changes(req: pb.SetPolicyRequest, current: RoutingConfig) -> dict[str, Any]:
+def changes_from_request(req: pb.SetPolicyRequest, current: RoutingConfig) -> dict[str, Any]:
     """The fields a SetPolicyRequest sets, as a nested mapping for `apply_update`."""
     changes: dict[str, Any] = {
         name: getattr(req, name)
@@ -192,7 +192,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def SetPolicy(
         self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
-        changes = policy_changes(request, self.frontend.router.policy)
+        changes = changes_from_request(request, self.frontend.router.policy)
         policy = self.frontend.ops.set_policy(changes, request.expected_version)
         return policy_to_proto(policy, self.frontend.ops.policy_pins)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from flexmesh.meshcore.config import ROLES
+from flexmesh.meshcore.config import WORKER_ROLES
 from flexmesh.meshcore.routing import INTENTS
 from flexmesh.v1 import flexmesh_pb2 as pb
 
@@ -78,7 +78,7 @@ admin_calls = st.one_of(
     st.tuples(st.just("SetPolicy"), policy_requests()),
     st.tuples(
         st.just("SetWorkerRole"),
-        st.builds(pb.SetWorkerRoleRequest, worker=worker, role=one_of_or_any(ROLES)),
+        st.builds(pb.SetWorkerRoleRequest, worker=worker, role=one_of_or_any(WORKER_ROLES)),
     ),
     st.tuples(
         st.just("DrainWorker"),

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from flexmesh.meshcore.config import MeshConfig
-from flexmesh.meshcore.controller import Action
+from flexmesh.meshcore.controller_policy import Action
 from flexmesh.services.client import status_cli, stream_generate
 from flexmesh.services.mesh import Mesh, start_mesh
 from flexmesh.v1 import flexmesh_pb2 as pb

@@ -6,7 +6,7 @@ import itertools
 from dataclasses import replace
 
 from flexmesh.meshcore.config import ControllerConfig
-from flexmesh.meshcore.controller import (
+from flexmesh.meshcore.controller_policy import (
     Action,
     ControllerState,
     Snapshot,

@@ -26,9 +26,11 @@ def _new(
     return rt.RouteState("r", "a prompt", ids, SAMPLING, rt.RouteRules(fallback, max_migrations))
 
 
-def _run(state: rt.RouteState, *events: rt.Event) -> tuple[rt.RouteState, list[rt.Action]]:
+def _run(
+    state: rt.RouteState, *events: rt.RouteEvent
+) -> tuple[rt.RouteState, list[rt.RouteAction]]:
     """Apply `events` in order; return the final state and every action taken."""
-    actions: list[rt.Action] = []
+    actions: list[rt.RouteAction] = []
     for event in events:
         state, new = rt.step(state, event)
         actions += new
@@ -41,7 +43,7 @@ def _out(offset: int, n: int = 1, finished: bool = False, handoff: bool = False)
     return RequestOutput("r", ids, "t" * n, finished=finished, offset=offset, handoff=state)
 
 
-def _kinds(actions: Iterable[rt.Action]) -> list[str]:
+def _kinds(actions: Iterable[rt.RouteAction]) -> list[str]:
     return [type(a).__name__ for a in actions]
 
 
@@ -129,7 +131,7 @@ def test_a_prefill_worker_dying_mid_transfer_leaves_the_request_on_its_decode_wo
 
 @pytest.mark.parametrize("when", ["before the import", "mid-decode"])
 def test_a_decode_worker_dying_migrates_the_request(when: str) -> None:
-    events: list[rt.Event] = [*HANDED_OFF]
+    events: list[rt.RouteEvent] = [*HANDED_OFF]
     if when == "mid-decode":
         events.append(rt.Output("d", _out(1, 2)))
     s, acts = _run(_new(), *events, rt.StreamFailed("d", "died", lost=True))
@@ -164,7 +166,9 @@ def test_a_cancelled_request_is_aborted_wherever_it_holds_blocks() -> None:
     ],
     ids=["engine-failed", "ended-without-final", "gap"],
 )
-def test_a_broken_stream_migrates_and_resumes_from_what_the_client_has(breaks: rt.Event) -> None:
+def test_a_broken_stream_migrates_and_resumes_from_what_the_client_has(
+    breaks: rt.RouteEvent,
+) -> None:
     s, acts = _run(_new(ids=(5, 6)), rt.Placed("d"), rt.Output("d", _out(0, 2)), breaks)
     assert s.phase is rt.Phase.MIGRATING and s.moving == "migration"
     assert rt.MarkLost("d") not in acts, "only a dead actor leaves the pool"
@@ -301,7 +305,7 @@ _events = st.one_of(
     st.integers(0, 2),
 )
 def test_any_event_sequence_keeps_the_stream_whole_and_the_bounds(
-    placed: rt.Placed, events: list[rt.Event], fallback: str, max_migrations: int
+    placed: rt.Placed, events: list[rt.RouteEvent], fallback: str, max_migrations: int
 ) -> None:
     state, actions = rt.step(_new(fallback, max_migrations), placed)
     forwarded: list[RequestOutput] = []
