@@ -7,20 +7,11 @@ Every field has a default, its unit in its name and a one-line docstring. Valida
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
+from flexmesh.meshcore.fields import build, check
 from flexmesh.meshcore.routing import RoutingConfig
-
-T = TypeVar("T")
-
-
-def _check(cond: bool, name: str, value: object, rule: str) -> None:
-    if not cond:
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -54,24 +45,22 @@ class EngineConfig:
     """Draft tokens proposed per step by PLD or a draft model."""
 
     def __post_init__(self) -> None:
-        _check(
-            self.block_size_tokens > 0, "engine.block_size_tokens", self.block_size_tokens, "> 0"
-        )
-        _check(self.kv_cache_bytes > 0, "engine.kv_cache_bytes", self.kv_cache_bytes, "> 0")
-        _check(self.num_kv_blocks >= 0, "engine.num_kv_blocks", self.num_kv_blocks, ">= 0")
-        _check(self.max_num_seqs > 0, "engine.max_num_seqs", self.max_num_seqs, "> 0")
-        _check(
+        check(self.block_size_tokens > 0, "engine.block_size_tokens", self.block_size_tokens, "> 0")
+        check(self.kv_cache_bytes > 0, "engine.kv_cache_bytes", self.kv_cache_bytes, "> 0")
+        check(self.num_kv_blocks >= 0, "engine.num_kv_blocks", self.num_kv_blocks, ">= 0")
+        check(self.max_num_seqs > 0, "engine.max_num_seqs", self.max_num_seqs, "> 0")
+        check(
             self.max_batched_tokens >= self.max_num_seqs,
             "engine.max_batched_tokens",
             self.max_batched_tokens,
             ">= engine.max_num_seqs",
         )
         dtypes = ("auto", "float32", "float16", "bfloat16")
-        _check(self.dtype in dtypes, "engine.dtype", self.dtype, f"one of {dtypes}")
+        check(self.dtype in dtypes, "engine.dtype", self.dtype, f"one of {dtypes}")
         devices = ("auto", "npu", "cuda", "cpu")
-        _check(self.device in devices, "engine.device", self.device, f"one of {devices}")
-        _check(self.num_draft_tokens > 0, "engine.num_draft_tokens", self.num_draft_tokens, "> 0")
-        _check(self.pld_ngram_tokens > 0, "engine.pld_ngram_tokens", self.pld_ngram_tokens, "> 0")
+        check(self.device in devices, "engine.device", self.device, f"one of {devices}")
+        check(self.num_draft_tokens > 0, "engine.num_draft_tokens", self.num_draft_tokens, "> 0")
+        check(self.pld_ngram_tokens > 0, "engine.pld_ngram_tokens", self.pld_ngram_tokens, "> 0")
 
 
 WORKER_ROLES = ("prefill", "decode", "mixed")
@@ -107,8 +96,8 @@ class ModelSpec:
     `{pool_a: 1}`), beside its device or CPUs."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "models[].name", self.name, "non-empty")
-        _check(
+        check(bool(self.name), "models[].name", self.name, "non-empty")
+        check(
             self.placement in PLACEMENTS,
             "models[].placement",
             self.placement,
@@ -116,18 +105,18 @@ class ModelSpec:
         )
         for key, amount in self.resources.items():
             ok = isinstance(amount, int | float) and not isinstance(amount, bool) and amount > 0
-            _check(ok, f"models[].resources.{key}", amount, "a number > 0")
-        _check(self.num_workers > 0, "models[].num_workers", self.num_workers, "> 0")
-        _check(self.num_cpus > 0, "models[].num_cpus", self.num_cpus, "> 0")
-        _check(self.role in WORKER_ROLES, "models[].role", self.role, f"one of {WORKER_ROLES}")
-        _check(
+            check(ok, f"models[].resources.{key}", amount, "a number > 0")
+        check(self.num_workers > 0, "models[].num_workers", self.num_workers, "> 0")
+        check(self.num_cpus > 0, "models[].num_cpus", self.num_cpus, "> 0")
+        check(self.role in WORKER_ROLES, "models[].role", self.role, f"one of {WORKER_ROLES}")
+        check(
             not self.roles or len(self.roles) == self.num_workers,
             "models[].roles",
             self.roles,
             f"one role per worker ({self.num_workers})",
         )
         for role in self.roles:
-            _check(role in WORKER_ROLES, "models[].roles[]", role, f"one of {WORKER_ROLES}")
+            check(role in WORKER_ROLES, "models[].roles[]", role, f"one of {WORKER_ROLES}")
 
     def role_of(self, index: int) -> str:
         """Initial role of worker `index`."""
@@ -191,37 +180,37 @@ class GatewayConfig:
     the FLEXMESH_API_KEY environment variable of `flexmesh serve` sets one."""
 
     def __post_init__(self) -> None:
-        _check(0 <= self.port < 65536, "gateway.port", self.port, "in [0, 65535]")
+        check(0 <= self.port < 65536, "gateway.port", self.port, "in [0, 65535]")
         for name in ("status_poll_ms", "status_timeout_ms"):
-            _check(getattr(self, name) > 0, f"gateway.{name}", getattr(self, name), "> 0")
-        _check(self.max_queue_len > 0, "gateway.max_queue_len", self.max_queue_len, "> 0")
+            check(getattr(self, name) > 0, f"gateway.{name}", getattr(self, name), "> 0")
+        check(self.max_queue_len > 0, "gateway.max_queue_len", self.max_queue_len, "> 0")
         delay = self.max_queue_delay_ms
-        _check(delay >= 0, "gateway.max_queue_delay_ms", delay, ">= 0")
-        _check(
+        check(delay >= 0, "gateway.max_queue_delay_ms", delay, ">= 0")
+        check(
             self.stream_interval_ms >= 0,
             "gateway.stream_interval_ms",
             self.stream_interval_ms,
             ">= 0",
         )
-        _check(
+        check(
             self.stream_chunk_tokens > 0,
             "gateway.stream_chunk_tokens",
             self.stream_chunk_tokens,
             "> 0",
         )
-        _check(self.stream_fanout > 0, "gateway.stream_fanout", self.stream_fanout, "> 0")
-        _check(
+        check(self.stream_fanout > 0, "gateway.stream_fanout", self.stream_fanout, "> 0")
+        check(
             self.request_timeout_s > 0, "gateway.request_timeout_s", self.request_timeout_s, "> 0"
         )
-        _check(self.worker_timeout_s > 0, "gateway.worker_timeout_s", self.worker_timeout_s, "> 0")
-        _check(self.max_migrations >= 0, "gateway.max_migrations", self.max_migrations, ">= 0")
+        check(self.worker_timeout_s > 0, "gateway.worker_timeout_s", self.worker_timeout_s, "> 0")
+        check(self.max_migrations >= 0, "gateway.max_migrations", self.max_migrations, ">= 0")
         if self.http_port is not None:
             port = self.http_port
             ok = isinstance(port, int) and 0 <= port < 65536
-            _check(ok, "gateway.http_port", port, "in [0, 65535] (or null: off)")
+            check(ok, "gateway.http_port", port, "in [0, 65535] (or null: off)")
         for name in ("max_prompt_bytes", "max_prompt_tokens", "max_message_bytes"):
-            _check(getattr(self, name) > 0, f"gateway.{name}", getattr(self, name), "> 0")
-        _check(
+            check(getattr(self, name) > 0, f"gateway.{name}", getattr(self, name), "> 0")
+        check(
             bool(self.tls_cert_file) == bool(self.tls_key_file),
             "gateway.tls_key_file",
             self.tls_key_file,
@@ -241,8 +230,8 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         backends = ("classifier", "lm")
-        _check(self.backend in backends, "probe.backend", self.backend, f"one of {backends}")
-        _check(self.timeout_s > 0, "probe.timeout_s", self.timeout_s, "> 0")
+        check(self.backend in backends, "probe.backend", self.backend, f"one of {backends}")
+        check(self.timeout_s > 0, "probe.timeout_s", self.timeout_s, "> 0")
 
 
 FALLBACKS = ("recompute", "fail")
@@ -267,19 +256,19 @@ class PDConfig:
     (UNAVAILABLE)."""
 
     def __post_init__(self) -> None:
-        _check(self.min_prompt_tokens >= 0, "pd.min_prompt_tokens", self.min_prompt_tokens, ">= 0")
+        check(self.min_prompt_tokens >= 0, "pd.min_prompt_tokens", self.min_prompt_tokens, ">= 0")
         transports = ("auto", "collective", "object_store")
-        _check(self.transport in transports, "pd.transport", self.transport, f"one of {transports}")
-        _check(
+        check(self.transport in transports, "pd.transport", self.transport, f"one of {transports}")
+        check(
             self.transfer_timeout_ms > 0, "pd.transfer_timeout_ms", self.transfer_timeout_ms, "> 0"
         )
-        _check(
+        check(
             self.hold_timeout_ms > self.transfer_timeout_ms,
             "pd.hold_timeout_ms",
             self.hold_timeout_ms,
             "> pd.transfer_timeout_ms",
         )
-        _check(self.fallback in FALLBACKS, "pd.fallback", self.fallback, f"one of {FALLBACKS}")
+        check(self.fallback in FALLBACKS, "pd.fallback", self.fallback, f"one of {FALLBACKS}")
 
 
 @dataclass(frozen=True)
@@ -325,25 +314,25 @@ class ControllerConfig:
     def __post_init__(self) -> None:
         for name in ("interval_ms", "ttft_slo_ms", "tpot_slo_ms", "traffic_window_s"):
             value = getattr(self, name)
-            _check(value > 0, f"controller.{name}", value, "> 0")
+            check(value > 0, f"controller.{name}", value, "> 0")
         for name in ("min_prefill_budget_tokens", "spec_max_batch", "min_spill_queue_ms"):
             value = getattr(self, name)
-            _check(value > 0, f"controller.{name}", value, "> 0")
+            check(value > 0, f"controller.{name}", value, "> 0")
         for name in ("attainment_target", "min_confidence_threshold", "min_acceptance"):
             value = getattr(self, name)
-            _check(0 <= value <= 1, f"controller.{name}", value, "in [0, 1]")
+            check(0 <= value <= 1, f"controller.{name}", value, "in [0, 1]")
         step = self.confidence_step
-        _check(0 < step <= 1, "controller.confidence_step", step, "in (0, 1]")
+        check(0 < step <= 1, "controller.confidence_step", step, "in (0, 1]")
         for name in ("min_dwell_ms", "budget_dwell_ms"):
             value = getattr(self, name)
-            _check(value >= 0, f"controller.{name}", value, ">= 0")
-        _check(
+            check(value >= 0, f"controller.{name}", value, ">= 0")
+        check(
             0 < self.low_fraction < self.high_fraction,
             "controller.low_fraction",
             self.low_fraction,
             "in (0, controller.high_fraction)",
         )
-        _check(self.history > 0, "controller.history", self.history, "> 0")
+        check(self.history > 0, "controller.history", self.history, "> 0")
 
 
 @dataclass(frozen=True)
@@ -373,11 +362,11 @@ class MeshConfig:
     it dies; -1 = every time. A worker's requests migrate meanwhile, the gateway's are lost."""
 
     def __post_init__(self) -> None:
-        _check(len(self.models) > 0, "models", self.models, "non-empty")
+        check(len(self.models) > 0, "models", self.models, "non-empty")
         names = [m.name for m in self.models]
-        _check(len(set(names)) == len(names), "models[].name", names, "unique")
+        check(len(set(names)) == len(names), "models[].name", names, "unique")
         for m in self.models:
-            _check(
+            check(
                 not m.draft_model or m.draft_model in names,
                 "models[].draft_model",
                 m.draft_model,
@@ -392,35 +381,4 @@ class MeshConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeshConfig:
-        return _build(cls, data, "")
-
-
-def _build(cls: type[T], data: Any, prefix: str) -> T:
-    """Build dataclass `cls` from plain YAML data, rejecting unknown keys by name."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(unknown)} in {prefix or 'config'}")
-    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _convert(hint: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is RoutingConfig:
-        return RoutingConfig.from_dict(value)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, name + ".")  # type: ignore[arg-type]
-    if origin is tuple:
-        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        return tuple(_convert(item, v, f"{name}[]") for v in value)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if hint is float and isinstance(value, int):
-        return float(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint):
-        raise ValueError(f"{name} must be {hint.__name__}, got {value!r}")
-    return value
+        return build(cls, data)

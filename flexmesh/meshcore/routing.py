@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flexmesh.meshcore.errors import InvalidRequestError, UnknownModelError
+from flexmesh.meshcore.fields import build, check
 
 INTENTS = ("code", "math", "knowledge_qa", "chinese_exam", "chat", "long_context")
 """Intents the probe names, in a fixed order (score vectors and tables use it)."""
@@ -35,8 +36,7 @@ class PolicyVersionError(InvalidRequestError):
 
 
 def _check(cond: bool, name: str, value: object, rule: str) -> None:
-    if not cond:
-        raise InvalidRequestError(f"routing.{name}", f"must be {rule}, got {value!r}")
+    check(cond, f"routing.{name}", value, rule)
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class RoutingConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoutingConfig:
         """Build from plain YAML/JSON data, rejecting unknown keys and wrong types by name."""
-        return _build(cls(), data, "")  # type: ignore[no-any-return]
+        return build(cls, data, "routing.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -296,29 +296,3 @@ def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def _build(default: Any, data: Mapping[str, Any], prefix: str) -> Any:
-    """Return `default` (a dataclass) with the keys of `data` replaced, recursing into nested
-    dataclasses so a partial mapping keeps the other fields' current values."""
-    if not isinstance(data, Mapping):
-        raise InvalidRequestError(
-            f"routing.{prefix}".rstrip("."), f"must be a mapping, got {data!r}"
-        )
-    names = {f.name for f in dataclasses.fields(default)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise InvalidRequestError(f"routing.{prefix}{unknown[0]}", "unknown key")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        name, current = f"{prefix}{key}", getattr(default, key)
-        if dataclasses.is_dataclass(current):
-            kwargs[key] = _build(current, value, name + ".")
-            continue
-        kind = type(current)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not kind:
-            raise InvalidRequestError(f"routing.{name}", f"must be {kind.__name__}, got {value!r}")
-        kwargs[key] = value
-    return dataclasses.replace(default, **kwargs)
