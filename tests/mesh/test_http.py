@@ -216,7 +216,7 @@ async def test_a_client_that_disconnects_cancels_its_request(api: Api, case: str
 
 def test_top_k_minus_one_is_no_limit_and_other_negatives_are_refused() -> None:
     from flexmesh.meshcore.errors import InvalidRequestError
-    from flexmesh.services.http import top_k
+    from flexmesh.services.http_body import top_k
 
     assert (top_k(-1), top_k(0), top_k(5)) == (0, 0, 5)
     with pytest.raises(InvalidRequestError, match="top_k"):
