@@ -19,15 +19,15 @@ from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
 from flexmesh.services.frontend import Frontend
 from flexmesh.services.http import OpenAIServer, serve_http
 from tests.loadgen.test_cli import _azure
-from tests.mesh.test_frontend import FakeWorker
+from tests.mesh.fake_worker import FakeWorker
 
 
 @pytest.fixture
 async def target(tokenizer_dir: Path) -> AsyncIterator[str]:
     """http://HOST:PORT of a FlexMesh HTTP API over one fake worker of model "ok"."""
     gw = GatewayConfig(port=0)
-    worker = FakeWorker("w-ok", "ok")
-    worker.release.set()
+    worker = FakeWorker("w-ok", "ok", tokens=2, gate="last")
+    worker.go.set()
     frontend = Frontend(MeshConfig(models=(ModelSpec(name="ok"),), gateway=gw), {"ok": [worker]})
     api = OpenAIServer(frontend, lambda m, msgs: "", model_paths={"ok": str(tokenizer_dir)})
     server, port = await serve_http(api, gw, 0)
@@ -43,7 +43,7 @@ async def test_a_replay_over_http_records_tokens_route_and_usage(target: str) ->
     result = await replay(_requests(6), target, 3, model="ok", progress=False, keep_token_ids=True)
     assert [r.status for r in result.records] == ["OK"] * 6
     for r in result.records:
-        assert r.token_ids == (1, 2) and r.completion_tokens == 2 and r.chunk_tokens == (1, 1)
+        assert r.token_ids == (0, 1) and r.completion_tokens == 2 and r.chunk_tokens == (1, 1)
         assert r.route_model == "ok" and r.route_worker == "w-ok" and r.finish_reason == "length"
         assert r.ttft_s is not None and r.server_total_ms is not None
 

@@ -3,105 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import msgpack
 import pytest
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec, PDConfig
-from flexmesh.meshcore.errors import WorkerLostError, WorkerUnavailableError
-from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
+from flexmesh.meshcore.errors import WorkerUnavailableError
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
 from flexmesh.services.gateway import serve_frontend
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+from tests.mesh.fake_worker import HANDOFF_PROMPT_IDS, FakeWorker, wait_until
 
 LONG = "x" * 80  # ~20 tokens by the byte estimate
 TOKENS = 5
 
 
-class PDWorker:
-    """Hands off after one token when asked; decodes to `TOKENS` tokens; can misbehave:
-    `dies` at once, `dies_mid_stream` after two tokens, leaves a `gap`, `truncates`, `hangs`
-    before its first token (a call Ray queues for an actor that is restarting), or waits for
-    `go` before it resumes a request (`slow_resume`) or hands one off (`slow_prefill`)."""
-
-    def __init__(self, name: str, fault: str = "") -> None:
-        self.name, self.model, self.fault = name, "m", fault
-        self.calls: list[tuple[object, ...]] = []
-        self.states: list[RequestState] = []
-        self.role = ""
-        self.go = asyncio.Event()
-
-    async def stream(
-        self,
-        request_id: str,
-        prompt: str,
-        prompt_token_ids: list[int],
-        sampling: SamplingParams,
-        hand_off: bool = False,
-    ) -> AsyncIterator[RequestOutput]:
-        self.calls.append(("stream", hand_off))
-        if self.fault == "dies":
-            raise WorkerUnavailableError(f"worker {self.name} died")
-        if self.fault == "hangs":
-            await asyncio.Event().wait()
-        if hand_off:
-            if self.fault == "slow_prefill":
-                await self.go.wait()
-            state = RequestState(request_id, (9,) * 20, (0,), sampling, 20, sent_tokens=1)
-            yield RequestOutput(request_id, (0,), "t", handoff=state)
-            return
-        async for out in self._decode(request_id, 0, ""):
-            yield out
-
-    async def resume(
-        self, state: RequestState, src: str = "", src_rank: int = -1
-    ) -> AsyncIterator[RequestOutput]:
-        self.calls.append(("resume", src, src_rank))
-        self.states.append(state)
-        if self.fault == "slow_resume":
-            await self.go.wait()
-        async for out in self._decode(state.request_id, state.sent_tokens, "gloo" if src else ""):
-            yield out
-
-    async def _decode(self, rid: str, start: int, transport: str) -> AsyncIterator[RequestOutput]:
-        for i in range(start, TOKENS - 1):
-            if self.fault == "dies_mid_stream" and i == 2:
-                raise WorkerLostError(f"worker {self.name} died")
-            if self.fault == "gap" and i == 2:
-                continue
-            yield RequestOutput(rid, (i,), "t", offset=i)
-        if self.fault != "truncates":
-            yield RequestOutput(
-                rid,
-                (TOKENS - 1,),
-                "t",
-                finished=True,
-                finish_reason="length",
-                offset=TOKENS - 1,
-                completion_tokens=TOKENS,
-                kv_transport=transport,
-                kv_bytes=1024 if transport else 0,
-            )
-
-    async def ping(self, timeout_s: float | None = None) -> None:
-        pass
-
-    async def abort(self, request_id: str) -> None:
-        pass
-
-    async def status(self) -> WorkerStatus:
-        return WorkerStatus(self.name, "m", "", "?", "cpu", 0, 0, 0, 10, 1.0, 0)
-
-    async def set_role(self, role: str) -> None:
-        self.role = role
-
-
 def _frontend(
-    p: PDWorker, d: PDWorker, fallback: str = "recompute", max_migrations: int = 2
+    p: FakeWorker, d: FakeWorker, fallback: str = "recompute", max_migrations: int = 2
 ) -> Frontend:
     cfg = MeshConfig(
         models=(ModelSpec(name="m", num_workers=2, roles=("prefill", "decode")),),
@@ -125,7 +46,7 @@ def _tokens(chunks: list[Chunk]) -> list[int]:
 
 
 async def test_long_prompt_prefills_on_one_worker_and_decodes_on_the_other() -> None:
-    p, d = PDWorker("p"), PDWorker("d")
+    p, d = FakeWorker("p"), FakeWorker("d")
     chunks = await _run(_frontend(p, d))
     assert _tokens(chunks) == list(range(TOKENS))
     route = chunks[-1].route
@@ -136,7 +57,7 @@ async def test_long_prompt_prefills_on_one_worker_and_decodes_on_the_other() -> 
 
 
 async def test_short_prompt_runs_on_its_decode_worker_alone() -> None:
-    p, d = PDWorker("p"), PDWorker("d")
+    p, d = FakeWorker("p"), FakeWorker("d")
     chunks = await _run(_frontend(p, d), prompt="hi")
     assert _tokens(chunks) == list(range(TOKENS))
     assert p.calls == [] and d.calls == [("stream", False)]
@@ -144,14 +65,14 @@ async def test_short_prompt_runs_on_its_decode_worker_alone() -> None:
 
 
 async def test_dead_prefill_worker_falls_back_to_the_decode_worker() -> None:
-    p, d = PDWorker("p", fault="dies"), PDWorker("d")
+    p, d = FakeWorker("p", fault="dies"), FakeWorker("d")
     frontend = _frontend(p, d)
     chunks = await _run(frontend)
     assert _tokens(chunks) == list(range(TOKENS))
     assert frontend.dispatcher.moves == {"prefill_fallback": 1, "migration": 0}
     assert d.calls == [("stream", False)]
     with pytest.raises(WorkerUnavailableError, match="died"):
-        await _run(_frontend(PDWorker("p", fault="dies"), PDWorker("d"), fallback="fail"))
+        await _run(_frontend(FakeWorker("p", fault="dies"), FakeWorker("d"), fallback="fail"))
 
 
 @pytest.mark.parametrize("fault", ["dies_mid_stream", "gap", "truncates"])
@@ -159,7 +80,7 @@ async def test_dead_prefill_worker_falls_back_to_the_decode_worker() -> None:
 async def test_a_broken_decode_stream_migrates_and_the_client_sees_one_stream(
     fault: str, prompt: str
 ) -> None:
-    p, d = PDWorker("p"), PDWorker("d", fault=fault)
+    p, d = FakeWorker("p"), FakeWorker("d", fault=fault)
     frontend = _frontend(p, d)
     chunks = await _run(frontend, prompt)
     assert _tokens(chunks) == list(range(TOKENS))  # no token lost, none repeated
@@ -170,7 +91,10 @@ async def test_a_broken_decode_stream_migrates_and_the_client_sees_one_stream(
     sent = 4 if fault == "truncates" else 2  # the gap's chunk is refused, not forwarded
     assert state.output_token_ids == tuple(range(sent))
     assert state.sent_tokens == state.sent_text_chars == sent
-    handed_off = ("", (9,) * 20)  # the ids came with the hand-off: no text to tokenize again
+    handed_off = (
+        "",
+        HANDOFF_PROMPT_IDS,
+    )  # the ids came with the hand-off: no text to tokenize again
     assert (state.prompt, state.prompt_token_ids) == (handed_off if prompt == LONG else ("hi", ()))
     assert frontend.pool.entries["d"].alive == (fault != "dies_mid_stream")  # only death is
     assert all(e.prefilling == e.decoding == 0 for e in frontend.pool.entries.values())
@@ -181,11 +105,11 @@ async def test_a_broken_decode_stream_migrates_and_the_client_sees_one_stream(
 )
 async def test_without_migration_a_broken_stream_fails_unavailable(fault: str, match: str) -> None:
     with pytest.raises(WorkerUnavailableError, match=match):
-        await _run(_frontend(PDWorker("p"), PDWorker("d", fault=fault), max_migrations=0))
+        await _run(_frontend(FakeWorker("p"), FakeWorker("d", fault=fault), max_migrations=0))
 
 
 async def test_with_no_live_worker_left_a_broken_stream_fails_unavailable() -> None:
-    p, d = PDWorker("p", fault="dies_mid_stream"), PDWorker("d", fault="dies_mid_stream")
+    p, d = FakeWorker("p", fault="dies_mid_stream"), FakeWorker("d", fault="dies_mid_stream")
     frontend = _frontend(p, d)
     with pytest.raises(WorkerUnavailableError, match="no live worker left"):
         await _run(frontend)  # d dies mid-stream, then p, where the request moved
@@ -196,10 +120,10 @@ async def test_with_no_live_worker_left_a_broken_stream_fails_unavailable() -> N
 
 
 async def test_loads_return_to_zero_after_success_and_failure() -> None:
-    frontend = _frontend(PDWorker("p"), PDWorker("d", fault="truncates"), max_migrations=0)
+    frontend = _frontend(FakeWorker("p"), FakeWorker("d", fault="truncates"), max_migrations=0)
     with pytest.raises(WorkerUnavailableError):
         await _run(frontend)
-    frontend.dispatcher.clients["d"] = PDWorker("d")
+    frontend.dispatcher.clients["d"] = FakeWorker("d")
     await _run(frontend)
     await _run(frontend, prompt="hi")
     assert all(e.prefilling == e.decoding == 0 for e in frontend.pool.entries.values())
@@ -207,7 +131,7 @@ async def test_loads_return_to_zero_after_success_and_failure() -> None:
 
 
 async def test_admin_changes_roles_and_drains_through_grpc() -> None:
-    p, d = PDWorker("p"), PDWorker("d")
+    p, d = FakeWorker("p"), FakeWorker("d")
     frontend = _frontend(p, d)
     server, port = await serve_frontend(frontend, "127.0.0.1", 0)
     try:
@@ -236,7 +160,7 @@ async def test_admin_changes_roles_and_drains_through_grpc() -> None:
 
 
 async def test_operations_state_survives_a_round_trip_through_msgpack() -> None:
-    frontend = _frontend(PDWorker("p"), PDWorker("d"))
+    frontend = _frontend(FakeWorker("p"), FakeWorker("d"))
     ops = frontend.ops
     saved: list[dict[str, object]] = []
     ops.on_change = saved.append
@@ -244,7 +168,7 @@ async def test_operations_state_survives_a_round_trip_through_msgpack() -> None:
     await ops.drain("d")
     ops.set_policy({"spill_queue_ms": 900.0, "routes": {"code": {"strategy": "pld"}}}, 0)
     assert len(saved) == 3 and saved[-1] == ops.state()
-    fresh = _frontend(PDWorker("p"), PDWorker("d"))
+    fresh = _frontend(FakeWorker("p"), FakeWorker("d"))
     fresh.ops.restore(msgpack.unpackb(msgpack.packb(saved[-1])))
     assert fresh.ops.state() == ops.state()
     assert fresh.router.policy == frontend.router.policy and fresh.ops.pins == {"p"}
@@ -252,10 +176,10 @@ async def test_operations_state_survives_a_round_trip_through_msgpack() -> None:
 
 
 async def test_a_request_waiting_on_a_worker_found_dead_moves_at_once() -> None:
-    p, d = PDWorker("p"), PDWorker("d", fault="hangs")
+    p, d = FakeWorker("p"), FakeWorker("d", fault="hangs")
     frontend = _frontend(p, d)
     waiting = asyncio.create_task(_run(frontend, prompt="hi"))  # local on d, which hangs
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: d.calls == [("stream", False)])
     assert not waiting.done()
     frontend.dispatcher.set_alive("d", False)  # another request's failure, or the poll
     chunks = await asyncio.wait_for(waiting, 5)
@@ -267,13 +191,11 @@ async def test_a_request_waiting_on_a_worker_found_dead_moves_at_once() -> None:
 
 
 async def test_a_prefill_worker_lost_after_its_hand_off_leaves_the_request_alone() -> None:
-    p, d = PDWorker("p"), PDWorker("d", fault="slow_resume")
+    p, d = FakeWorker("p"), FakeWorker("d", gate="resume")
     frontend = _frontend(p, d)
     running = asyncio.create_task(_run(frontend))
-    while not d.calls:  # handed off: d is resuming it (and waits)
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: bool(d.calls))  # handed off: d is resuming it (and waits)
     frontend.dispatcher.set_alive("p", False)  # the prefill worker dies now
-    await asyncio.sleep(0.05)
     d.go.set()
     chunks = await asyncio.wait_for(running, 5)
     assert _tokens(chunks) == list(range(TOKENS))
@@ -285,11 +207,10 @@ async def test_a_prefill_worker_lost_after_its_hand_off_leaves_the_request_alone
 async def test_a_decode_worker_lost_while_it_resumes_a_handed_off_request_moves_it_at_once() -> (
     None
 ):
-    p, d = PDWorker("p"), PDWorker("d", fault="slow_resume")  # d never answers (restarting)
+    p, d = FakeWorker("p"), FakeWorker("d", gate="resume")  # d never answers (restarting)
     frontend = _frontend(p, d)
     running = asyncio.create_task(_run(frontend))
-    while not d.calls:  # handed off in the step the dispatcher is waiting on
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: bool(d.calls))  # handed off in the step it is waiting on
     frontend.dispatcher.set_alive("d", False)
     chunks = await asyncio.wait_for(running, 5)
     assert _tokens(chunks) == list(range(TOKENS))
@@ -298,11 +219,10 @@ async def test_a_decode_worker_lost_while_it_resumes_a_handed_off_request_moves_
 
 
 async def test_a_decode_worker_lost_before_the_hand_off_is_never_called() -> None:
-    p, d = PDWorker("p", fault="slow_prefill"), PDWorker("d")
+    p, d = FakeWorker("p", gate="prefill"), FakeWorker("d")
     frontend = _frontend(p, d)
     running = asyncio.create_task(_run(frontend))
-    while not p.calls:  # placed: prefill on p, decode on d
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: bool(p.calls))  # placed: prefill on p, decode on d
     frontend.dispatcher.set_alive("d", False)
     p.go.set()
     chunks = await asyncio.wait_for(running, 5)

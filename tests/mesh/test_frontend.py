@@ -16,7 +16,7 @@ from flexmesh.meshcore.errors import (
     WorkerLostError,
     WorkerUnavailableError,
 )
-from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
+from flexmesh.meshcore.messages import WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.client import stream_generate
@@ -24,66 +24,7 @@ from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
 from flexmesh.services.gateway import serve_frontend
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
-
-
-class FakeWorker:
-    """Streams a token, then the last one on `release` (or both then); remembers which of its
-    streams were cancelled (the real client's cleanup is tested in test_worker_client.py)."""
-
-    def __init__(
-        self, name: str, model: str, fail: bool = False, first_token_waits: bool = False
-    ) -> None:
-        self.name, self.model, self.fail = name, model, fail
-        self.first_token_waits = first_token_waits
-        self.release = asyncio.Event()
-        self.cancelled: list[str] = []
-
-    async def stream(
-        self,
-        request_id: str,
-        prompt: str,
-        prompt_token_ids: list[int],
-        sampling: SamplingParams,
-        hand_off: bool = False,
-    ) -> AsyncIterator[RequestOutput]:
-        try:
-            if self.first_token_waits:
-                await self.release.wait()
-            yield RequestOutput(request_id, (1,), "a")
-            if self.fail:
-                raise WorkerUnavailableError(f"worker {self.name} died")
-            await self.release.wait()
-            yield RequestOutput(
-                request_id,
-                (2,),
-                "b",
-                finished=True,
-                finish_reason="length",
-                offset=1,
-                completion_tokens=2,
-            )
-        except asyncio.CancelledError:
-            self.cancelled.append(request_id)
-            raise
-
-    def resume(
-        self, state: RequestState, src: str = "", src_rank: int = -1
-    ) -> AsyncIterator[RequestOutput]:
-        raise NotImplementedError
-
-    async def ping(self, timeout_s: float | None = None) -> None:
-        pass
-
-    async def abort(self, request_id: str) -> None:
-        raise AssertionError("the frontend cancels streams; aborting is the client's job")
-
-    async def set_role(self, role: str) -> None:
-        pass
-
-    async def status(self) -> WorkerStatus:
-        return WorkerStatus(
-            self.name, self.model, "", "mixed", "cpu", 0, 0, 0, 10, 1.0, 0, prefill_ms=300.0
-        )
+from tests.mesh.fake_worker import FakeWorker, wait_until
 
 
 class KnowledgeProbe:
@@ -122,8 +63,8 @@ async def gateway() -> AsyncIterator[Gateway]:
         gateway=GatewayConfig(port=0, max_queue_len=2),
     )
     workers = {
-        "ok": FakeWorker("w-ok", "ok"),
-        "broken": FakeWorker("w-broken", "broken", fail=True),
+        "ok": FakeWorker("w-ok", "ok", tokens=2, gate="last"),
+        "broken": FakeWorker("w-broken", "broken", tokens=2, gate="last", fault="fails"),
     }
     metrics = RecordingMetrics()
     frontend = Frontend(cfg, {k: [w] for k, w in workers.items()}, metrics=metrics)
@@ -141,13 +82,13 @@ async def test_full_queue_gives_resource_exhausted(
         asyncio.create_task(stream_generate(stub, pb.GenerateRequest(prompt="p", model="ok"), 10))
         for _ in range(2)
     ]
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: len(workers["ok"].calls) == 2)  # both in flight
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stream_generate(stub, pb.GenerateRequest(prompt="p", model="ok"), 10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    workers["ok"].release.set()
+    workers["ok"].go.set()
     results = await asyncio.gather(*held)
-    assert all(r.token_ids == [1, 2] and r.final is not None and r.gaps == 0 for r in results)
+    assert all(r.token_ids == [0, 1] and r.final is not None and r.gaps == 0 for r in results)
 
 
 async def test_worker_failure_gives_unavailable(
@@ -167,16 +108,12 @@ async def test_client_cancel_reaches_the_worker(
     async for _ in call:
         break
     call.cancel()
-    for _ in range(50):
-        if "r-cancel" in workers["ok"].cancelled:
-            break
-        await asyncio.sleep(0.05)
-    assert "r-cancel" in workers["ok"].cancelled
+    await wait_until(lambda: "r-cancel" in workers["ok"].unfinished)
 
 
 async def test_every_outcome_is_counted_by_status_code(gateway: Gateway) -> None:
     stub, workers, metrics = gateway
-    workers["ok"].release.set()
+    workers["ok"].go.set()
     await stream_generate(stub, pb.GenerateRequest(prompt="p", model="ok"), 10)
     for bad in (
         pb.GenerateRequest(prompt="p", model="ok", temperature=-1.0),
@@ -185,15 +122,12 @@ async def test_every_outcome_is_counted_by_status_code(gateway: Gateway) -> None
     ):
         with pytest.raises(grpc.aio.AioRpcError):
             await stream_generate(stub, bad, 10)
-    workers["ok"].release.clear()
+    workers["ok"].go.clear()
     call = stub.Generate(pb.GenerateRequest(prompt="p", model="ok"))
     async for _ in call:
         break
     call.cancel()
-    for _ in range(50):
-        if len(metrics.codes) == 5:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: len(metrics.codes) == 5)
     assert metrics.codes == [
         ("ok", "OK"),
         ("ok", "INVALID_ARGUMENT"),
@@ -208,11 +142,11 @@ async def test_a_burst_spills_as_it_arrives_and_returns_when_drained() -> None:
         models=(ModelSpec(name="demo-large"), ModelSpec(name="demo-small")),
         gateway=GatewayConfig(port=0, status_poll_ms=10),
     )
-    large = FakeWorker("w-large", "demo-large", first_token_waits=True)
-    small = FakeWorker("w-small", "demo-small")
+    large = FakeWorker("w-large", "demo-large", tokens=2, gate="first")
+    small = FakeWorker("w-small", "demo-small", tokens=2, gate="last")
     frontend = Frontend(cfg, {"demo-large": [large], "demo-small": [small]}, KnowledgeProbe())
     frontend.start()  # the fakes report 300 ms per prefill and no queue
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: bool(frontend.prefill_ms))
     req = GenerationInput("who wrote hamlet", (), SamplingParams(max_tokens=2))
 
     async def run() -> list[Chunk]:
@@ -220,12 +154,12 @@ async def test_a_burst_spills_as_it_arrives_and_returns_when_drained() -> None:
 
     assert (await frontend.route(req)).model == "demo-large"
     burst = [asyncio.create_task(run()) for _ in range(2)]
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: len(large.calls) == 2)
     # Two requests on the large model without a first token: 2 x 300 ms > spill_queue_ms 500,
     # although no worker has reported any queue yet.
     assert frontend.loads()["demo-large"] == pytest.approx(600.0)
     assert (await frontend.route(req)).model == "demo-small"
-    large.release.set()
+    large.go.set()
     for chunks in await asyncio.gather(*burst):
         assert chunks[-1].final and chunks[-1].route is not None
         assert chunks[-1].route.model == "demo-large"
@@ -240,12 +174,12 @@ async def test_policy_pins_the_operator_set_hold_against_the_controller_until_un
         gateway=GatewayConfig(port=0, status_poll_ms=10),
     )
     workers = {
-        "demo-large": [FakeWorker("L", "demo-large")],
-        "demo-small": [FakeWorker("S", "demo-small")],
+        "demo-large": [FakeWorker("L", "demo-large", tokens=2, gate="last")],
+        "demo-small": [FakeWorker("S", "demo-small", tokens=2, gate="last")],
     }
     frontend = Frontend(cfg, workers, KnowledgeProbe())
     frontend.start()
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: len(frontend.last_status) == 2)
     snap = frontend.snapshot()
     assert [w.name for w in snap.workers] == ["L", "S"] and snap.policy is not None
     assert snap.base_policy == cfg.routing and snap.policy_pins == frozenset()
@@ -293,10 +227,10 @@ class DownProbe:
 async def test_a_probe_that_is_down_sends_requests_to_the_large_model() -> None:
     cfg = MeshConfig(models=(ModelSpec(name="demo-large"), ModelSpec(name="demo-small")))
     workers = {
-        "demo-large": [FakeWorker("L", "demo-large")],
-        "demo-small": [FakeWorker("S", "demo-small")],
+        "demo-large": [FakeWorker("L", "demo-large", tokens=2, gate="last")],
+        "demo-small": [FakeWorker("S", "demo-small", tokens=2, gate="last")],
     }
-    workers["demo-large"][0].release.set()
+    workers["demo-large"][0].go.set()
     frontend = Frontend(cfg, workers, DownProbe())
     chunks = [c async for c in frontend.generate(GenerationInput("hi", (), SamplingParams()))]
     route = chunks[-1].route
@@ -316,16 +250,16 @@ class BackloggedWorker(FakeWorker):
 
 async def test_an_overloaded_model_sheds_new_requests_until_its_queue_drains() -> None:
     gw = GatewayConfig(status_poll_ms=10, max_queue_delay_ms=30_000.0)
-    worker = BackloggedWorker("w", "ok")
-    worker.release.set()
+    worker = BackloggedWorker("w", "ok", tokens=2, gate="last")
+    worker.go.set()
     frontend = Frontend(MeshConfig(models=(ModelSpec(name="ok"),), gateway=gw), {"ok": [worker]})
     frontend.start()
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: frontend.queue_delay_ms.get("ok") == worker.delay_ms)
     req = GenerationInput("p", (), SamplingParams())
     with pytest.raises(QueueFullError, match=r"expected wait 45\.0 s, the bound is 30\.0 s"):
         [c async for c in frontend.generate(req)]
     worker.delay_ms = 1_000.0
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: frontend.queue_delay_ms.get("ok") == worker.delay_ms)
     chunks = [c async for c in frontend.generate(req)]
     assert chunks[-1].final and frontend.in_flight == 0
     frontend.stop()
@@ -348,7 +282,7 @@ class SlowWorker(FakeWorker):
 
 
 async def test_a_busy_worker_stays_alive_and_only_a_silent_one_is_lost() -> None:
-    worker = SlowWorker("w", "ok")
+    worker = SlowWorker("w", "ok", tokens=2, gate="last")
     frontend = Frontend(MeshConfig(models=(ModelSpec(name="ok"),)), {"ok": [worker]})
     (first,) = await frontend.status(0.05)
     assert first.alive and first.queue_length == 3
@@ -370,7 +304,7 @@ class RestartingWorker(SlowWorker):
 
 
 async def test_a_worker_found_restarting_is_lost_without_waiting_for_its_report() -> None:
-    worker = RestartingWorker("w", "ok")
+    worker = RestartingWorker("w", "ok", tokens=2, gate="last")
     frontend = Frontend(MeshConfig(models=(ModelSpec(name="ok"),)), {"ok": [worker]})
     worker.dead = True
     # The report would wait out the whole status timeout (a minute); the ping decides first.
@@ -382,7 +316,7 @@ async def test_a_worker_found_restarting_is_lost_without_waiting_for_its_report(
 async def test_a_worker_lost_by_a_failed_call_returns_only_by_reporting() -> None:
     """A stream's failure takes a worker out before Ray's GCS knows; a ping that the GCS
     still answers for must not bring it back, a report from its new process does."""
-    worker = SlowWorker("w", "ok")
+    worker = SlowWorker("w", "ok", tokens=2, gate="last")
     frontend = Frontend(MeshConfig(models=(ModelSpec(name="ok"),)), {"ok": [worker]})
     await frontend.status(0.05)
     frontend.dispatcher.set_alive("w", False)  # as `Dispatcher._recover` does

@@ -15,7 +15,8 @@ import pytest
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
 from flexmesh.services.frontend import Frontend
 from flexmesh.services.http import OpenAIServer, serve_http
-from tests.mesh.test_frontend import FakeWorker, RecordingMetrics
+from tests.mesh.fake_worker import FakeWorker, wait_until
+from tests.mesh.test_frontend import RecordingMetrics
 
 
 def _render(model: str, messages: list[dict[str, Any]]) -> str:
@@ -30,8 +31,8 @@ class Api:
 async def _api(gateway: GatewayConfig) -> AsyncIterator[Api]:
     cfg = MeshConfig(models=(ModelSpec(name="ok"), ModelSpec(name="broken")), gateway=gateway)
     workers = {
-        "ok": FakeWorker("w-ok", "ok"),
-        "broken": FakeWorker("w-broken", "broken", fail=True),
+        "ok": FakeWorker("w-ok", "ok", tokens=2, gate="last"),
+        "broken": FakeWorker("w-broken", "broken", tokens=2, gate="last", fault="fails"),
     }
     frontend = Frontend(cfg, {k: [w] for k, w in workers.items()}, metrics=RecordingMetrics())
     server, port = await serve_http(OpenAIServer(frontend, _render, gateway.api_key), gateway, 0)
@@ -56,13 +57,13 @@ def _assert_error(resp: httpx.Response, status: int, param: str | None = None) -
 
 
 async def test_a_completion_and_a_chat_come_back_in_openai_shape(api: Api) -> None:
-    api.workers["ok"].release.set()
+    api.workers["ok"].go.set()
     body = {"model": "ok", "prompt": "hi", "max_tokens": 2, "return_token_ids": True}
     resp = await api.client.post("/v1/completions", json=body)
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert out["object"] == "text_completion" and out["model"] == "ok"
-    assert out["choices"][0]["text"] == "ab" and out["choices"][0]["token_ids"] == [1, 2]
+    assert out["choices"][0]["text"] == "ab" and out["choices"][0]["token_ids"] == [0, 1]
     assert out["choices"][0]["finish_reason"] == "length"
     assert out["usage"]["completion_tokens"] == 2
     assert out["flexmesh"]["route"]["worker"] == "w-ok"
@@ -90,7 +91,7 @@ async def _events(resp: httpx.Response) -> list[Any]:
 
 
 async def test_a_stream_is_server_sent_events_with_usage_last(api: Api) -> None:
-    api.workers["ok"].release.set()
+    api.workers["ok"].go.set()
     body = {
         "model": "ok",
         "messages": [{"role": "user", "content": "hi"}],
@@ -149,14 +150,13 @@ async def test_an_unknown_model_is_404(api: Api) -> None:
 
 
 async def test_overload_is_429(api: Api) -> None:
-    api.workers["ok"].first_token_waits = True
+    api.workers["ok"].gate = "first"
     body = {"model": "ok", "prompt": "x"}
     held = [asyncio.create_task(api.client.post("/v1/completions", json=body)) for _ in range(2)]
-    while api.frontend.in_flight < 2:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: api.frontend.in_flight >= 2)
     err = _assert_error(await api.client.post("/v1/completions", json=body), 429)
     assert err["type"] == "rate_limit_error"
-    api.workers["ok"].release.set()
+    api.workers["ok"].go.set()
     assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
 
 
@@ -172,14 +172,14 @@ async def test_a_worker_lost_with_none_left_is_503_or_an_error_event(api: Api) -
 
 
 async def test_a_deadline_passed_is_504(api: Api) -> None:
-    api.workers["ok"].first_token_waits = True  # never released: the 1 s deadline passes
+    api.workers["ok"].gate = "first"  # never released: the 1 s deadline passes
     err = _assert_error(await api.client.post("/v1/completions", json={"prompt": "x"}), 504)
     assert err["code"] == "DEADLINE_EXCEEDED"
 
 
 async def test_the_api_key_guards_v1_but_not_health() -> None:
     async for api in _api(GatewayConfig(port=0, api_key="s3cret")):
-        api.workers["ok"].release.set()
+        api.workers["ok"].go.set()
         body = {"model": "ok", "prompt": "x"}
         _assert_error(await api.client.post("/v1/completions", json=body), 401)
         bad = {"Authorization": "Bearer wrong"}
@@ -192,8 +192,8 @@ async def test_the_api_key_guards_v1_but_not_health() -> None:
 
 @pytest.mark.parametrize("case", ["whole", "mid_stream", "stream_before_its_first_token"])
 async def test_a_client_that_disconnects_cancels_its_request(api: Api, case: str) -> None:
-    worker = api.workers["ok"]  # its second token waits on `release`, never set here
-    worker.first_token_waits = case == "stream_before_its_first_token"
+    worker = api.workers["ok"]  # its second token waits on `go`, never set here
+    worker.gate = "first" if case == "stream_before_its_first_token" else "last"
     body = {"model": "ok", "prompt": "x", "stream": case != "whole"}
     headers = {"x-request-id": f"gone-{case}"}
     if case == "mid_stream":
@@ -203,15 +203,11 @@ async def test_a_client_that_disconnects_cancels_its_request(api: Api, case: str
                     break  # the first token arrived: leave mid-stream
     else:
         call = asyncio.create_task(api.client.post("/v1/completions", json=body, headers=headers))
-        while api.frontend.in_flight < 1:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: api.frontend.in_flight >= 1)
         call.cancel()
         await asyncio.gather(call, return_exceptions=True)
-    for _ in range(200):
-        if worker.cancelled and api.frontend.in_flight == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert worker.cancelled == [f"gone-{case}"] and api.frontend.in_flight == 0
+    await wait_until(lambda: bool(worker.unfinished) and api.frontend.in_flight == 0)
+    assert worker.unfinished == [f"gone-{case}"]
 
 
 def test_top_k_minus_one_is_no_limit_and_other_negatives_are_refused() -> None:
