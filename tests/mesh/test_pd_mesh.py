@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -205,24 +205,33 @@ def test_workers_cli_changes_roles_and_drains(pd_mesh: Mesh) -> None:
     assert cli("unpin", P).stdout.strip() == f"{P}: role prefill, taking requests"
 
 
-async def test_prefill_worker_killed_mid_prefill_falls_back_within_the_bound(
+async def test_prefill_worker_killed_mid_prefill_falls_back_to_the_decode_worker(
     stubs: Stubs, pd_mesh: Mesh, models_dir: Path
 ) -> None:
     stub, admin = stubs
-    ids = (_ids(models_dir)[1] * 40)[:1500]  # a long prefill to be caught in
-    task = asyncio.create_task(_generate(stub, ids, ignore_eos=True))
-    await asyncio.sleep(0.05)
-    ray.kill(pd_mesh.actors[P], no_restart=False)  # Ray restarts it
-    t0 = asyncio.get_running_loop().time()
-    try:
-        res = await asyncio.wait_for(task, 30)
-        assert res.final.route.worker == D
-        assert len(res.token_ids) == NEW_TOKENS
-    except grpc.aio.AioRpcError as err:
-        assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert asyncio.get_running_loop().time() - t0 < 15
-    used = await _all_free(admin, timeout_s=30)
-    assert used.get(D) == 0
+    ids = (_ids(models_dir)[1] * 40)[:1500]  # a prefill of three steps or more to be caught in
+    task = asyncio.create_task(_generate(stub, ids))
+    await _until(admin, lambda w: w.name == P and w.prefill_tokens_waiting > 512)
+    ray.kill(pd_mesh.actors[P], no_restart=False)  # mid-prefill: two steps or more are left
+    res = await asyncio.wait_for(task, 30)
+    route = res.final.route
+    assert (route.prefill_worker, route.worker, route.migrations) == (D, D, 0), route
+    assert res.token_ids == hf_greedy(str(models_dir / MODEL), tuple(ids), NEW_TOKENS)
+    await _until(admin, lambda w: w.name == P and w.alive)  # restarted, for the next tests
+    assert await _all_free(admin, timeout_s=30) == {P: 0, D: 0}
+
+
+async def _until(
+    admin: pb_grpc.AdminStub, cond: Callable[[pb.WorkerStatus], bool], timeout_s: float = 30.0
+) -> None:
+    """Poll fresh worker reports until one satisfies `cond`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        status = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
+        if any(cond(w) for w in status.workers):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no worker report satisfied the condition within {timeout_s} s")
 
 
 async def test_decode_worker_killed_mid_stream_migrates_with_the_same_greedy_tokens(
