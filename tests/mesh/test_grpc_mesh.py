@@ -175,28 +175,33 @@ async def test_policy_is_versioned_and_live(channel: grpc.aio.Channel) -> None:
         expected_version=before.version,
     )
     after = await admin.SetPolicy(change, timeout=10)
-    assert after.version == before.version + 1
-    assert any(r.intent == "code" and r.model == "demo-large" for r in after.routes)
-    res = await stream_generate(gen, pb.GenerateRequest(prompt=CODE_PROMPT, max_tokens=8), 60)
-    assert res.final is not None and res.final.route.model == "demo-large"
-    assert res.final.route.strategy == "spec", res.final.route
-    assert res.final.route.draft_tokens_proposed > 0
-    with pytest.raises(grpc.aio.AioRpcError) as err:  # stale version: lost update refused
-        await admin.SetPolicy(change, timeout=10)
-    assert (
-        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        and "expected_version" in err.value.details()
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await admin.SetPolicy(pb.SetPolicyRequest(confidence_threshold=2.0), timeout=10)
-    assert "confidence_threshold" in err.value.details()
-    restore = pb.SetPolicyRequest(
-        routes=[pb.IntentRoute(intent="code", model="small", strategy="pld", spillable=True)],
-        confidence_threshold=before.confidence_threshold,
-    )
-    assert (await admin.SetPolicy(restore, timeout=10)).version == after.version + 1
+    try:
+        assert after.version == before.version + 1
+        assert any(r.intent == "code" and r.model == "demo-large" for r in after.routes)
+        res = await stream_generate(gen, pb.GenerateRequest(prompt=CODE_PROMPT, max_tokens=8), 60)
+        assert res.final is not None and res.final.route.model == "demo-large"
+        assert res.final.route.strategy == "spec", res.final.route
+        assert res.final.route.draft_tokens_proposed > 0
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # stale version: lost update refused
+            await admin.SetPolicy(change, timeout=10)
+        assert (
+            err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "expected_version" in err.value.details()
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await admin.SetPolicy(pb.SetPolicyRequest(confidence_threshold=2.0), timeout=10)
+        assert "confidence_threshold" in err.value.details()
+    finally:  # the session's mesh goes on serving the other tests: leave it as it was
+        code = next(r for r in before.routes if r.intent == "code")
+        restore = pb.SetPolicyRequest(
+            routes=[code], confidence_threshold=before.confidence_threshold
+        )
+        restored = await admin.SetPolicy(restore, timeout=10)
+        await admin.UnpinPolicy(pb.UnpinPolicyRequest(), timeout=10)
+    assert restored.version == after.version + 1
     status = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
-    assert status.policy_version == after.version + 1
+    assert status.policy_version == after.version + 1 and list(status.policy.pinned) == []
+    assert [r for r in status.policy.routes if r.intent == "code"] == [code]
 
 
 async def test_workers_bound_their_kernel_caches(mesh: Mesh) -> None:

@@ -185,6 +185,8 @@ async def test_role_switch_under_load_completes_every_request(
     assert {r.final.route.worker for r in results} == {P, D}, "both sides decoded at some point"
     for worker, role in ((D, "mixed"), (P, "prefill"), (D, "decode")):
         await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker=worker, role=role))
+    for worker in (P, D):  # as the module's mesh was: roles from its config, nothing pinned
+        assert not (await admin.UnpinWorker(pb.UnpinWorkerRequest(worker=worker))).pinned
     assert await _all_free(admin) == {P: 0, D: 0}
 
 

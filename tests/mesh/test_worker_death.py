@@ -1,4 +1,5 @@
-"""Runs last among the mesh tests: it kills a worker (Ray restarts it)."""
+"""Runs last among the mesh tests: it kills a worker and the gateway (Ray restarts them), and
+leaves the session's mesh as it found it (policy, pins)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,22 @@ async def test_a_restarted_gateway_serves_on_its_port_with_the_live_policy(
     channel: grpc.aio.Channel, mesh: Mesh
 ) -> None:
     stub, admin = pb_grpc.GenerationStub(channel), pb_grpc.AdminStub(channel)
+    original = await admin.GetPolicy(pb.GetPolicyRequest(), timeout=10)
+    try:
+        await _restart_the_gateway_and_check(stub, admin, mesh)
+    finally:
+        restore = pb.SetPolicyRequest(spill_queue_ms=original.spill_queue_ms)
+        await admin.SetPolicy(restore, timeout=30, wait_for_ready=True)
+        await admin.UnpinPolicy(pb.UnpinPolicyRequest(), timeout=10)
+        await admin.UnpinWorker(pb.UnpinWorkerRequest(worker=WORKER), timeout=10)
+    st = await admin.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert st.policy.spill_queue_ms == original.spill_queue_ms and list(st.policy.pinned) == []
+    assert not next(w for w in st.workers if w.name == WORKER).pinned
+
+
+async def _restart_the_gateway_and_check(
+    stub: pb_grpc.GenerationStub, admin: pb_grpc.AdminStub, mesh: Mesh
+) -> None:
     before = await admin.SetPolicy(pb.SetPolicyRequest(spill_queue_ms=777.0), timeout=10)
     await admin.SetWorkerRole(pb.SetWorkerRoleRequest(worker=WORKER, role="mixed"), timeout=10)
     ray.kill(mesh.gateway, no_restart=False)  # Ray restarts it
