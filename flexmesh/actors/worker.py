@@ -38,7 +38,7 @@ log = structlog.get_logger(__name__)
 
 
 class Worker(KVHandoff):
-    """Thin shell around an `AsyncEngine`; Ray makes it a named actor (see `services/mesh.py`)."""
+    """Thin shell around an `AsyncEngine`; Ray makes it a named actor (see `launch/mesh.py`)."""
 
     def __init__(
         self,

@@ -31,9 +31,9 @@ from flexmesh.bench.actors import actor_pids, kv_blocks_used
 from flexmesh.bench.serving import each_mesh, progress
 from flexmesh.bench.soak_bench import DATA
 from flexmesh.channel import open_channel
-from flexmesh.loadgen.cli import add_replay_arguments, prepare
 from flexmesh.loadgen.records import ReplayRequest, RequestRecord
 from flexmesh.loadgen.replay import replay
+from flexmesh.loadgen.run import add_replay_arguments, prepare
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 

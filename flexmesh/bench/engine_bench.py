@@ -4,7 +4,7 @@ Same prompts, same output lengths (EOS ignored on both sides), greedy. Columns: 
 read roofline (a 1 GiB read on the engine's threads: the step's weight bytes at that speed),
 a chain of the model's own matrix-vector products (the kernels alone), HF batch 1, engine
 batch 1 (one request at a time), engine with 16 concurrent requests, and optionally the same
-single and 16-way streams through the gRPC gateway (`extra_columns`, from `bench/cli.py`).
+single and 16-way streams through the gRPC gateway (`extra_columns`, from `engine_grpc.py`).
 Every column is measured once per round, rounds interleaved, medians reported.
 """
 

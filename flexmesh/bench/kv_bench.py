@@ -148,7 +148,7 @@ def _raw_ms(transport: str, sizes: list[int], repeats: int, where: Where) -> dic
 
 async def _handoffs(address: str, model: str, lengths: list[int], repeats: int) -> dict[int, Any]:
 
-    from flexmesh.services.client import stream_generate
+    from flexmesh.services.grpc_client import stream_generate
     from flexmesh.v1 import flexmesh_pb2 as pb
     from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 
@@ -174,8 +174,8 @@ async def _handoffs(address: str, model: str, lengths: list[int], repeats: int) 
 
 
 def run_kv_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from flexmesh.launch.mesh import start_mesh
     from flexmesh.meshcore.config import MeshConfig
-    from flexmesh.services.mesh import start_mesh
 
     lengths = [int(x) for x in args.lengths.split(",")]
     nodes = args.nodes

@@ -23,7 +23,7 @@ from typing import Any
 
 from flexmesh.bench.serving import each_mesh, progress, report_line
 from flexmesh.channel import open_channel
-from flexmesh.loadgen.cli import add_replay_arguments, run_replay
+from flexmesh.loadgen.run import add_replay_arguments, run_replay
 
 PD_PRESET = ("pd-colocated", "pd-disaggregated", "pd-dynamic")
 IDLE_PROMPT_TOKENS = 512
@@ -102,7 +102,7 @@ def phase_goodput_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 async def idle_ttft_ms(address: str, model: str, n: int) -> dict[str, Any]:
     """Median TTFT (client side) of `n` sequential 512-token prompts, and how they ran."""
 
-    from flexmesh.services.client import stream_generate
+    from flexmesh.services.grpc_client import stream_generate
     from flexmesh.v1 import flexmesh_pb2 as pb
     from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 

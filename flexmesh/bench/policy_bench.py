@@ -17,7 +17,7 @@ from typing import Any
 
 from flexmesh.bench.pd_bench import add_phased_arguments, phase_goodput_rows, phased_replay_args
 from flexmesh.bench.serving import each_mesh, report_line
-from flexmesh.loadgen.cli import run_replay
+from flexmesh.loadgen.run import run_replay
 
 POLICY_PRESET = ("demo", "routing-dynamic")
 DEFAULT_PHASES = (

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flexmesh.loadgen.cli import add_replay_arguments, prepare, run_replay
-from flexmesh.services.config_file import load_mesh_config
+from flexmesh.launch.config_file import load_mesh_config
+from flexmesh.loadgen.run import add_replay_arguments, prepare, run_replay
 
 CONFIGS = Path(__file__).resolve().parents[2] / "deploy" / "configs"
 ROUTING_PRESET = ("static-large", "static-small", "demo")
@@ -88,7 +88,7 @@ def each_mesh(
     (name, config, model paths, mesh) and shut the mesh down when the caller moves on."""
     from dataclasses import replace
 
-    from flexmesh.services.mesh import resolve_model_paths, start_mesh
+    from flexmesh.launch.mesh import resolve_model_paths, start_mesh
 
     for config in configs.split(","):
         name = Path(config).stem

@@ -22,7 +22,7 @@ from typing import Any
 
 from flexmesh.bench.actors import actor_pids, actor_rss_mb, kv_blocks_used
 from flexmesh.bench.serving import each_mesh, progress
-from flexmesh.loadgen.cli import add_replay_arguments, run_replay
+from flexmesh.loadgen.run import add_replay_arguments, run_replay
 from flexmesh.loadgen.traces import TraceRequest, read_azure
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -2,7 +2,7 @@
 
 Every field has a default, its unit in its name and a one-line docstring. Validation raises
 `ValueError` naming the field and the value. Nothing below reads the environment or files
-(`services/config_file.py` parses YAML into the plain data `MeshConfig.from_dict` takes).
+(`launch/config_file.py` parses YAML into the plain data `MeshConfig.from_dict` takes).
 """
 
 from __future__ import annotations

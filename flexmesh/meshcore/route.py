@@ -3,7 +3,7 @@
 `step(state, event) -> (state, actions)` is the only place that decides where a request goes
 next: prefill on one worker and hand it off to another, follow the decode worker, fall back
 when the prefill worker breaks, migrate when the worker serving it breaks, and when to give up.
-The gateway's loop (`services/dispatch.py`) turns worker messages into events and actions into
+The gateway's loop (`services/core/dispatch.py`) turns worker messages into events and actions into
 calls; it holds no rule of its own. The simulator runs the same function on a virtual clock.
 
     PLACED ──Placed──► PREFILLING ──hand-off output──► HANDED_OFF ──output──► DECODING

@@ -26,8 +26,8 @@ from flexmesh.meshcore.config import MeshConfig
 from flexmesh.meshcore.controller_policy import Action, Snapshot, policy_changes
 from flexmesh.meshcore.errors import FlexMeshError
 from flexmesh.services.auth import AdminTokenInterceptor
+from flexmesh.services.core.frontend import Frontend, estimate_tokens
 from flexmesh.services.errors import ErrorInterceptor
-from flexmesh.services.frontend import Frontend, estimate_tokens
 from flexmesh.services.http import ChatTemplates, OpenAIServer, serve_http
 from flexmesh.services.servicers import AdminServicer, GenerationServicer
 from flexmesh.v1 import flexmesh_pb2 as pb

@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP front end: a thin adapter over the same `Frontend` as gRPC.
 
-JSON in, a checked `GenerationInput` (`services/inputs.py`, the gRPC servicer's checks) to
+JSON in, a checked `GenerationInput` (`services/core/inputs.py`, the gRPC servicer's checks) to
 `Frontend.generate`, JSON or server-sent events out. Routing, admission, migration, deadlines
 and metrics are the frontend's; this module only speaks the wire format (docs/http.md):
 
@@ -41,7 +41,8 @@ from flexmesh.meshcore.errors import (
     FlexMeshError,
     InvalidRequestError,
 )
-from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.services.core.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.services.core.inputs import generation_input
 from flexmesh.services.http_body import (
     Body,
     chat_messages,
@@ -49,7 +50,6 @@ from flexmesh.services.http_body import (
     error_response,
     sampling_params,
 )
-from flexmesh.services.inputs import generation_input
 
 T = TypeVar("T")
 RenderChat = Callable[[str, list[dict[str, Any]]], str]

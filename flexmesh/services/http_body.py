@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 
 from flexmesh.meshcore.errors import HTTP_STATUS, FlexMeshError, InvalidRequestError, status_name
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.services.inputs import DEFAULT_MAX_TOKENS
+from flexmesh.services.core.inputs import DEFAULT_MAX_TOKENS
 
 ERROR_TYPES = {
     400: "invalid_request_error",

@@ -15,8 +15,8 @@ from flexmesh.meshcore.errors import FlexMeshError, InvalidRequestError
 from flexmesh.meshcore.messages import WorkerStatus
 from flexmesh.meshcore.routing import RoutingConfig
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
-from flexmesh.services.inputs import DEFAULT_MAX_TOKENS, check_prompt, generation_input
+from flexmesh.services.core.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.services.core.inputs import DEFAULT_MAX_TOKENS, check_prompt, generation_input
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flexmesh.loadgen.cli import add_replay_arguments, prepare, run_replay
+from flexmesh.loadgen.run import add_replay_arguments, prepare, run_replay
 from tests.loadgen.fake_server import fake_server, outcome
 
 

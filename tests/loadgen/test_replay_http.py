@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from flexmesh.loadgen.cli import add_replay_arguments, run_replay
 from flexmesh.loadgen.records import ReplayRequest
 from flexmesh.loadgen.replay import replay
+from flexmesh.loadgen.run import add_replay_arguments, run_replay
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
-from flexmesh.services.frontend import Frontend
+from flexmesh.services.core.frontend import Frontend
 from flexmesh.services.http import OpenAIServer, serve_http
 from tests.loadgen.test_cli import _azure
 from tests.mesh.fake_worker import FakeWorker

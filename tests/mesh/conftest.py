@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from flexmesh.services.config_file import load_mesh_config
-from flexmesh.services.mesh import Mesh, start_mesh
+from flexmesh.launch.config_file import load_mesh_config
+from flexmesh.launch.mesh import Mesh, start_mesh
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 
 from flexmesh.bench.kv_bench import actor_nodes, local_cluster
+from flexmesh.launch.mesh import start_mesh
 from flexmesh.meshcore.config import MeshConfig
-from flexmesh.services.client import stream_generate
-from flexmesh.services.mesh import start_mesh
+from flexmesh.services.grpc_client import stream_generate
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 

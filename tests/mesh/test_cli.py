@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def _flexmesh(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flexmesh.services.cli", *args]
+    return [sys.executable, "-m", "flexmesh.cli.main", *args]
 
 
 def test_serve_then_generate_and_status(models_dir: Path) -> None:

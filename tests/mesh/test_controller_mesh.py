@@ -12,10 +12,11 @@ import grpc
 import pytest
 import ray
 
+from flexmesh.cli.mesh_commands import status_cli
+from flexmesh.launch.mesh import Mesh, start_mesh
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.meshcore.controller_policy import Action
-from flexmesh.services.client import status_cli, stream_generate
-from flexmesh.services.mesh import Mesh, start_mesh
+from flexmesh.services.grpc_client import stream_generate
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 from tests.runner.conftest import hf_greedy

@@ -11,7 +11,7 @@ import pytest
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec, PDConfig
 from flexmesh.meshcore.errors import WorkerUnavailableError
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.services.core.frontend import Chunk, Frontend, GenerationInput
 from flexmesh.services.gateway import serve_frontend
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc

@@ -19,9 +19,9 @@ from flexmesh.meshcore.errors import (
 from flexmesh.meshcore.messages import WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.services.client import stream_generate
-from flexmesh.services.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.services.core.frontend import Chunk, Frontend, GenerationInput
 from flexmesh.services.gateway import serve_frontend
+from flexmesh.services.grpc_client import stream_generate
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 from tests.mesh.fake_worker import FakeWorker, wait_until

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
-from flexmesh.services.frontend import Frontend
+from flexmesh.services.core.frontend import Frontend
 from flexmesh.services.gateway import serve_frontend
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from flexmesh.services.client import stream_generate
-from flexmesh.services.mesh import Mesh
+from flexmesh.launch.mesh import Mesh
+from flexmesh.services.grpc_client import stream_generate
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 from tests.runner.conftest import PROMPTS, hf_greedy
@@ -207,7 +207,7 @@ async def test_policy_is_versioned_and_live(channel: grpc.aio.Channel) -> None:
 async def test_workers_bound_their_kernel_caches(mesh: Mesh) -> None:
     """The environment that keeps a worker's memory flat under shapes that change every step
     (`flexmesh bench soak` measures the memory itself)."""
-    from flexmesh.services.mesh import KERNEL_CACHE_ENV
+    from flexmesh.launch.mesh import KERNEL_CACHE_ENV
 
     workers = [h for name, h in mesh.actors.items() if name.startswith("worker-")]
     envs = await asyncio.gather(

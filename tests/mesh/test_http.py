@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
-from flexmesh.services.frontend import Frontend
+from flexmesh.services.core.frontend import Frontend
 from flexmesh.services.http import OpenAIServer, serve_http
 from tests.mesh.fake_worker import FakeWorker, wait_until
 from tests.mesh.test_frontend import RecordingMetrics

@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from flexmesh.services.client import stream_generate
-from flexmesh.services.mesh import Mesh
+from flexmesh.launch.mesh import Mesh
+from flexmesh.services.grpc_client import stream_generate
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 from tests.mesh.test_grpc_mesh import _wait_idle

@@ -15,9 +15,9 @@ import pytest
 import ray
 
 from flexmesh.bench.chaos_bench import add_chaos_arguments, chaos
+from flexmesh.launch.mesh import Mesh, start_mesh
 from flexmesh.meshcore.config import MeshConfig
-from flexmesh.services.client import StreamResult, stream_generate
-from flexmesh.services.mesh import Mesh, start_mesh
+from flexmesh.services.grpc_client import StreamResult, stream_generate
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 from tests.runner.conftest import PROMPTS, hf_greedy
@@ -192,7 +192,7 @@ async def test_role_switch_under_load_completes_every_request(
 
 def test_workers_cli_changes_roles_and_drains(pd_mesh: Mesh) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "flexmesh.services.cli", "workers", *args]
+        cmd = [sys.executable, "-m", "flexmesh.cli.main", "workers", *args]
         return subprocess.run(
             [*cmd, "--target", pd_mesh.address], capture_output=True, text=True, timeout=60
         )

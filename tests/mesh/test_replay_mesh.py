@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flexmesh.loadgen.cli import add_replay_arguments, run_replay
-from flexmesh.services.mesh import Mesh
+from flexmesh.launch.mesh import Mesh
+from flexmesh.loadgen.run import add_replay_arguments, run_replay
 
 pytestmark = pytest.mark.slow
 

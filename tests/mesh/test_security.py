@@ -12,9 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flexmesh.channel import open_channel
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
-from flexmesh.services.client import stream_generate
-from flexmesh.services.frontend import Frontend
+from flexmesh.services.core.frontend import Frontend
 from flexmesh.services.gateway import serve_frontend
+from flexmesh.services.grpc_client import stream_generate
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 from tests.mesh.test_frontend import FakeWorker

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flexmesh.bench.soak_bench import add_soak_arguments, soak
-from flexmesh.services.mesh import Mesh
+from flexmesh.launch.mesh import Mesh
 
 pytestmark = pytest.mark.slow
 

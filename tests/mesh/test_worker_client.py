@@ -12,10 +12,10 @@ import pytest
 import ray
 
 from flexmesh.actors.client import WorkerClient
+from flexmesh.launch.mesh import Mesh
 from flexmesh.meshcore.errors import WorkerLostError
 from flexmesh.meshcore.messages import RequestOutput
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.services.mesh import Mesh
 
 pytestmark = pytest.mark.slow
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from flexmesh.launch.config_file import load_mesh_config
 from flexmesh.meshcore.config import EngineConfig, MeshConfig
 from flexmesh.meshcore.speculation import propose_prompt_lookup
-from flexmesh.services.config_file import load_mesh_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from flexmesh.services import doctor
+from flexmesh.cli import doctor
 
 
 def test_this_machine_offers_the_cpu_and_gloo(

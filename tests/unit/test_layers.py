@@ -50,7 +50,7 @@ def _attributes(node: ast.AST) -> set[str]:
 
 def test_no_module_outside_meshcore_decides_where_a_request_goes_next() -> None:
     """The route machine (`meshcore/route.py`) holds every such rule: the gateway's loop
-    (`services/dispatch.py`) only turns messages into events and actions into calls, and no
+    (`services/core/dispatch.py`) only turns messages into events and actions into calls, and no
     other module reads the rules' config."""
     root = Path(flexmesh.__file__).parent
     for path in root.rglob("*.py"):
@@ -59,7 +59,7 @@ def test_no_module_outside_meshcore_decides_where_a_request_goes_next() -> None:
         tree = ast.parse(path.read_text())
         read = _attributes(tree) & RULE_FIELDS
         assert not read, f"{path.relative_to(root)} reads {sorted(read)}: a route rule"
-    dispatch = ast.parse((root / "services" / "dispatch.py").read_text())
+    dispatch = ast.parse((root / "services" / "core" / "dispatch.py").read_text())
     for node in ast.walk(dispatch):
         if isinstance(node, (ast.If, ast.IfExp, ast.While, ast.Assert)):
             decided = _attributes(node.test) & ROUTE_FIELDS
@@ -79,3 +79,20 @@ def test_one_module_reads_the_environment() -> None:
         if _attributes(ast.parse(path.read_text())) & {"environ", "getenv", "putenv"}
     )
     assert readers == ["env.py"]
+
+
+def test_the_gateway_core_knows_no_transport() -> None:
+    """`services/core/` is the gateway without gRPC or HTTP: the transports adapt to it."""
+    core = Path(flexmesh.__file__).parent / "services" / "core"
+    for path in core.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                names.append(getattr(node, "module", None) or "")
+                for name in names:
+                    top = name.split(".")[0]
+                    assert top not in ("grpc", "starlette", "uvicorn", "httpx"), f"{path}: {name}"
+                    inside = name.startswith("flexmesh.services.")
+                    assert not inside or name.startswith("flexmesh.services.core"), (
+                        f"{path}: {name}"
+                    )

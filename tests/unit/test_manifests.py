@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from flexmesh.loadgen.cli import add_replay_arguments
-from flexmesh.services.cli import build_parser
-from flexmesh.services.config_file import load_mesh_config
+from flexmesh.cli.main import build_parser
+from flexmesh.launch.config_file import load_mesh_config
+from flexmesh.loadgen.run import add_replay_arguments
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

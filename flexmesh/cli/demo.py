@@ -14,7 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from flexmesh.loadgen.cli import add_replay_arguments, print_summary, run_replay
+from flexmesh.cli.loadgen import print_summary
+from flexmesh.loadgen.run import add_replay_arguments, run_replay
 from flexmesh.meshcore.config import ControllerConfig
 
 DEMO_INTENT_MIX = "code=0.25,math=0.15,knowledge_qa=0.15,chinese_exam=0.1,chat=0.35"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from flexmesh.meshcore.config import GatewayConfig
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.services.frontend import GenerationInput
+from flexmesh.services.core.frontend import GenerationInput
 
 DEFAULT_MAX_TOKENS = 64
 """Tokens generated for a request that does not say how many."""

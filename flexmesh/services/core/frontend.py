@@ -1,6 +1,6 @@
 """The gateway's core, free of gRPC: admission, routing, timings, offsets, cancellation.
-Which workers serve a request, and the KV hand-off between them, is `services/dispatch.py`'s;
-role and drain changes and status are `services/operations.py`'s.
+Which workers serve a request, and the KV hand-off between them, is `services/core/dispatch.py`'s;
+role and drain changes and status are `services/core/operations.py`'s.
 
 The servicer converts protobuf to a `GenerationInput`, iterates `Frontend.generate`, and converts
 each `Chunk` back. Every wait on a worker is bounded; leaving the iteration early (client
@@ -35,8 +35,8 @@ from flexmesh.meshcore.route import RouteRules, RouteState
 from flexmesh.meshcore.routing import ProbeResult, Router
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.meshcore.traffic import TrafficWindow
-from flexmesh.services.dispatch import Dispatcher
-from flexmesh.services.operations import Operations
+from flexmesh.services.core.dispatch import Dispatcher
+from flexmesh.services.core.operations import Operations
 
 log = structlog.get_logger(__name__)
 

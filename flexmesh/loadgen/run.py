@@ -1,8 +1,8 @@
-"""`flexmesh loadgen replay`: trace -> shaped workload -> prompts -> open-loop replay -> reports.
+"""One replay run: trace -> shaped workload -> prompts -> open-loop replay -> reports.
 
-`add_replay_arguments(parser)` declares the options and `run_replay(args)` runs them; the main
-`flexmesh` CLI hooks both into its `loadgen replay` sub-command. `python -m
-flexmesh.loadgen.cli replay ...` runs the same thing standalone.
+`add_replay_arguments(parser)` declares a replay's options and `run_replay(args)` runs them:
+`flexmesh loadgen replay` (`flexmesh.cli.loadgen`), the demo and the benchmarks all replay
+through these two.
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from flexmesh.loadgen.openai_http import is_http, served_model_path
 from flexmesh.loadgen.plots import write_plots
@@ -39,8 +36,6 @@ from flexmesh.loadgen.workload import (
     load_workload,
     phase_bounds,
 )
-
-log = structlog.get_logger(__name__)
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -277,36 +272,3 @@ def _write_all(
         out, result.records, result.status_samples, args.ttft_slo_ms, args.tpot_slo_ms
     )
     return paths
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    """One-screen CLI output of a replay."""
-    print(
-        f"sent {summary['requests_sent']}, ok {summary['completed']}, failed "
-        f"{summary['failed']} {summary['failed_by_status'] or ''} in {summary['duration_s']:.1f} s"
-    )
-    for m in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        p = summary[m]
-        print(f"{m:>8}: p50 {p['p50']}  p90 {p['p90']}  p99 {p['p99']}")
-    print(
-        f"{summary['req_s']} req/s, {summary['output_tok_s']} output tok/s, "
-        f"goodput {summary['goodput_req_s']} req/s"
-    )
-    for f in summary.get("files", []):
-        print(f"wrote {f}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flexmesh-loadgen", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_replay_arguments(sub.add_parser("replay", help="replay a trace against a gateway"))
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    summary = asyncio.run(run_replay(args))
-    print_summary(summary)
-    log.info("loadgen_done", seconds=round(time.monotonic() - started, 1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

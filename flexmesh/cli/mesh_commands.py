@@ -1,51 +1,108 @@
-"""gRPC client helpers used by the CLI and benchmarks."""
+"""`flexmesh generate`, `status`, `workers`, `classify` and `policy`: commands that talk to a
+running mesh's gateway over gRPC, and print what it says.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
 from flexmesh.channel import open_channel
+from flexmesh.services.grpc_client import fetch_status
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 
-
-@dataclass
-class StreamResult:
-    """What one Generate stream delivered, as the client saw it."""
-
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    chunks: int = 0
-    gaps: int = 0
-    """Chunks whose `offset` was not where the previous ones ended (lost or repeated tokens)."""
-    final: pb.GenerateResponse | None = None
-    ttft_s: float = 0.0
-    total_s: float = 0.0
+DEFAULT_TARGET = "127.0.0.1:50051"
 
 
-async def stream_generate(
-    stub: pb_grpc.GenerationStub, request: pb.GenerateRequest, timeout_s: float | None = None
-) -> StreamResult:
-    res = StreamResult()
-    t0 = time.perf_counter()
-    async for msg in stub.Generate(request, timeout=timeout_s):
-        if res.chunks == 0 or not res.token_ids:
-            res.ttft_s = time.perf_counter() - t0
-        res.chunks += 1
-        res.gaps += msg.offset != len(res.token_ids)
-        res.token_ids += msg.token_ids
-        res.text += msg.text
-        if msg.finish_reason:
-            res.final = msg
-    res.total_s = time.perf_counter() - t0
-    return res
+def cmd_generate(args: argparse.Namespace) -> int:
+    return asyncio.run(generate_cli(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return asyncio.run(status_cli(args))
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    return asyncio.run(workers_cli(args))
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    return asyncio.run(classify_cli(args))
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    return asyncio.run(policy_cli(args))
+
+
+def add_generate_command(sub: Any) -> None:
+    """`generate` on `sub` (the top-level sub-parsers)."""
+    p = sub.add_parser("generate", help="stream a completion from a running mesh")
+    p.add_argument("prompt")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--model", default="", help='"" or auto = let FlexMesh choose')
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[])
+    p.add_argument("--strategy", default="", choices=["", "none", "pld", "spec"])
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    p.add_argument("--json", action="store_true", help="print the final metadata as JSON")
+    p.set_defaults(func=cmd_generate)
+
+
+def add_mesh_commands(sub: Any) -> None:
+    """`status`, `workers`, `classify` and `policy` on `sub` (the top-level sub-parsers)."""
+    p = sub.add_parser("status", help="workers, roles and loads of a running mesh")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("workers", help="change a worker's role or drain it (live)")
+    wsub = p.add_subparsers(dest="workers_command", required=True)
+    q = wsub.add_parser("role", help="prefill, decode or mixed for new requests (pins it)")
+    q.add_argument("worker", help="actor name, e.g. worker-demo-large-1")
+    q.add_argument("role", choices=["prefill", "decode", "mixed"])
+    q.add_argument("--target", default=DEFAULT_TARGET)
+    q = wsub.add_parser("unpin", help="hand a worker's role back to the controller")
+    q.add_argument("worker")
+    q.add_argument("--target", default=DEFAULT_TARGET)
+    q = wsub.add_parser("drain", help="send the worker no new requests (what it holds finishes)")
+    q.add_argument("worker")
+    q.add_argument("--resume", action="store_true", help="take the worker back into the pool")
+    q.add_argument("--target", default=DEFAULT_TARGET)
+    p.set_defaults(func=cmd_workers)
+
+    p = sub.add_parser("classify", help="run the intent probe alone on a prompt")
+    p.add_argument("prompt")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("policy", help="get or set the live routing policy")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    for name in ("unpin", "get", "set"):
+        q = psub.add_parser(name)
+        q.add_argument("--target", default=DEFAULT_TARGET)
+        q.set_defaults(func=cmd_policy)
+        if name == "unpin":
+            q.add_argument("fields", nargs="*", help="e.g. spill_queue_ms routes.code (none: all)")
+    q.add_argument("--confidence-threshold", type=float, default=None)
+    q.add_argument("--spill-queue-ms", type=float, default=None)
+    q.add_argument("--return-queue-ms", type=float, default=None)
+    q.add_argument("--long-context-tokens", type=int, default=None)
+    q.add_argument("--route", action="append", default=[], help="intent=model[:strategy][:spill]")
+    q.add_argument("--expected-version", type=int, default=0, help="reject unless at this version")
 
 
 def request_from_args(args: argparse.Namespace) -> pb.GenerateRequest:
@@ -86,11 +143,6 @@ async def generate_cli(args: argparse.Namespace) -> int:
     elif not args.json:
         print()
     return 0
-
-
-async def fetch_status(target: str, timeout_s: float = 10.0) -> pb.GetStatusResponse:
-    async with open_channel(target) as channel:
-        return await pb_grpc.AdminStub(channel).GetStatus(pb.GetStatusRequest(), timeout=timeout_s)
 
 
 async def status_cli(args: argparse.Namespace) -> int:

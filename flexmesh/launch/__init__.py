@@ -1,0 +1,2 @@
+"""Starting a mesh: Ray (embedded or joined), the named actors, placement, the KV collective
+groups, and the YAML config files that describe it."""
