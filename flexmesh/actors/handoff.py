@@ -194,7 +194,7 @@ class KVHandoff:
         if self._faults.get("kv_stall", 0) > 0:
             self._faults["kv_stall"] -= 1
             await asyncio.sleep(self.pd.transfer_timeout_ms / 1000.0 + 1.0)
-        dtype = self.engine.runner.dtype
+        dtype = self.engine.dtype
         kv = await self.aengine.call(
             lambda: self.engine.export_kv(request_id, lambda s: self.buffers.take(s, dtype))
         )
@@ -232,7 +232,7 @@ class KVHandoff:
 
     async def join_kv_group(self, group: str, world_size: int, rank: int) -> str:
         """Join the model's collective group (every member calls this at the same time)."""
-        device = str(self.engine.runner.device)
+        device = str(self.engine.device)
         timeout_s = self.pd.transfer_timeout_ms / 1000.0
         self.kv_group = await asyncio.to_thread(KVGroup, group, world_size, rank, device, timeout_s)
         return self.kv_group.backend

@@ -19,7 +19,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import ray
@@ -76,7 +76,7 @@ class Worker(KVHandoff):
         self.started = time.monotonic()
         self.metrics = WorkerMetrics(name, model)
         self._init_handoff()
-        log.info("worker.ready", worker=name, model=model, device=str(self.engine.runner.device))
+        log.info("worker.ready", worker=name, model=model, device=str(self.engine.device))
 
     def ready(self) -> str:
         return self.name
@@ -88,7 +88,7 @@ class Worker(KVHandoff):
 
     async def set_prefill_budget(self, tokens: int) -> int:
         """Change the prefill share of each step's token budget (from the next step on)."""
-        return await self.aengine.call(lambda: self.engine.scheduler.set_prefill_budget(tokens))
+        return await self.aengine.call(lambda: self.engine.set_prefill_budget(tokens))
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -173,37 +173,23 @@ class Worker(KVHandoff):
         return await self.aengine.call(self._status)
 
     def _status(self) -> WorkerStatus:
-        sched, group = self.engine.scheduler, self._usable_group()
+        now, group = time.monotonic(), self._usable_group()
         status = WorkerStatus(
             name=self.name,
             model=self.model,
             model_path=self.model_path,
             role=self.role,
-            device=str(self.engine.runner.device),
-            queue_length=sched.num_waiting,
-            running_requests=sched.num_running,
-            kv_blocks_used=sched.pool.num_used,
-            kv_blocks_total=sched.pool.num_blocks,
-            uptime_s=time.monotonic() - self.started,
-            tokens_generated=self.engine.tokens_generated,
-            queue_delay_ms=sched.queue_delay_ms(time.monotonic()),
-            prefill_ms=sched.recent_prefill_ms,
-            prefill_tokens_waiting=sched.num_prefill_tokens_waiting,
-            decode_batch=sched.num_decoding,
-            step_ms=self.engine.recent_step_ms,
-            tpot_ms=self.engine.recent_decode_step_ms,
-            kv_blocks_in_flight=sched.num_blocks_in_flight,
+            device=str(self.engine.device),
+            uptime_s=now - self.started,
             kv_transport=group.backend if group is not None else "",
-            prefill_budget_tokens=sched.prefill_budget_tokens,
-            max_batched_tokens=sched.config.max_batched_tokens,
-            draft_acceptance=dict(self.engine.draft_acceptance),
+            **asdict(self.engine.load(now)),  # its fields are WorkerStatus's
         )
         self.metrics.observe_status(status)
         return status
 
     async def next_token_logits(self, token_ids: list[int]) -> list[float]:
         """One forward pass over `token_ids` (the `lm` probe's question to the small model)."""
-        return await self.aengine.call(lambda: self.engine.runner.next_token_logits(token_ids))
+        return await self.aengine.call(lambda: self.engine.next_token_logits(token_ids))
 
 
 async def _next(queue: Stream) -> RequestOutput:

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 
 from flexmesh.meshcore.sampling import SamplingParams
 
 
 class RequestStatus(enum.IntEnum):
-    """One ordered status: waiting and transfer states first, finished states last."""
+    """One ordered status: waiting and transfer states first, finished states last.
+
+    It is the scheduler's one truth about where a request is: `WAITING` in its queue (a
+    preempted request too: it waits to be recomputed, `num_preemptions` counts how often),
+    `RUNNING` in its batch, and the two hand-off states parked outside the step loop until
+    their `Request.deadline`: `WAITING_FOR_KV` (blocks reserved on a decode worker while the KV
+    travels) and `KV_IN_FLIGHT` (a prefill worker holds the KV for a decode worker).
+    """
 
     WAITING = 0
     WAITING_FOR_KV = 1
     KV_IN_FLIGHT = 2
     RUNNING = 3
-    PREEMPTED = 4
-    FINISHED_STOPPED = 5
-    FINISHED_LENGTH = 6
-    FINISHED_ABORTED = 7
+    FINISHED_STOPPED = 4
+    FINISHED_LENGTH = 5
+    FINISHED_ABORTED = 6
+
+    @property
+    def parked(self) -> bool:
+        """A hand-off state: never scheduled, bounded by the request's deadline."""
+        return self in (RequestStatus.WAITING_FOR_KV, RequestStatus.KV_IN_FLIGHT)
 
     @property
     def finished(self) -> bool:
@@ -48,11 +58,15 @@ class Request:
     prompt_token_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     eos_token_ids: frozenset[int] = frozenset()
-    arrival_time: float = field(default_factory=time.monotonic)
+    arrival_time: float = 0.0
+    """When the request reached the engine, on the owner's clock (seconds): the core has none."""
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
+    deadline: float | None = None
+    """While parked (`status.parked`): when the hand-off wait ends, on the scheduler's clock
+    (seconds); None in every other status."""
     hand_off: bool = False
     num_preemptions: int = 0
     draft_tokens_proposed: int = 0

@@ -13,11 +13,13 @@ worker, which the controller turns while serving: the whole budget when TTFT is 
 A step with no prefill yet always takes one chunk, so prompts never starve; without chunked
 prefill that chunk is the whole prompt.
 
-Hand-off between workers adds two parking places outside the step loop, so neither is ever
-scheduled nor keeps the engine spinning: a prefill worker's request that has its first token
-and waits for a decode worker to take its KV (`in_flight`, status `KV_IN_FLIGHT`), and a decode
-worker's request whose blocks are reserved while its KV travels (`waiting_for_kv`, status
-`WAITING_FOR_KV`). Both are bounded by a deadline; `expire` ends what outlived it.
+A request's `status` is the one truth about where it is: `WAITING` in `waiting` (a preempted
+request too), `RUNNING` in `running`. Hand-off between workers adds two parked statuses outside
+the step loop, never scheduled and never keeping the engine spinning: `KV_IN_FLIGHT`, a prefill
+worker's request that has its first token and holds its KV for a decode worker, and
+`WAITING_FOR_KV`, a decode worker's request whose blocks are reserved while its KV travels. A
+parked request is in neither queue, only in `requests`; its `Request.deadline` bounds the wait,
+and `expire` ends what outlived it.
 
 The plan is a snapshot: each `ScheduledChunk` copies the tokens and block ids the runner needs,
 so the runner never reads live request state, and only the scheduler mutates requests.
@@ -27,69 +29,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from flexmesh.meshcore.block_pool import BlockPool, blocks_needed
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
+from flexmesh.meshcore.plan import ScheduledChunk, SchedulerOutput, plan_chunk
 from flexmesh.meshcore.request import Request, RequestStatus
-from flexmesh.meshcore.sampling import SamplingParams
 
 PREFILL_EWMA_WEIGHT = 0.2
 """Weight of the newest request in `Scheduler.recent_prefill_ms`."""
-
-
-@dataclass(frozen=True)
-class ScheduledChunk:
-    """Compute positions `[start, start + num_tokens)` of one request; the last `num_draft` of
-    `token_ids` are draft tokens. `samples` is True when the chunk reaches the request's last
-    token, so the runner samples. `block_ids` is the request's block table for this step.
-    """
-
-    request_id: str
-    start: int
-    token_ids: tuple[int, ...]
-    num_draft: int
-    samples: bool
-    block_ids: tuple[int, ...]
-    sampling: SamplingParams
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def draft_token_ids(self) -> tuple[int, ...]:
-        return self.token_ids[len(self.token_ids) - self.num_draft :]
-
-
-def plan_chunk(req: Request, n: int, drafts: Sequence[int] = ()) -> ScheduledChunk:
-    """The snapshot of `req`'s next `n` uncomputed tokens plus `drafts`."""
-    start = req.num_computed_tokens
-    tokens = req.all_token_ids[start : start + n]
-    return ScheduledChunk(
-        request_id=req.request_id,
-        start=start,
-        token_ids=(*tokens, *drafts),
-        num_draft=len(drafts),
-        samples=start + n >= req.num_tokens,
-        block_ids=tuple(req.block_ids),
-        sampling=req.sampling,
-    )
-
-
-@dataclass(frozen=True)
-class SchedulerOutput:
-    """One step's plan."""
-
-    chunks: tuple[ScheduledChunk, ...]
-    preempted_ids: tuple[str, ...] = ()
-    finished: tuple[Request, ...] = ()
-    """Requests ended while planning: alone, they outgrew the whole KV cache."""
-
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(c.num_tokens for c in self.chunks)
 
 
 class Scheduler:
@@ -102,10 +50,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
-        self.in_flight: dict[str, float] = {}
-        """Handed-off requests holding their KV for a decode worker, by id: hold deadline."""
-        self.waiting_for_kv: dict[str, float] = {}
-        """Requests whose blocks are reserved while their KV arrives, by id: deadline."""
+        """Every request held here by id, parked ones included (they are in no queue)."""
         self.recent_prefill_ms = 0.0
         """Moving average of a request's first step to its first token: its prefill's cost."""
         self.prefill_budget_tokens = config.max_batched_tokens
@@ -166,27 +111,41 @@ class Scheduler:
             return False
         request.block_ids = self.pool.allocate(need)
         request.num_computed_tokens = 0
-        request.status = RequestStatus.WAITING_FOR_KV
         self.requests[request.request_id] = request
-        self.waiting_for_kv[request.request_id] = deadline
+        self._park(request, RequestStatus.WAITING_FOR_KV, deadline)
         return True
+
+    def get(self, request_id: str, status: RequestStatus) -> Request | None:
+        """The request `request_id` if it is held here in `status`, else None."""
+        req = self.requests.get(request_id)
+        return req if req is not None and req.status == status else None
 
     def kv_arrived(self, request_id: str, num_kv_tokens: int) -> None:
         """The reserved blocks hold the KV of the first `num_kv_tokens` tokens: queue it."""
-        del self.waiting_for_kv[request_id]
-        req = self.requests[request_id]
+        req = self.get(request_id, RequestStatus.WAITING_FOR_KV)
+        if req is None:
+            raise KeyError(f"{request_id} is not waiting for KV")
         req.num_computed_tokens = num_kv_tokens
-        req.status = RequestStatus.WAITING
-        self.waiting.appendleft(req)  # it is mid-stream: its client already has a token
+        self._requeue(req)  # it is mid-stream: its client already has a token
 
     def kv_failed(self, request_id: str) -> None:
         """The KV will not come: free the reservation and recompute the request here."""
-        if self.waiting_for_kv.pop(request_id, None) is None:
+        req = self.get(request_id, RequestStatus.WAITING_FOR_KV)
+        if req is None:
             return
-        req = self.requests[request_id]
         self._release(req)
         req.num_computed_tokens = 0
+        self._requeue(req)
+
+    def _park(self, req: Request, status: RequestStatus, deadline: float) -> None:
+        """Move `req` (in no queue) to a parked status, outside the step loop until `deadline`."""
+        req.status = status
+        req.deadline = deadline
+
+    def _requeue(self, req: Request) -> None:
+        """Unpark `req` at the head of the queue."""
         req.status = RequestStatus.WAITING
+        req.deadline = None
         self.waiting.appendleft(req)
 
     def abort(self, request_id: str) -> Request | None:
@@ -197,31 +156,39 @@ class Scheduler:
         request = self.requests.pop(request_id, None)
         if request is None:
             return None
-        if request in self.running:
+        if request.status == RequestStatus.RUNNING:
             self.running.remove(request)
-        elif request in self.waiting:
+        elif request.status == RequestStatus.WAITING:
             self.waiting.remove(request)
-        self.in_flight.pop(request_id, None)
-        self.waiting_for_kv.pop(request_id, None)
         self._release(request)
         request.status = status
+        request.deadline = None
         return request
+
+    def parked(self) -> list[Request]:
+        """Requests parked for a hand-off (`KV_IN_FLIGHT`, `WAITING_FOR_KV`), in arrival order.
+
+        NOTE: read from the statuses, never kept beside them. The scan costs a few microseconds
+        per hundred requests held, next to a step's milliseconds.
+        """
+        return [r for r in self.requests.values() if r.status.parked]
 
     def expire(self, now: float) -> tuple[list[Request], list[str]]:
         """End holds past their deadline: (in-flight requests aborted, KV waits recomputed)."""
+        late = [r for r in self.parked() if r.deadline is not None and r.deadline <= now]
         dropped = [
             r
-            for rid, t in list(self.in_flight.items())
-            if t <= now and (r := self.abort(rid)) is not None
+            for r in late
+            if r.status == RequestStatus.KV_IN_FLIGHT and self.abort(r.request_id) is not None
         ]
-        late = [rid for rid, t in list(self.waiting_for_kv.items()) if t <= now]
-        for rid in late:
+        recomputed = [r.request_id for r in late if r.status == RequestStatus.WAITING_FOR_KV]
+        for rid in recomputed:
             self.kv_failed(rid)
-        return dropped, late
+        return dropped, recomputed
 
     def next_deadline(self) -> float | None:
         """The earliest hold deadline, so an idle engine knows when to wake for `expire`."""
-        return min((*self.in_flight.values(), *self.waiting_for_kv.values()), default=None)
+        return min((r.deadline for r in self.parked() if r.deadline is not None), default=None)
 
     def has_unfinished(self) -> bool:
         """True when a step has work (parked requests wait outside the step loop)."""
@@ -321,7 +288,7 @@ class Scheduler:
         self._release(req)
         req.num_computed_tokens = 0
         req.num_preemptions += 1
-        req.status = RequestStatus.PREEMPTED
+        req.status = RequestStatus.WAITING
         self.waiting.appendleft(req)
 
     def _release(self, req: Request) -> None:
@@ -340,8 +307,8 @@ class Scheduler:
     ) -> list[Request]:
         """Apply sampled tokens (accepted drafts then one new token per sampling request).
 
-        A `hand_off` request that got its first token and goes on moves to `in_flight` with its
-        blocks, held until `hold_deadline`. Returns the requests that received tokens or
+        A `hand_off` request that got its first token and goes on parks as `KV_IN_FLIGHT` with
+        its blocks, held until `hold_deadline`. Returns the requests that received tokens or
         finished in this step.
         """
         touched: list[Request] = list(output.finished)
@@ -375,8 +342,7 @@ class Scheduler:
                 self.finish(req.request_id, status)
             elif req.hand_off:
                 self.running.remove(req)
-                req.status = RequestStatus.KV_IN_FLIGHT
-                self.in_flight[req.request_id] = hold_deadline
+                self._park(req, RequestStatus.KV_IN_FLIGHT, hold_deadline)
             touched.append(req)
         return touched
 
@@ -404,8 +370,7 @@ class Scheduler:
     @property
     def num_blocks_in_flight(self) -> int:
         """Blocks held for a hand-off: sent from here, or reserved while KV arrives."""
-        parked = (*self.in_flight, *self.waiting_for_kv)
-        return sum(len(self.requests[rid].block_ids) for rid in parked)
+        return sum(len(r.block_ids) for r in self.parked())
 
     @property
     def num_awaiting_first_token(self) -> int:

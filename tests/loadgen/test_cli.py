@@ -10,6 +10,7 @@ import pytest
 
 from flexmesh.loadgen.run import add_replay_arguments, prepare, run_replay
 from tests.loadgen.fake_server import fake_server, outcome
+from tests.loadgen.figures import check_replay_plots, drawn, read_records, read_samples
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -26,9 +27,10 @@ def _azure(tmp_path: Path, n: int = 24) -> Path:
 
 
 async def test_run_replay_writes_everything(
-    tmp_path: Path, tokenizer_dir: Path, prompts_dir: Path
+    tmp_path: Path, tokenizer_dir: Path, prompts_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
+    figures = drawn(monkeypatch)
     async with fake_server() as target:
         args = _parse(
             [
@@ -47,8 +49,11 @@ async def test_run_replay_writes_everything(
     assert summary["shaping"]["input_scale"] < 1.0
     for name in ("summary.json", "summary.md", "requests.jsonl", "status.jsonl"):
         assert (out / name).stat().st_size > 0
-    for name in ("latency_cdf.png", "throughput.png", "status.png", "controller.png"):
-        assert (out / name).stat().st_size > 8_000
+    records, samples = read_records(out / "requests.jsonl"), read_samples(out / "status.jsonl")
+    assert samples and len(records) == 24
+    # The plots show what the reports hold (the default SLOs: 2000 and 200 ms).
+    check_replay_plots(figures, records, samples, 2000.0, 200.0, max_in_flight=4)
+    assert all((out / name).is_file() for name in figures)
     rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
     assert max(r["target_prompt_tokens"] for r in rows) == 300
     # Failed requests keep the client's token count (the fake server reports words when OK).

@@ -8,18 +8,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
-from matplotlib.figure import Figure
 
-from flexmesh.loadgen import plots
 from flexmesh.loadgen.plots import ROLE_COLORS, plot_controller, plot_status, write_plots
 from flexmesh.loadgen.records import NOT_SENT, ReplayRequest, RequestRecord
 from flexmesh.loadgen.replay import replay
 from flexmesh.loadgen.report import phase_summaries, summarize, write_reports
 from tests.loadgen.fake_server import CHUNK, fake_server, outcome
-
-MIN_PNG_BYTES = 8_000
+from tests.loadgen.figures import check_replay_plots, drawn, steps, texts
 
 
 def _requests(n: int, gap_s: float = 0.004) -> list[ReplayRequest]:
@@ -30,7 +26,9 @@ def _requests(n: int, gap_s: float = 0.004) -> list[ReplayRequest]:
     ]
 
 
-async def test_replay_records_every_request(tmp_path: Path) -> None:
+async def test_replay_records_every_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reqs = _requests(40)
     async with fake_server() as target:
         result = await replay(
@@ -73,9 +71,10 @@ async def test_replay_records_every_request(tmp_path: Path) -> None:
     assert len(paths["requests"].read_text().splitlines()) == 40
     md = paths["summary_md"].read_text()
     assert "| ttft_ms |" in md and "RESOURCE_EXHAUSTED" in md
-    for png in write_plots(tmp_path, records, result.status_samples, 100, 50):
-        assert png.stat().st_size > MIN_PNG_BYTES, png
-    assert (tmp_path / "status.png").exists() and (tmp_path / "controller.png").exists()
+    figures = drawn(monkeypatch)
+    pngs = write_plots(tmp_path, records, result.status_samples, 100, 50)
+    assert [p.name for p in pngs] == list(figures) and all(p.is_file() for p in pngs)
+    check_replay_plots(figures, records, result.status_samples, 100, 50, max_in_flight=4)
 
 
 async def test_time_limit_and_unreachable_target() -> None:
@@ -106,29 +105,23 @@ async def test_nothing_is_sent_once_stopped() -> None:
     assert result.wall_s < 2.0, "the wait for the next arrival (at 2 s) ends with the stop"
 
 
-def test_plots_without_data(tmp_path: Path) -> None:
-    for png in write_plots(tmp_path, []):
-        assert png.stat().st_size > 5_000
-    assert plot_status([], tmp_path / "s.png").stat().st_size > 5_000
-    assert plot_controller([], [], tmp_path / "c.png").stat().st_size > 5_000
-
-
-def _drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
-    """The figures the plot functions save, to read back what they drew."""
-    figures: list[Figure] = []
-    save = plots._save
-
-    def keep(fig: Figure, path: str | Path) -> Path:
-        figures.append(fig)
-        return save(fig, path)
-
-    monkeypatch.setattr(plots, "_save", keep)
-    return figures
-
-
-def _steps(ax: Axes) -> dict[str, list[float]]:
-    """Each labelled line's y values, one per sample (a step line repeats none here)."""
-    return {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+def test_plots_without_data_draw_nothing_but_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figures = drawn(monkeypatch)
+    assert [p.name for p in write_plots(tmp_path, [])] == ["latency_cdf.png", "throughput.png"]
+    plot_status([], tmp_path / "s.png")
+    plot_controller([], [], tmp_path / "c.png")
+    said = {
+        "latency_cdf.png": ["no TTFT samples", "no TPOT samples", "no E2E latency samples"],
+        "throughput.png": ["no requests sent"] * 2,
+        "s.png": ["no status samples"] * 2,
+        "c.png": ["no TTFT values", "no TPOT values", "", "no prefill budgets",
+                  "no routing policy (the mesh does not route)"],
+    }  # fmt: skip
+    assert {name: ["".join(texts(ax)) for ax in fig.axes] for name, fig in figures.items()} == said
+    for fig in figures.values():
+        assert not any(ax.get_lines() or ax.collections for ax in fig.axes)
 
 
 def test_controller_plot_draws_roles_budgets_and_thresholds(
@@ -141,22 +134,22 @@ def test_controller_plot_draws_roles_budgets_and_thresholds(
                   "return_queue_ms": spill / 5, "strategies": {"code": code}}  # fmt: skip
         return {"t_s": t, "workers": [worker], "policy": policy}
 
-    figures = _drawn(monkeypatch)
+    figures = drawn(monkeypatch)
     samples = [sample(0, "decode", 512, 500, "pld"), sample(1, "mixed", 256, 250, "none")]
     plot_controller([], samples, tmp_path / "c.png", 3000, 150)
-    _, _, roles, budget, thresholds, ms = figures[0].axes
+    _, _, roles, budget, thresholds, ms = figures["c.png"].axes
     bars = [to_hex(c.get_facecolor()[0]) for c in roles.collections]
     assert bars == [to_hex(ROLE_COLORS["decode"]), to_hex(ROLE_COLORS["mixed"])]
-    assert _steps(budget) == {"w1": [512, 256]}
-    assert _steps(thresholds) == {"confidence threshold": [0.3, 0.3]}
-    assert _steps(ms) == {"spill_queue_ms": [500, 250], "return_queue_ms": [100, 50]}
+    assert steps(budget) == {"w1": [512, 256]}
+    assert steps(thresholds) == {"confidence threshold": [0.3, 0.3]}
+    assert steps(ms) == {"spill_queue_ms": [500, 250], "return_queue_ms": [100, 50]}
     assert [a.get_text() for a in thresholds.texts] == ["code: none"]  # the strategy change
 
 
 def test_status_plot_draws_each_workers_queue_and_running_requests(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    figures = _drawn(monkeypatch)
+    figures = drawn(monkeypatch)
     samples = [
         {
             "t_s": t,
@@ -166,9 +159,9 @@ def test_status_plot_draws_each_workers_queue_and_running_requests(
         for t, q, r in ((0.0, 0, 1), (0.5, 3, 2), (1.0, 1, 4))
     ]
     plot_status(samples, tmp_path / "s.png")
-    queue, running = figures[0].axes
-    assert _steps(queue) == {"w0": [0, 3, 1], "gateway in flight": [1, 5, 5]}
-    assert _steps(running) == {"w0": [1, 2, 4]}
+    queue, running = figures["s.png"].axes
+    assert steps(queue) == {"w0": [0, 3, 1], "gateway in flight": [1, 5, 5]}
+    assert steps(running) == {"w0": [1, 2, 4]}
 
 
 def test_phase_summaries_split_requests_by_arrival_and_count_slo_hits() -> None:

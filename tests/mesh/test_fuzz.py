@@ -16,12 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
+from flexmesh.meshcore.routing import INTENTS
 from flexmesh.services.core.frontend import Frontend
 from flexmesh.services.gateway import serve_frontend
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+from tests.mesh.fake_worker import FakeWorker
 from tests.mesh.fuzz_requests import MODELS, WORKERS, admin_calls, generate_requests, text
-from tests.mesh.test_frontend import FakeWorker, KnowledgeProbe, RecordingMetrics
+from tests.mesh.test_frontend import KnowledgeProbe, RecordingMetrics
 
 EXAMPLES = int(os.environ.get("FLEXMESH_FUZZ_EXAMPLES", "300"))
 REFUSALS = {
@@ -52,8 +54,6 @@ def metrics() -> RecordingMetrics:
 async def gateway(metrics: RecordingMetrics) -> AsyncIterator[grpc.aio.Channel]:
     """A gateway over fake workers of both routing models."""
     workers = {m: FakeWorker(w, m) for m, w in zip(MODELS, WORKERS, strict=True)}
-    for w in workers.values():
-        w.release.set()
     cfg = MeshConfig(models=tuple(ModelSpec(name=m) for m in MODELS), gateway=GatewayConfig())
     frontend = Frontend(cfg, {m: [w] for m, w in workers.items()}, KnowledgeProbe(), metrics)
     server, port = await serve_frontend(frontend, "127.0.0.1", 0)
@@ -91,8 +91,23 @@ async def test_generate_requests(
 @fuzz
 @given(prompt=text)
 async def test_classify_requests(gateway: grpc.aio.Channel, prompt: str) -> None:
+    """An empty prompt is refused, naming the field; any other is answered with what the probe
+    sensed: one of the known intents, a confidence in [0, 1], the probe's own backend."""
     stub = pb_grpc.GenerationStub(gateway)
-    await _outcome(stub.Classify(pb.ClassifyRequest(prompt=prompt), timeout=5))
+    call = stub.Classify(pb.ClassifyRequest(prompt=prompt), timeout=5)
+    if not prompt:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "prompt" in (refused.value.details() or "")
+        return
+    resp = await call
+    sensed = await KnowledgeProbe().classify(prompt)
+    assert resp.intent in INTENTS and resp.intent == sensed.intent
+    assert 0.0 <= resp.confidence <= 1.0
+    assert resp.confidence == pytest.approx(sensed.confidence, rel=1e-6)  # a float32 on the wire
+    assert dict(resp.scores) == pytest.approx(sensed.scores, rel=1e-6)
+    assert resp.backend == sensed.backend and resp.probe_ms >= 0.0
 
 
 @fuzz

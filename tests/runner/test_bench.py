@@ -1,6 +1,9 @@
-"""`flexmesh bench engine` runs end to end and reports every column it promises."""
+"""`flexmesh bench engine`: every column it promises, run end to end, and its medians and ratios
+worked out from hand-made measurements."""
 
 from __future__ import annotations
+
+import types
 
 import pytest
 
@@ -22,15 +25,66 @@ def test_engine_bench_reports_medians_of_interleaved_rounds(small_path: str) -> 
                 "engine_c3_tok_s"):  # fmt: skip
         assert len(report["samples"][key]) == 3
         assert report[key] > 0
-    assert report["ratio_b1"] == pytest.approx(
-        report["engine_b1_tok_s"] / report["hf_b1_tok_s"], abs=0.01
+
+
+STEP_BYTES = 40_000_000
+ROUNDS = {
+    "read_gb_s": [2.0, 1.0, 4.0],  # a roofline of 50, 25 and 100 tok/s for 40 MB a step
+    "gemv_chain_tok_s": [30.0, 10.0, 20.0],
+    "hf_b1_tok_s": [80.0, 100.0, 50.0],
+    "engine_b1_tok_s": [200.0, 150.0, 240.0],
+    "engine_c3_tok_s": [640.0, 600.0, 700.0],
+}
+"""Hand-made measurements, one per round; each column's median differs from its mean."""
+
+
+def test_engine_bench_ratios_come_from_the_median_of_each_column(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every measurement stood in for by the numbers above: the report's medians and ratios are
+    the ones worked out by hand, and the columns are measured round by round, interleaved."""
+    from flexmesh.bench import engine_bench
+
+    order: list[str] = []
+    rounds = {k: iter(v) for k, v in ROUNDS.items()}
+
+    def measured(column: str) -> float:
+        order.append(column)
+        return next(rounds[column])
+
+    def engine_tok_s(engine: object, prompts: object, s: object, concurrency: int) -> float:
+        return measured(f"engine_{'b1' if concurrency == 1 else f'c{concurrency}'}_tok_s")
+
+    tokenizer = types.SimpleNamespace(encode=lambda text, add_special_tokens: [len(text)])
+    model = types.SimpleNamespace(step_read_bytes=STEP_BYTES)
+    engine = types.SimpleNamespace(
+        tokenizer=tokenizer, warm_up=lambda: None, runner=types.SimpleNamespace(model=model)
     )
-    roofline = report["read_roofline_b1_tok_s"]
-    assert report["engine_b1_of_roofline"] == pytest.approx(
-        report["engine_b1_tok_s"] / roofline, abs=0.001
-    )
-    # The roofline is the step's weight bytes at the measured read speed.
-    assert roofline * report["step_read_bytes"] / 1e9 == pytest.approx(report["read_gb_s"], 0.01)
+    hf = types.SimpleNamespace(generate=lambda *a, **k: None)
+    hf.eval = lambda: hf
+    loader = types.SimpleNamespace(from_pretrained=lambda path, dtype: hf)
+    monkeypatch.setattr("flexmesh.actors.runner.engine.Engine", lambda path, cfg: engine)
+    monkeypatch.setattr("transformers.AutoModelForCausalLM", loader)
+    monkeypatch.setattr(engine_bench, "READ_BYTES", 1024)  # no 1 GiB buffer for a stand-in
+    monkeypatch.setattr(engine_bench, "read_bandwidth_gbs", lambda buf: measured("read_gb_s"))
+    monkeypatch.setattr(engine_bench, "gemv_chain_tok_s", lambda m: measured("gemv_chain_tok_s"))
+    monkeypatch.setattr(engine_bench, "hf_batch1_tok_s", lambda *a: measured("hf_b1_tok_s"))
+    monkeypatch.setattr(engine_bench, "engine_tok_s", engine_tok_s)
+
+    report = run_engine_bench(BenchSettings("/models/fake", concurrency=3, rounds=3))
+    assert order == list(ROUNDS) * 3
+    assert report["samples"]["read_roofline_b1_tok_s"] == [50.0, 25.0, 100.0]
+    assert report["samples"]["hf_b1_tok_s"] == ROUNDS["hf_b1_tok_s"]
+    assert {k: report[k] for k in ("read_roofline_b1_tok_s", "gemv_chain_tok_s", "hf_b1_tok_s",
+                                   "engine_b1_tok_s", "engine_c3_tok_s")} == {
+        "read_roofline_b1_tok_s": 50.0, "gemv_chain_tok_s": 20.0, "hf_b1_tok_s": 80.0,
+        "engine_b1_tok_s": 200.0, "engine_c3_tok_s": 640.0,
+    }  # fmt: skip
+    assert (report["ratio_b1"], report["ratio_c3"]) == (2.5, 8.0)  # 200 / 80 and 640 / 80
+    assert report["engine_b1_of_roofline"] == 4.0  # 200 / 50
+    assert report["gemv_chain_of_roofline"] == 0.4  # 20 / 50
+    assert (report["step_read_bytes"], report["read_gb_s"]) == (STEP_BYTES, 2.0)
+    assert (report["model"], report["concurrency"], report["rounds"]) == ("fake", 3, 3)
 
 
 def test_a_step_streams_every_weight_but_the_embedding_table(small_path: str) -> None:

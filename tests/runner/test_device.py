@@ -9,7 +9,9 @@ import subprocess
 import sys
 import textwrap
 import types
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,12 +92,37 @@ def test_the_default_install_never_imports_torch_npu(tmp_path: Path) -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_the_kv_transport_follows_the_device() -> None:
-    assert {d: kv.BACKENDS[d] for d in ("cpu", "cuda", "npu")} == {
-        "cpu": "gloo",
-        "cuda": "nccl",
-        "npu": "hccl",
-    }
+@pytest.mark.parametrize(
+    ("device", "backend"),
+    [("cpu", "gloo"), ("cuda:1", "nccl"), ("npu:0", "hccl"), ("mps", "gloo")],
+)
+def test_a_kv_group_joins_with_the_backend_of_its_device(
+    device: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's collective calls stood in for: the group that `KVGroup` joins, HCCL registered only
+    for an NPU, and only gloo's send/recv bounded by the transfer deadline."""
+    import torch.distributed as dist
+    from ray.util import collective
+
+    joined: list[tuple[int, int, str, str]] = []
+
+    def init_group(world_size: int, rank: int, *, backend: str, group_name: str, **_: Any) -> None:
+        joined.append((world_size, rank, backend, group_name))
+
+    registered: list[int] = []
+    stand_in = types.ModuleType("ray_ascend")
+    stand_in.register_hccl_collective_backend = lambda: registered.append(1)  # type: ignore[attr-defined]
+    timeouts: list[timedelta] = []
+    default_group = types.SimpleNamespace(set_timeout=timeouts.append)
+    monkeypatch.setattr(collective, "init_collective_group", init_group)
+    monkeypatch.setitem(sys.modules, "ray_ascend", stand_in)
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_group", lambda: default_group)
+
+    group = kv.KVGroup("kv-demo-small", 3, 1, device, timeout_s=7.5)
+    assert group.backend == backend and not group.broken
+    assert joined == [(3, 1, backend, "kv-demo-small")]
+    assert registered == ([1] if backend == "hccl" else [])
+    assert timeouts == ([timedelta(seconds=7.5)] if backend == "gloo" else [])
 
 
 def test_hccl_is_registered_through_ray_ascend(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from flexmesh.actors.runner.engine import Engine
@@ -34,7 +36,7 @@ def test_staggered_batch_matches_hf(model_path: str, chunk_tokens: int) -> None:
     got = _run_staggered(engine, prompts, SamplingParams(max_tokens=NEW_TOKENS))
     for ids, out in zip(prompts, got, strict=True):
         assert out == hf_greedy(model_path, tuple(ids), NEW_TOKENS)
-    assert engine.scheduler.pool.num_free == engine.scheduler.pool.num_blocks
+    assert engine.load(time.monotonic()).kv_blocks_used == 0 and not engine.request_ids()
 
 
 def test_preemption_under_block_pressure_keeps_tokens(small_path: str) -> None:
@@ -49,10 +51,11 @@ def test_preemption_under_block_pressure_keeps_tokens(small_path: str) -> None:
     outputs: dict[str, list[int]] = {r: [] for r in rids}
     preempted = 0
     while engine.has_unfinished():
-        preempted += sum(r.num_preemptions for r in engine.scheduler.running)
+        preempted += sum(r.num_preemptions for r in engine.scheduler.running)  # white-box
         for out in engine.step():
             outputs[out.request_id] += out.token_ids
     assert preempted > 0, "the test must exercise preemption"
     for ids, rid in zip(prompts, rids, strict=True):
         assert outputs[rid] == hf_greedy(small_path, tuple(ids), NEW_TOKENS)
-    assert engine.scheduler.pool.num_free == cfg.num_kv_blocks
+    load = engine.load(time.monotonic())
+    assert load.kv_blocks_used == 0 and load.kv_blocks_total == cfg.num_kv_blocks

@@ -10,6 +10,7 @@ import pytest
 from flexmesh.actors.runner.engine import Engine
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.messages import RequestOutput, RequestState
+from flexmesh.meshcore.request import RequestStatus
 from flexmesh.meshcore.sampling import SamplingParams
 from tests.runner.conftest import PROMPTS, hf_greedy
 
@@ -61,8 +62,9 @@ class Pair:
         assert state is not None
         blocks = self.d.resume(state, kv_deadline=time.monotonic() + 60)
         assert blocks, "blocks are free: the decode side must reserve them"
-        if lose_kv:
-            self.d.kv_failed(state.request_id)
+        if lose_kv:  # as the worker and the gateway's route do: abort, resume without KV
+            self.d.abort(state.request_id)
+            assert self.d.resume(state, kv_deadline=None) == []
         else:
             kv = self.p.export_kv(state.request_id)
             self.d.import_kv(state.request_id, kv, state.num_kv_tokens)
@@ -70,7 +72,7 @@ class Pair:
 
     def all_free(self) -> bool:
         return all(
-            e.scheduler.pool.num_free == e.scheduler.pool.num_blocks and not e.scheduler.requests
+            e.load(time.monotonic()).kv_blocks_used == 0 and not e.request_ids()
             for e in (self.p, self.d)
         )
 
@@ -167,13 +169,13 @@ def test_abort_and_expiry_free_blocks_on_both_sides(small_path: str) -> None:
         handed += [o for o in pair.p.step() if o.handoff is not None]
     a, b, c = (o.handoff for o in handed)
     assert a is not None and b is not None and c is not None
-    assert pair.p.scheduler.num_blocks_in_flight > 0 and not pair.p.has_unfinished()
+    assert pair.p.load(time.monotonic()).kv_blocks_in_flight > 0 and not pair.p.has_unfinished()
     # a: aborted on both sides while its KV waits; b: the hold on P and the wait on D expire.
     pair.d.resume(a, kv_deadline=time.monotonic() + 60)
     assert pair.p.abort(a.request_id) and pair.d.abort(a.request_id)
     pair.d.resume(b, kv_deadline=time.monotonic() - 1)
-    pair.p.scheduler.in_flight[b.request_id] = 0.0
-    pair.p.scheduler.in_flight[c.request_id] = 0.0
+    pair.p.scheduler.requests[b.request_id].deadline = 0.0  # white-box: holds run out
+    pair.p.scheduler.requests[c.request_id].deadline = 0.0
     assert sorted(pair.p.expire()) == sorted([b.request_id, c.request_id])
     pair.d.expire()  # b's KV wait is over: it is recomputed on D
     assert pair.d.scheduler.requests[b.request_id].num_computed_tokens == 0
@@ -194,7 +196,8 @@ def test_a_hand_off_whose_decode_worker_died_continues_on_the_prefill_worker(
     state = None
     while state is None:
         state = next((o.handoff for o in pair.p.step() if o.handoff is not None), None)
-    assert rid in pair.p.scheduler.in_flight  # held for the decode worker that died
+    held = pair.p.scheduler.requests[rid]
+    assert held.status == RequestStatus.KV_IN_FLIGHT  # held for the decode worker that died
     pair.p.resume(state, kv_deadline=None)  # what the gateway's migration sends
     tokens = list(state.output_token_ids)
     while pair.p.has_unfinished():

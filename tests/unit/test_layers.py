@@ -96,3 +96,22 @@ def test_the_gateway_core_knows_no_transport() -> None:
                     assert not inside or name.startswith("flexmesh.services.core"), (
                         f"{path}: {name}"
                     )
+
+
+def test_meshcore_has_no_clock_and_does_no_io() -> None:
+    """Every decision takes its clock and inputs as arguments, so the simulator can run it on
+    a virtual clock (ARCHITECTURE.md, "The simulator runs the mesh's own code")."""
+    forbidden = {"time", "datetime", "random", "os", "socket", "subprocess", "threading", "asyncio"}
+    core = Path(flexmesh.meshcore.__file__).parent
+    for path in core.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "open":
+                    raise AssertionError(f"{path.name}:{node.lineno} opens a file")
+                continue
+            bad = {n.split(".")[0] for n in names} & forbidden
+            assert not bad, f"{path.name}:{node.lineno} imports {sorted(bad)}"

@@ -7,9 +7,10 @@ import pytest
 from flexmesh.meshcore.block_pool import BlockPool, NoFreeBlocksError
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
+from flexmesh.meshcore.plan import SchedulerOutput
 from flexmesh.meshcore.request import Request, RequestStatus
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.meshcore.scheduler import Scheduler, SchedulerOutput
+from flexmesh.meshcore.scheduler import Scheduler
 
 
 def _sched(blocks: int = 64, budget: int = 64, seqs: int = 8, chunked: bool = True) -> Scheduler:
@@ -29,6 +30,16 @@ def _step(s: Scheduler, token: int = 7, now: float = 0.0) -> SchedulerOutput:
     sampled = {c.request_id: [token] for c in plan.chunks if c.samples}
     s.update_from_output(plan, sampled, now)
     return plan
+
+
+def _check_statuses(s: Scheduler) -> None:
+    """Status is the one truth: it names the one place each request is, and only a parked
+    request has a deadline."""
+    for r in s.requests.values():
+        assert (r in s.waiting) == (r.status == RequestStatus.WAITING), r.request_id
+        assert (r in s.running) == (r.status == RequestStatus.RUNNING), r.request_id
+        assert (r.deadline is not None) == r.status.parked, r.request_id
+    assert len(s.waiting) + len(s.running) + len(s.parked()) == len(s.requests)
 
 
 def test_block_pool_refcounts() -> None:
@@ -82,6 +93,7 @@ def test_preemption_frees_newest_and_recomputes() -> None:
     for _ in range(6):
         preempted += _step(s).preempted_ids
     assert preempted and preempted[0] == "b" and b.num_preemptions >= 1
+    _check_statuses(s)  # a preempted request simply waits again
     while s.has_unfinished():
         _step(s)
     assert a.output_token_ids == b.output_token_ids == [7] * 6
@@ -178,7 +190,7 @@ def test_hand_off_request_parks_with_its_kv_after_the_first_token() -> None:
     assert s.num_blocks_in_flight == 3 and not s.has_unfinished()
     assert s.schedule(2.0).chunks == ()  # never scheduled again here
     assert s.finish("a", RequestStatus.FINISHED_STOPPED) is req
-    assert s.pool.num_free == s.pool.num_blocks and not s.in_flight
+    assert s.pool.num_free == s.pool.num_blocks and not s.parked()
 
 
 def test_hand_off_hold_expires_and_frees_blocks() -> None:
@@ -201,7 +213,7 @@ def test_a_request_ending_on_its_first_token_is_not_handed_off() -> None:
     req.hand_off = True
     s.add(req)
     _step(s)
-    assert req.status == RequestStatus.FINISHED_LENGTH and not s.in_flight
+    assert req.status == RequestStatus.FINISHED_LENGTH and not s.parked()
 
 
 def _imported(rid: str = "a", prompt: int = 8) -> Request:
@@ -247,7 +259,8 @@ def test_reserve_refuses_when_blocks_are_short_and_abort_frees_a_reservation() -
     assert s.reserve_for_kv(req, 4, deadline=1.0) and s.num_blocks_in_flight == 1
     assert not s.reserve_for_kv(_imported("a", prompt=9), 9, deadline=1.0)  # 3 needed, 2 free
     assert list(s.requests) == ["b"] and s.pool.num_free == 2
-    assert s.abort("b") is req and s.pool.num_free == 3 and not s.waiting_for_kv
+    assert s.abort("b") is req and s.pool.num_free == 3 and not s.parked()
+    assert req.status == RequestStatus.FINISHED_ABORTED and req.deadline is None
 
 
 def test_prefill_budget_caps_prompt_tokens_per_step_but_not_decodes() -> None:
@@ -284,3 +297,28 @@ def test_max_tokens_beyond_the_context_left_after_the_prompt_is_refused() -> Non
         s.add(_req("r", 10, max_tokens=991))
     assert err.value.field == "max_tokens" and not s.requests
     s.add(_req("ok", 10, max_tokens=990))
+
+
+def test_parked_requests_are_found_by_status_and_expire_by_their_deadlines() -> None:
+    s = _sched()
+    held = _req("held", 5)
+    held.hand_off = True
+    s.add(held)
+    s.update_from_output(s.schedule(0.0), {"held": [7]}, 0.0, hold_deadline=3.0)
+    early, late = _imported("early"), _imported("late")
+    assert s.reserve_for_kv(early, 8, deadline=2.0) and s.reserve_for_kv(late, 8, deadline=9.0)
+    s.add(_req("queued", 4))
+    _check_statuses(s)
+    assert [r.request_id for r in s.parked()] == ["held", "early", "late"]
+    assert s.next_deadline() == 2.0 and s.num_blocks_in_flight == 2 + 2 + 2
+    with pytest.raises(KeyError):
+        s.kv_arrived("held", 5)  # holds KV for another worker: it is not waiting for any
+    s.kv_failed("held")  # likewise: nothing happens
+    assert held.status == RequestStatus.KV_IN_FLIGHT
+    assert s.expire(3.0) == ([held], ["early"])
+    assert early.status == RequestStatus.WAITING and early.deadline is None
+    _check_statuses(s)
+    assert [r.request_id for r in s.parked()] == ["late"] and s.next_deadline() == 9.0
+    s.kv_arrived("late", 8)
+    _check_statuses(s)
+    assert s.next_deadline() is None and s.num_blocks_in_flight == 0

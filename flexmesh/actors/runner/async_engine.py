@@ -144,7 +144,7 @@ class AsyncEngine:
             for rid in self.engine.expire():
                 log.warning("kv.hold_expired", request_id=rid)
             if not self.engine.has_unfinished():
-                deadline = self.engine.scheduler.next_deadline()
+                deadline = self.engine.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 self._wake.wait(timeout)
                 self._wake.clear()
@@ -152,7 +152,7 @@ class AsyncEngine:
             try:
                 outputs = self.engine.step()
             except Exception:
-                held = sorted(self.engine.scheduler.requests)
+                held = sorted(self.engine.request_ids())
                 log.exception("engine.step.failed", request_ids=held)
                 self._fail_all()
                 continue
@@ -173,7 +173,7 @@ class AsyncEngine:
     def _fail_all(self) -> None:
         """After a failed step, abort every request (parked ones too) and end every stream with
         `EngineFailedError`, so no caller waits forever and no KV block stays taken."""
-        for rid in list(self.engine.scheduler.requests):
+        for rid in self.engine.request_ids():
             self.engine.abort(rid)
         streams, self._streams = self._streams, {}
         _post(

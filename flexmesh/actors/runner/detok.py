@@ -35,3 +35,17 @@ class IncrementalDetokenizer:
         new = full[self.emitted : end]
         self.emitted = end
         return new, False
+
+
+def eos_token_ids(generation_config: object, tokenizer: object) -> frozenset[int]:
+    """The ids that end a request: the generation config's EOS ids and the tokenizer's."""
+    ids: set[int] = set()
+    eos = getattr(generation_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(eos)
+    tok_eos = getattr(tokenizer, "eos_token_id", None)
+    if tok_eos is not None:
+        ids.add(tok_eos)
+    return frozenset(ids)

@@ -12,9 +12,9 @@ from pathlib import Path
 from flexmesh.actors.runner.runner import ModelRunner
 from flexmesh.meshcore.block_pool import BlockPool, blocks_needed
 from flexmesh.meshcore.config import EngineConfig
+from flexmesh.meshcore.plan import SchedulerOutput, plan_chunk
 from flexmesh.meshcore.request import Request
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.meshcore.scheduler import SchedulerOutput, plan_chunk
 
 _GREEDY = SamplingParams(max_tokens=1 << 30)
 

@@ -6,7 +6,12 @@ worker runs it in a background thread (`AsyncEngine`); tests and benchmarks call
 Hand-off seams (called between steps, on the thread that steps): a request added with
 `hand_off` stops after its first token, whose output carries its `RequestState`, and holds its
 KV until `export_kv` + `release_kv` (or the hold deadline); a decode engine `resume`s that state
-with blocks reserved, then `import_kv` (or `kv_failed`: recompute) lets it continue.
+with blocks reserved, then `import_kv` lets it continue (a lost KV is aborted here, and the
+gateway's route resumes the request without KV: recomputed). Each seam
+checks the request's status (`KV_IN_FLIGHT`, `WAITING_FOR_KV`), the scheduler's one truth.
+
+Owners (the worker actor, its KV hand-off, the engine thread) use only the methods here; the
+scheduler and the runner inside stay the engine's own.
 """
 
 from __future__ import annotations
@@ -19,21 +24,21 @@ from pathlib import Path
 
 import torch
 
-from flexmesh.actors.runner.detok import IncrementalDetokenizer
+from flexmesh.actors.runner.detok import IncrementalDetokenizer, eos_token_ids
 from flexmesh.actors.runner.draft import DraftProposer
+from flexmesh.actors.runner.load import EngineLoad
 from flexmesh.actors.runner.runner import ModelRunner
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.meshcore.messages import RequestOutput, RequestState
+from flexmesh.meshcore.plan import SchedulerOutput
 from flexmesh.meshcore.request import Request, RequestStatus
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.meshcore.scheduler import Scheduler, SchedulerOutput
-from flexmesh.meshcore.speculation import propose_prompt_lookup
+from flexmesh.meshcore.scheduler import Scheduler
+from flexmesh.meshcore.speculation import applied_strategy, plan_drafts
 
 WARM_UP_PROMPT_TOKENS = 128
 """Length of the synthetic prompt `Engine.warm_up` prefills."""
-
-
 STEP_EWMA_WEIGHT = 0.1
 """Weight of the newest step in `Engine.recent_step_ms`."""
 
@@ -70,7 +75,7 @@ class Engine:
         self.scheduler = Scheduler(
             self.config, self.runner.num_blocks, self.runner.model.max_model_len_tokens
         )
-        self.eos_token_ids = _eos_ids(self.runner.generation_config, self.tokenizer)
+        self.eos_token_ids = eos_token_ids(self.runner.generation_config, self.tokenizer)
         self._tracked: dict[str, _Tracked] = {}
         self._ids = itertools.count()
         self.tokens_generated = 0
@@ -111,7 +116,9 @@ class Engine:
         else:
             ids = self._encode(prompt)
         rid = request_id or f"req-{next(self._ids)}"
-        request = Request(rid, ids, sampling, self.eos_token_ids, hand_off=hand_off)
+        request = Request(
+            rid, ids, sampling, self.eos_token_ids, time.monotonic(), hand_off=hand_off
+        )
         self.scheduler.add(request)
         self._tracked[rid] = _Tracked(
             request, IncrementalDetokenizer(self.tokenizer, sampling.stop)
@@ -133,10 +140,10 @@ class Engine:
         """Continue a request another worker started; return the block ids its KV goes into.
 
         With `kv_deadline`, blocks for the state's KV are reserved (the request waits for
-        `import_kv` or `kv_failed` until then); with none, or when the blocks are not free,
+        `import_kv` or an abort until then); with none, or when the blocks are not free,
         the request recomputes its tokens here and the list is empty.
         """
-        if state.request_id in self.scheduler.in_flight:
+        if self.scheduler.get(state.request_id, RequestStatus.KV_IN_FLIGHT) is not None:
             # Prefilled here for a hand-off whose decode worker died: it continues here now.
             self.release_kv(state.request_id)
         now = time.monotonic()
@@ -169,29 +176,27 @@ class Engine:
     ) -> torch.Tensor:
         """A copy of a handed-off request's KV `[layers, 2, blocks, block, kv_heads, dim]`,
         written into `out(shape)` when given (a staging buffer)."""
-        if request_id not in self.scheduler.in_flight:
+        req = self.scheduler.get(request_id, RequestStatus.KV_IN_FLIGHT)
+        if req is None:
             raise KeyError(f"{request_id} holds no KV for a hand-off (expired or aborted)")
-        blocks = self.scheduler.requests[request_id].block_ids
+        blocks = req.block_ids
         buffer = out(self.runner.kv_shape(len(blocks))) if out is not None else None
         return self.runner.gather_kv(blocks, buffer)
 
     def release_kv(self, request_id: str) -> bool:
         """The decode side took (or gave up on) a handed-off request's KV: free it here."""
-        if request_id not in self.scheduler.in_flight:
+        if self.scheduler.get(request_id, RequestStatus.KV_IN_FLIGHT) is None:
             return False
         self.scheduler.finish(request_id, RequestStatus.FINISHED_STOPPED)
         return True
 
     def import_kv(self, request_id: str, kv: torch.Tensor, num_kv_tokens: int) -> None:
         """Write received KV into the request's reserved blocks; it then decodes from there."""
-        if request_id not in self.scheduler.waiting_for_kv:
+        req = self.scheduler.get(request_id, RequestStatus.WAITING_FOR_KV)
+        if req is None:
             raise KeyError(f"{request_id} is not waiting for KV (expired or aborted)")
-        self.runner.scatter_kv(self.scheduler.requests[request_id].block_ids, kv)
+        self.runner.scatter_kv(req.block_ids, kv)
         self.scheduler.kv_arrived(request_id, num_kv_tokens)
-
-    def kv_failed(self, request_id: str) -> None:
-        """The KV will not arrive: recompute the request here from its tokens."""
-        self.scheduler.kv_failed(request_id)
 
     def expire(self) -> list[str]:
         """Free hand-off holds past their deadline; return the ids of requests dropped here."""
@@ -213,7 +218,50 @@ class Engine:
             self.draft.release(request_id)
 
     def has_unfinished(self) -> bool:
+        """True when a step has work (parked requests wait outside the step loop)."""
         return self.scheduler.has_unfinished()
+
+    def next_deadline(self) -> float | None:
+        """When the earliest hand-off hold or KV wait ends (`time.monotonic()` seconds), so an
+        idle loop knows when to wake for `expire`; None when nothing is parked."""
+        return self.scheduler.next_deadline()
+
+    def request_ids(self) -> list[str]:
+        """Ids of every request held here, parked ones included."""
+        return list(self.scheduler.requests)
+
+    # -- what the owner reads and tunes ----------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model and its KV cache live on."""
+        return self.runner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model and its KV cache (what a hand-off moves)."""
+        return self.runner.dtype
+
+    def set_prefill_budget(self, tokens: int) -> int:
+        """Change the prefill share of each step's token budget (from the next step on);
+        return it clamped to [1, max_batched_tokens]."""
+        return self.scheduler.set_prefill_budget(tokens)
+
+    def load(self, now: float) -> EngineLoad:
+        """The engine's load at `now` (`time.monotonic()` seconds)."""
+        return EngineLoad.of(
+            self.scheduler,
+            now,
+            step_ms=self.recent_step_ms,
+            tpot_ms=self.recent_decode_step_ms,
+            draft_acceptance=dict(self.draft_acceptance),
+            tokens_generated=self.tokens_generated,
+        )
+
+    def next_token_logits(self, token_ids: list[int]) -> list[float]:
+        """One stand-alone forward pass over `token_ids` (own scratch KV, outside any batch):
+        the last position's logits (the `lm` probe's question to the small model)."""
+        return self.runner.next_token_logits(token_ids)
 
     # -- the loop body ---------------------------------------------------------------------
 
@@ -245,35 +293,17 @@ class Engine:
             self.draft_acceptance[strategy] = old + STEP_EWMA_WEIGHT * (rate - old)
 
     def strategy_of(self, req: Request) -> str:
-        """The strategy actually applied: "spec" needs a draft model, else it runs as "none"."""
-        s = req.sampling.strategy
-        return s if s == "pld" or (s == "spec" and self.draft is not None) else "none"
+        """The strategy actually applied to `req`."""
+        return applied_strategy(req.sampling.strategy, self.draft is not None)
 
     def _propose_drafts(self) -> dict[str, list[int]]:
         """Draft tokens for this step of decoding PLD / spec requests."""
-        cfg = self.config
-        drafts: dict[str, list[int]] = {}
-        spec: list[Request] = []
-        room: dict[str, int] = {}
-        for req in self.scheduler.running:
-            strategy = self.strategy_of(req)
-            if strategy == "none" or req.num_computed_tokens != req.num_tokens - 1:
-                continue
-            k = min(
-                req.sampling.max_tokens - len(req.output_token_ids) - 1,
-                self.max_model_len_tokens - req.num_tokens - 1,
-                cfg.num_draft_tokens,
-            )
-            if k <= 0:
-                continue
-            if strategy == "pld":
-                drafts[req.request_id] = propose_prompt_lookup(
-                    req.all_token_ids, cfg.pld_ngram_tokens, k
-                )
-            else:
-                spec.append(req)
-                room[req.request_id] = k
-        if spec and self.draft is not None:
+        running = self.scheduler.running
+        drafts, room = plan_drafts(
+            running, self.config, self.max_model_len_tokens, self.draft is not None
+        )
+        if room and self.draft is not None:
+            spec = [r for r in running if r.request_id in room]
             drafts.update(self.draft.propose(spec, room))
         return drafts
 
@@ -369,16 +399,3 @@ def _timings(tracked: _Tracked) -> tuple[float, float]:
 
 def _ms(start: float | None, end: float | None) -> float:
     return 0.0 if start is None or end is None else (end - start) * 1000.0
-
-
-def _eos_ids(generation_config: object, tokenizer: object) -> frozenset[int]:
-    ids: set[int] = set()
-    eos = getattr(generation_config, "eos_token_id", None)
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif eos:
-        ids.update(eos)
-    tok_eos = getattr(tokenizer, "eos_token_id", None)
-    if tok_eos is not None:
-        ids.add(tok_eos)
-    return frozenset(ids)

@@ -23,7 +23,7 @@ from flexmesh.actors.runner.model import (
 )
 from flexmesh.actors.runner.sampler import sample_chunk
 from flexmesh.meshcore.config import EngineConfig
-from flexmesh.meshcore.scheduler import ScheduledChunk, SchedulerOutput
+from flexmesh.meshcore.plan import ScheduledChunk, SchedulerOutput
 
 SMALL_QUERY_TOKENS = 16
 """Chunks with at most this many query tokens (decodes, draft verification) share one batch."""
