@@ -12,7 +12,6 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from flexmesh.meshcore.errors import FlexMeshError, WorkerLostError, WorkerUnavailableError
 from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
-from flexmesh.meshcore.sampling import SamplingParams
 
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 ANSWER_S = 0.1
@@ -24,14 +23,9 @@ class WorkerClientProtocol(Protocol):
     name: str
     model: str
 
-    def stream(
-        self,
-        request_id: str,
-        prompt: str,
-        prompt_token_ids: list[int],
-        sampling: SamplingParams,
-        hand_off: bool = False,
-    ) -> AsyncIterator[RequestOutput]: ...
+    def stream(self, state: RequestState) -> AsyncIterator[RequestOutput]:
+        """A new request (no output tokens yet; `state.hand_off` for a prefill worker)."""
+        ...
 
     def resume(
         self, state: RequestState, src: str = "", src_rank: int = -1
@@ -59,18 +53,9 @@ class WorkerClient:
     def __init__(self, handle: Any, name: str, model: str, timeout_s: float) -> None:
         self.handle, self.name, self.model, self.timeout_s = handle, name, model, timeout_s
 
-    def stream(
-        self,
-        request_id: str,
-        prompt: str,
-        prompt_token_ids: list[int],
-        sampling: SamplingParams,
-        hand_off: bool = False,
-    ) -> AsyncIterator[RequestOutput]:
-        gen = self.handle.generate.options(num_returns="streaming").remote(
-            request_id, prompt, prompt_token_ids, sampling, hand_off
-        )
-        return self._follow(request_id, gen)
+    def stream(self, state: RequestState) -> AsyncIterator[RequestOutput]:
+        gen = self.handle.generate.options(num_returns="streaming").remote(state)
+        return self._follow(state.request_id, gen)
 
     def resume(
         self, state: RequestState, src: str = "", src_rank: int = -1

@@ -32,7 +32,6 @@ from flexmesh.actors.telemetry import WorkerMetrics
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import EngineConfig, GatewayConfig, PDConfig
 from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus, merge_outputs
-from flexmesh.meshcore.sampling import SamplingParams
 
 log = structlog.get_logger(__name__)
 
@@ -92,23 +91,14 @@ class Worker(KVHandoff):
 
     # -- streams ---------------------------------------------------------------------------
 
-    async def generate(
-        self,
-        request_id: str,
-        prompt: str,
-        prompt_token_ids: list[int],
-        sampling: SamplingParams,
-        hand_off: bool = False,
-    ) -> AsyncIterator[RequestOutput]:
-        """Stream chunks of one request; cancelling this generator aborts it and frees its KV.
+    async def generate(self, state: RequestState) -> AsyncIterator[RequestOutput]:
+        """Stream chunks of a new request; cancelling this generator aborts it and frees its KV.
 
-        With `hand_off`, the stream ends after the first token with a chunk whose `handoff`
-        holds the state a decode worker continues from; the KV stays held here for it.
+        With `state.hand_off`, the stream ends after the first token with a chunk whose
+        `handoff` holds the state a decode worker continues from; the KV stays held here.
         """
-        queue = await self.aengine.add(
-            prompt or None, prompt_token_ids or None, sampling, request_id, hand_off
-        )
-        async for chunk in self._relay(request_id, queue):
+        queue = await self.aengine.add(state)
+        async for chunk in self._relay(state.request_id, queue):
             yield chunk
 
     async def resume(

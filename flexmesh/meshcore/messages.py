@@ -9,11 +9,13 @@ from flexmesh.meshcore.sampling import SamplingParams
 
 @dataclass(frozen=True)
 class RequestState:
-    """Everything that defines a request between workers (KV hand-off, fallback, migration).
+    """Everything that defines a request between workers: the one request message, carried
+    unchanged from the gateway to the engine, for a new request (no output tokens yet), a
+    hand-off, a fallback and a migration alike.
 
-    A decode worker continues from it as if it had computed the request itself: the same
-    tokens (seeded sampling draws each position from its own seed, so it gives the same tokens
-    either way), and stream positions past what the client already received.
+        A decode worker continues from it as if it had computed the request itself: the same
+        tokens (seeded sampling draws each position from its own seed, so it gives the same tokens
+        either way), and stream positions past what the client already received.
     """
 
     request_id: str
@@ -36,6 +38,8 @@ class RequestState:
     """Wall-clock time (`time.time()`) the sender's prefill ended and the hand-off began."""
     prompt: str = ""
     """The prompt text, when its token ids are not known (the receiving worker tokenizes it)."""
+    hand_off: bool = False
+    """A new request that stops after its first token and holds its KV for a decode worker."""
 
 
 @dataclass(frozen=True)

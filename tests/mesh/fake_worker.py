@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 
 from flexmesh.meshcore.errors import WorkerLostError, WorkerUnavailableError
 from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
-from flexmesh.meshcore.sampling import SamplingParams
 
 HANDOFF_PROMPT_IDS = (9,) * 20
 """The prompt ids a fake prefill worker's hand-off carries."""
@@ -39,14 +38,8 @@ class FakeWorker:
         self.aborted: list[str] = []
         self.role = "mixed"
 
-    async def stream(
-        self,
-        request_id: str,
-        prompt: str,
-        prompt_token_ids: list[int],
-        sampling: SamplingParams,
-        hand_off: bool = False,
-    ) -> AsyncIterator[RequestOutput]:
+    async def stream(self, state: RequestState) -> AsyncIterator[RequestOutput]:
+        request_id, sampling, hand_off = state.request_id, state.sampling, state.hand_off
         self.calls.append(("stream", hand_off))
         if self.fault == "dies":
             raise WorkerUnavailableError(f"worker {self.name} died")

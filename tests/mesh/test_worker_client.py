@@ -14,7 +14,7 @@ import ray
 from flexmesh.actors.client import WorkerClient
 from flexmesh.launch.mesh import Mesh
 from flexmesh.meshcore.errors import WorkerLostError
-from flexmesh.meshcore.messages import RequestOutput
+from flexmesh.meshcore.messages import RequestOutput, RequestState
 from flexmesh.meshcore.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,8 @@ class _Streamer:
         self.aborted: list[str] = []
         self.stopped: list[str] = []
 
-    async def generate(self, request_id: str, *_: Any) -> Any:
-        i = 0
+    async def generate(self, state: RequestState) -> Any:
+        request_id, i = state.request_id, 0
         try:
             while True:
                 yield RequestOutput(request_id, (i,), "t", offset=i)
@@ -55,7 +55,7 @@ Streamer: Any = ray.remote(num_cpus=0)(_Streamer)
 
 
 async def _first_tokens(client: WorkerClient, rid: str, n: int) -> Any:
-    stream = client.stream(rid, "p", [], SamplingParams())
+    stream = client.stream(RequestState(rid, (), (), SamplingParams(), prompt="p"))
     async for out in stream:
         if out.offset == n - 1:
             return stream

@@ -29,8 +29,7 @@ import structlog
 
 from flexmesh.actors.runner.engine import Engine
 from flexmesh.meshcore.errors import EngineFailedError
-from flexmesh.meshcore.messages import RequestOutput
-from flexmesh.meshcore.sampling import SamplingParams
+from flexmesh.meshcore.messages import RequestOutput, RequestState
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -66,26 +65,9 @@ class AsyncEngine:
         self._wake.set()
         return await asyncio.wrap_future(fut)
 
-    async def add(
-        self,
-        prompt: str | None,
-        prompt_token_ids: list[int] | None,
-        sampling: SamplingParams,
-        request_id: str,
-        hand_off: bool = False,
-    ) -> Stream:
-        """Queue a request; typed errors (bad prompt, ...) are raised here, to the caller."""
-
-        def add() -> None:
-            self.engine.add_request(
-                prompt,
-                prompt_token_ids=prompt_token_ids,
-                sampling=sampling,
-                request_id=request_id,
-                hand_off=hand_off,
-            )
-
-        stream, _ = await self.open_stream(request_id, add)
+    async def add(self, state: RequestState) -> Stream:
+        """Queue a new request; typed errors (bad prompt, ...) are raised here, to the caller."""
+        stream, _ = await self.open_stream(state.request_id, lambda: self.engine.add(state))
         return stream
 
     async def open_stream(self, request_id: str, start: Callable[[], T]) -> tuple[Stream, T]:

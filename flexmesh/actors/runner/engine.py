@@ -108,22 +108,29 @@ class Engine:
         With `hand_off`, the request stops after its first token and holds its KV for a decode
         worker (its output then carries the `RequestState` to continue from).
         """
+        rid = request_id or f"req-{next(self._ids)}"
+        ids = tuple(prompt_token_ids or ())
         sampling = sampling or SamplingParams()
+        self.add(RequestState(rid, ids, (), sampling, prompt=prompt or "", hand_off=hand_off))
+        return rid
+
+    def add(self, state: RequestState) -> None:
+        """Queue a new request (`state` has no output tokens); bad input raises typed errors."""
+        sampling = state.sampling
         self._check_vocabulary("stop_token_ids", sampling.stop_token_ids)
-        if prompt_token_ids:
-            ids = [int(t) for t in prompt_token_ids]
+        if state.prompt_token_ids:
+            ids = [int(t) for t in state.prompt_token_ids]
             self._check_vocabulary("prompt_token_ids", ids)
         else:
-            ids = self._encode(prompt)
-        rid = request_id or f"req-{next(self._ids)}"
+            ids = self._encode(state.prompt)
+        rid = state.request_id
         request = Request(
-            rid, ids, sampling, self.eos_token_ids, time.monotonic(), hand_off=hand_off
+            rid, ids, sampling, self.eos_token_ids, time.monotonic(), hand_off=state.hand_off
         )
         self.scheduler.add(request)
         self._tracked[rid] = _Tracked(
             request, IncrementalDetokenizer(self.tokenizer, sampling.stop)
         )
-        return rid
 
     def _encode(self, prompt: str | None) -> list[int]:
         if not prompt:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 
 import structlog
 
@@ -186,13 +187,8 @@ class RouteRun:
             case rt.Forward():
                 self._outputs.append(action.output)
             case rt.Prefill() | rt.Run():
-                hand_off = isinstance(action, rt.Prefill)
-                client = self.d.clients[action.worker]
-                ids = list(s.prompt_token_ids)
-                await self._follow(
-                    action.worker,
-                    client.stream(s.request_id, s.prompt, ids, s.sampling, hand_off),
-                )
+                state = replace(s.resume_state(), hand_off=isinstance(action, rt.Prefill))
+                await self._follow(action.worker, self.d.clients[action.worker].stream(state))
             case rt.Resume():
                 client = self.d.clients[action.worker]
                 await self._follow(
