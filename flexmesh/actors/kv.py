@@ -16,6 +16,7 @@ with `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -107,9 +108,15 @@ class BufferPool:
     def __init__(self, max_cached_bytes: int = 512 * 1024 * 1024) -> None:
         self.max_cached_bytes = max_cached_bytes
         self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+        """The engine thread stages exports while the event loop sends and receives."""
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A tensor of `shape` over a free buffer large enough (or a new one)."""
+        with self._lock:
+            return self._take(shape, dtype)
+
+    def _take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         numel = int(np.prod(shape))
         # By position, never by `==` (list.remove would compare tensors element-wise).
         fits = [i for i, b in enumerate(self._free) if b.dtype == dtype and b.numel() >= numel]
@@ -122,6 +129,10 @@ class BufferPool:
     def give(self, tensor: torch.Tensor) -> None:
         """Return a tensor from `take`; its buffer is kept while the cache has room."""
         base = tensor._base if tensor._base is not None else tensor
+        with self._lock:
+            self._give(base)
+
+    def _give(self, base: torch.Tensor) -> None:
         self._free.append(base)
         self._free.sort(key=lambda b: b.numel())
         while sum(b.numel() * b.element_size() for b in self._free) > self.max_cached_bytes:

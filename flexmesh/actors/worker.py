@@ -7,10 +7,10 @@ more than `stream_fanout` streams open on the worker both bounds grow in proport
 messages a worker sends per second stay flat with load (each costs the gateway ~0.7 ms of CPU,
 taken from the model's threads on a small machine; docs/engine.md).
 
-Prefill/decode hand-off (docs/pd.md): a prefill worker's `generate(..., hand_off=True)` ends
-after the first token with the request's state and keeps its KV; the decode worker's `resume`
-takes the KV from it (the transfer itself lives in `actors/handoff.py`), imports it and
-streams the rest.
+Prefill/decode hand-off (docs/pd.md): a prefill worker's `generate` of a `hand_off` request
+ends after the first token with the request's state, and its engine exports the KV to this
+worker's `KVMover` (`actors/kv_mover.py`); the decode worker's `resume` has its own mover pull
+the KV, imports it and streams the rest.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import ray
 import structlog
 
-from flexmesh.actors.handoff import KVHandoff
+from flexmesh.actors.kv_mover import KVMover
 from flexmesh.actors.runner.async_engine import AsyncEngine, Stream
 from flexmesh.actors.runner.engine import Engine
 from flexmesh.actors.telemetry import WorkerMetrics
@@ -36,7 +36,7 @@ from flexmesh.meshcore.messages import RequestOutput, RequestState, WorkerStatus
 log = structlog.get_logger(__name__)
 
 
-class Worker(KVHandoff):
+class Worker:
     """Thin shell around an `AsyncEngine`; Ray makes it a named actor (see `launch/mesh.py`)."""
 
     def __init__(
@@ -74,7 +74,7 @@ class Worker(KVHandoff):
         self.engine = self.aengine.engine
         self.started = time.monotonic()
         self.metrics = WorkerMetrics(name, model)
-        self._init_handoff()
+        self.mover = KVMover(name, model, namespace, self.pd, self.aengine, self.metrics)
         log.info("worker.ready", worker=name, model=model, device=str(self.engine.device))
 
     def ready(self) -> str:
@@ -104,8 +104,8 @@ class Worker(KVHandoff):
     async def resume(
         self, state: RequestState, src: str = "", src_rank: int = -1
     ) -> AsyncIterator[RequestOutput]:
-        """Continue a request prefilled on worker `src` (KV pulled over the collective group
-        when `src_rank` >= 0, else the object store); with no `src`, recompute it here."""
+        """Continue a request prefilled on worker `src` (rank `src_rank` of the model's group),
+        its KV pulled by this worker's mover; with no `src`, recompute it here."""
         rid = state.request_id
         deadline = time.monotonic() + self.pd.transfer_timeout_ms / 1000.0
         queue, blocks = await self.aengine.open_stream(
@@ -114,7 +114,7 @@ class Worker(KVHandoff):
         transfer: dict[str, Any] = {}
         try:
             if blocks:
-                transfer = await self._take_kv(state, src, src_rank, deadline)
+                transfer = await self.mover.take(state, src, src_rank, len(blocks), deadline)
         except BaseException:
             await self.aengine.abort(rid)
             raise
@@ -142,6 +142,13 @@ class Worker(KVHandoff):
                     except TimeoutError:
                         break
                 chunk = merge_outputs(batch)
+                if chunk.handoff is not None:  # where the decode worker pulls the KV from
+                    group = self.mover.usable_group()
+                    kv_from = {
+                        "kv_group": group.name if group else "",
+                        "kv_node": self.mover.node_id,
+                    }
+                    chunk = replace(chunk, handoff=replace(chunk.handoff, **kv_from))
                 sent_first = sent_first or bool(chunk.token_ids)
                 done = _ends(chunk)
                 if chunk.finished:
@@ -157,13 +164,27 @@ class Worker(KVHandoff):
     async def abort(self, request_id: str) -> bool:
         return await self.aengine.abort(request_id)
 
+    # -- KV hand-off: the mover's actor methods --------------------------------------------
+
+    async def send_kv(self, request_id: str, dst_rank: int) -> tuple[bytes, list[Any] | None]:
+        """A decode worker pulls a handed-off request's KV (`KVMover.send`)."""
+        return await self.mover.send(request_id, dst_rank)
+
+    async def join_kv_group(self, group: str, world_size: int, rank: int) -> str:
+        """Join the model's KV collective group (every member at the same time)."""
+        return await self.mover.join(group, world_size, rank)
+
+    def inject_faults(self, kv_error: int = 0, kv_stall: int = 0) -> None:
+        """Testing and chaos drills (`KVMover.inject_faults`)."""
+        self.mover.inject_faults(kv_error, kv_stall)
+
     # -- status ----------------------------------------------------------------------------
 
     async def status(self) -> WorkerStatus:
         return await self.aengine.call(self._status)
 
     def _status(self) -> WorkerStatus:
-        now, group = time.monotonic(), self._usable_group()
+        now, group = time.monotonic(), self.mover.usable_group()
         status = WorkerStatus(
             name=self.name,
             model=self.model,

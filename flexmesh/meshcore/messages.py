@@ -40,6 +40,10 @@ class RequestState:
     """The prompt text, when its token ids are not known (the receiving worker tokenizes it)."""
     hand_off: bool = False
     """A new request that stops after its first token and holds its KV for a decode worker."""
+    kv_group: str = ""
+    """After a hand-off: the prefill worker's usable KV collective group ("" = none)."""
+    kv_node: str = ""
+    """After a hand-off: the Ray node of the prefill worker (the transport depends on it)."""
 
 
 @dataclass(frozen=True)

@@ -156,12 +156,12 @@ def test_hccl_is_registered_through_ray_ascend(monkeypatch: pytest.MonkeyPatch) 
 def test_the_kv_transport_of_a_hand_off_follows_locality(
     backend: str, setting: str, local: bool, expected: str
 ) -> None:
-    from flexmesh.actors.handoff import KVHandoff
+    from flexmesh.actors.kv_mover import KVMover
     from flexmesh.meshcore.config import PDConfig
 
-    worker = KVHandoff()
+    worker = KVMover.__new__(KVMover)  # the transport rule alone: no engine, no Ray
     worker.name, worker.pd = "w", PDConfig(transport=setting)
-    worker.kv_group = types.SimpleNamespace(name="g", backend=backend, broken="")  # type: ignore[assignment]
+    worker.group = types.SimpleNamespace(name="g", backend=backend, broken="")  # type: ignore[assignment]
     assert worker._transport("g", local=local) == expected
     if setting == "auto":  # a peer outside this worker's group: the object store
         assert worker._transport("other", local=local) == "object_store"

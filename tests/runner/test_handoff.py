@@ -6,6 +6,7 @@ import time
 from functools import cache
 
 import pytest
+import torch
 
 from flexmesh.actors.runner.engine import Engine
 from flexmesh.meshcore.config import EngineConfig
@@ -45,10 +46,17 @@ class Pair:
             if pending and step % 2 == 0:
                 ids, sp = pending.pop(0)
                 rids.append(self.p.add_request(prompt_token_ids=ids, sampling=sp, hand_off=True))
+            handed = []
             for out in self.p.step():
                 self._collect(out)
                 if out.handoff is not None:
-                    self._hand_over(out, lose_kv=rids.index(out.request_id) in lose)
+                    handed.append(out)
+            exported = dict(self.p.export_handed_off())  # the step's planned export
+            assert sorted(exported) == sorted(o.request_id for o in handed)
+            assert not any(self.p.request_ids()), "exported: the prefill side holds nothing"
+            for out in handed:
+                lose_kv = rids.index(out.request_id) in lose
+                self._hand_over(out, exported[out.request_id], lose_kv)
             for out in self.d.step():
                 self._collect(out)
             step += 1
@@ -57,7 +65,7 @@ class Pair:
     def _collect(self, out: RequestOutput) -> None:
         self.outputs.setdefault(out.request_id, []).append(out)
 
-    def _hand_over(self, out: RequestOutput, lose_kv: bool) -> None:
+    def _hand_over(self, out: RequestOutput, kv: torch.Tensor, lose_kv: bool) -> None:
         state = out.handoff
         assert state is not None
         blocks = self.d.resume(state, kv_deadline=time.monotonic() + 60)
@@ -66,9 +74,7 @@ class Pair:
             self.d.abort(state.request_id)
             assert self.d.resume(state, kv_deadline=None) == []
         else:
-            kv = self.p.export_kv(state.request_id)
             self.d.import_kv(state.request_id, kv, state.num_kv_tokens)
-        assert self.p.release_kv(state.request_id)
 
     def all_free(self) -> bool:
         return all(
@@ -180,8 +186,7 @@ def test_abort_and_expiry_free_blocks_on_both_sides(small_path: str) -> None:
     pair.d.expire()  # b's KV wait is over: it is recomputed on D
     assert pair.d.scheduler.requests[b.request_id].num_computed_tokens == 0
     pair.d.abort(b.request_id)
-    with pytest.raises(KeyError):
-        pair.p.export_kv(b.request_id)
+    assert pair.p.export_handed_off() == [], "nothing left to export: aborted and expired"
     assert pair.all_free()
 
 

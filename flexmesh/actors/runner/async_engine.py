@@ -51,6 +51,13 @@ class AsyncEngine:
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, Stream]] = {}
         self._wake = threading.Event()
         self._stopped = False
+        self.exports: tuple[Callable[[tuple[int, ...]], Any], Callable[[str, Any], None]] | None
+        self.exports = None
+        """(stage, sink): where the planned export of handed-off KV goes (the worker's KV
+        mover): `stage(shape)` gives a buffer (engine thread), `sink(request_id, kv)` takes the
+        copy on the event loop of the request's stream."""
+        self._handed_off: dict[str, asyncio.AbstractEventLoop] = {}
+        """Requests handed off in this step: the event loop their export goes to."""
         built: concurrent.futures.Future[Engine] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=self._run, args=(build, built), name="engine-loop", daemon=True
@@ -138,7 +145,8 @@ class AsyncEngine:
                 log.exception("engine.step.failed", request_ids=held)
                 self._fail_all()
                 continue
-            self._deliver(outputs)
+            self._deliver(outputs)  # first tokens go out before the KV of a hand-off is copied
+            self._export()
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         """Hand a step's outputs to their streams: one event-loop wake-up per loop per step."""
@@ -147,10 +155,24 @@ class AsyncEngine:
             target = self._streams.get(out.request_id)
             if target is None:
                 continue
+            if out.handoff is not None:
+                self._handed_off[out.request_id] = target[0]
             if out.finished or out.handoff is not None:
                 del self._streams[out.request_id]
             items.append((*target, out))
         _post(items)
+
+    def _export(self) -> None:
+        """The step's planned KV export, each copy posted to its requester's event loop."""
+        if self.exports is None:
+            return
+        stage, sink = self.exports
+        exported = self.engine.export_handed_off(stage)
+        by_loop, self._handed_off = self._handed_off, {}
+        for rid, kv in exported:
+            loop = by_loop.get(rid)
+            if loop is not None:
+                loop.call_soon_threadsafe(sink, rid, kv)
 
     def _fail_all(self) -> None:
         """After a failed step, abort every request (parked ones too) and end every stream with

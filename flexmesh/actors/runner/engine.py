@@ -4,8 +4,9 @@
 worker runs it in a background thread (`AsyncEngine`); tests and benchmarks call it directly.
 
 Hand-off seams (called between steps, on the thread that steps): a request added with
-`hand_off` stops after its first token, whose output carries its `RequestState`, and holds its
-KV until `export_kv` + `release_kv` (or the hold deadline); a decode engine `resume`s that state
+`hand_off` stops after its first token, whose output carries its `RequestState`; at the end of
+that step `export_handed_off` copies its KV out and frees its blocks (the planned export: the
+worker's KV mover sends the copy); a decode engine `resume`s that state
 with blocks reserved, then `import_kv` lets it continue (a lost KV is aborted here, and the
 gateway's route resumes the request without KV: recomputed). Each seam
 checks the request's status (`KV_IN_FLIGHT`, `WAITING_FOR_KV`), the scheduler's one truth.
@@ -77,6 +78,8 @@ class Engine:
         )
         self.eos_token_ids = eos_token_ids(self.runner.generation_config, self.tokenizer)
         self._tracked: dict[str, _Tracked] = {}
+        self._exports: list[str] = []
+        """Requests handed off in this step, their KV to export at its end."""
         self._ids = itertools.count()
         self.tokens_generated = 0
         self.steps = 0
@@ -151,8 +154,8 @@ class Engine:
         the request recomputes its tokens here and the list is empty.
         """
         if self.scheduler.get(state.request_id, RequestStatus.KV_IN_FLIGHT) is not None:
-            # Prefilled here for a hand-off whose decode worker died: it continues here now.
-            self.release_kv(state.request_id)
+            # Prefilled here for a hand-off not exported yet: it continues here now.
+            self.scheduler.finish(state.request_id, RequestStatus.FINISHED_STOPPED)
         now = time.monotonic()
         prompt_ids = list(state.prompt_token_ids) or self._encode(state.prompt)
         request = Request(
@@ -178,24 +181,28 @@ class Engine:
         )
         return list(request.block_ids) if reserved else []
 
-    def export_kv(
-        self, request_id: str, out: Callable[[tuple[int, ...]], torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """A copy of a handed-off request's KV `[layers, 2, blocks, block, kv_heads, dim]`,
-        written into `out(shape)` when given (a staging buffer)."""
-        req = self.scheduler.get(request_id, RequestStatus.KV_IN_FLIGHT)
-        if req is None:
-            raise KeyError(f"{request_id} holds no KV for a hand-off (expired or aborted)")
-        blocks = req.block_ids
-        buffer = out(self.runner.kv_shape(len(blocks))) if out is not None else None
-        return self.runner.gather_kv(blocks, buffer)
+    def export_handed_off(
+        self, stage: Callable[[tuple[int, ...]], torch.Tensor] | None = None
+    ) -> list[tuple[str, torch.Tensor]]:
+        """The planned export of this step: every request handed off since the last call, its
+        KV copied `[layers, 2, blocks, block, kv_heads, dim]` (into `stage(shape)`, a staging
+        buffer, when given) and its blocks freed here. Called at a step boundary, after the
+        step's outputs (the first tokens) went out."""
+        exported = []
+        for rid in self._exports:
+            req = self.scheduler.get(rid, RequestStatus.KV_IN_FLIGHT)
+            if req is None:
+                continue  # aborted or expired meanwhile
+            shape = self.kv_shape(len(req.block_ids))
+            kv = self.runner.gather_kv(req.block_ids, stage(shape) if stage else None)
+            self.scheduler.finish(rid, RequestStatus.FINISHED_STOPPED)
+            exported.append((rid, kv))
+        self._exports.clear()
+        return exported
 
-    def release_kv(self, request_id: str) -> bool:
-        """The decode side took (or gave up on) a handed-off request's KV: free it here."""
-        if self.scheduler.get(request_id, RequestStatus.KV_IN_FLIGHT) is None:
-            return False
-        self.scheduler.finish(request_id, RequestStatus.FINISHED_STOPPED)
-        return True
+    def kv_shape(self, num_blocks: int) -> tuple[int, ...]:
+        """The shape of `num_blocks` blocks of KV as a hand-off carries them."""
+        return self.runner.kv_shape(num_blocks)
 
     def import_kv(self, request_id: str, kv: torch.Tensor, num_kv_tokens: int) -> None:
         """Write received KV into the request's reserved blocks; it then decodes from there."""
@@ -326,6 +333,7 @@ class Engine:
         if stopped and not req.finished:
             self.scheduler.finish(req.request_id, RequestStatus.FINISHED_STOPPED)
         if req.status == RequestStatus.KV_IN_FLIGHT:
+            self._exports.append(req.request_id)
             queue_ms, prefill_ms = _timings(tracked)
             del self._tracked[req.request_id]
             state = RequestState(
