@@ -125,7 +125,7 @@ def run_engine_bench(
     engine.warm_up()
     hf.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False)
     c = s.concurrency
-    model = engine.runner.model
+    model = engine.model
     step_bytes = model.step_read_bytes
     buf = torch.ones(READ_BYTES // 4, dtype=torch.float32)
     columns: dict[str, Callable[[], float]] = {
@@ -179,7 +179,7 @@ def profile_decode_step(
 
     engine = Engine(model_path, EngineConfig())
     engine.warm_up()
-    model = engine.runner.model
+    model = engine.model
     prompt = [i % model.vocab_size for i in range(1, context_tokens + 1)]
     sampling = SamplingParams(max_tokens=3 * steps + 8, ignore_eos=True)
     engine.add_request(prompt_token_ids=prompt, sampling=sampling)
@@ -190,7 +190,7 @@ def profile_decode_step(
     forward_s: list[float] = []
 
     def timed_forward(batch: Any, kv: torch.Tensor) -> torch.Tensor:
-        batches.append(batch)
+        batches.append((batch, kv))
         t0 = time.perf_counter()
         out = forward(batch, kv)
         forward_s.append(time.perf_counter() - t0)
@@ -200,7 +200,7 @@ def profile_decode_step(
     step_s = [_seconds(engine.step) for _ in range(steps)]
     del model.forward
     outside_ms = statistics.median(s - f for s, f in zip(step_s, forward_s, strict=True)) * 1e3
-    batch, kv = batches[-1], engine.runner.kv_cache
+    batch, kv = batches[-1]
     forward_ms = _median_ms(lambda: forward(batch, kv), steps)
     outputs: dict[tuple[int, int], torch.Tensor] = {}
     linear = model.linear

@@ -57,9 +57,7 @@ def test_engine_bench_ratios_come_from_the_median_of_each_column(
 
     tokenizer = types.SimpleNamespace(encode=lambda text, add_special_tokens: [len(text)])
     model = types.SimpleNamespace(step_read_bytes=STEP_BYTES)
-    engine = types.SimpleNamespace(
-        tokenizer=tokenizer, warm_up=lambda: None, runner=types.SimpleNamespace(model=model)
-    )
+    engine = types.SimpleNamespace(tokenizer=tokenizer, warm_up=lambda: None, model=model)
     hf = types.SimpleNamespace(generate=lambda *a, **k: None)
     hf.eval = lambda: hf
     loader = types.SimpleNamespace(from_pretrained=lambda path, dtype: hf)
@@ -91,7 +89,7 @@ def test_a_step_streams_every_weight_but_the_embedding_table(small_path: str) ->
     from flexmesh.actors.runner.engine import Engine
     from flexmesh.meshcore.config import EngineConfig
 
-    model = Engine(small_path, EngineConfig(num_kv_blocks=4)).runner.model
+    model = Engine(small_path, EngineConfig(num_kv_blocks=4)).model
     embed = model.embed.numel() * model.embed.element_size()
     assert model.step_read_bytes == model.weight_bytes - embed  # demo weights are untied
     mats = model.decode_matrices()

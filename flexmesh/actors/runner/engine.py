@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +27,9 @@ import torch
 from flexmesh.actors.runner.detok import IncrementalDetokenizer, eos_token_ids
 from flexmesh.actors.runner.draft import DraftProposer
 from flexmesh.actors.runner.load import EngineLoad
+from flexmesh.actors.runner.model import PagedCausalLM
 from flexmesh.actors.runner.runner import ModelRunner
+from flexmesh.actors.runner.tracked import Tracked, timings
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.meshcore.messages import RequestOutput, RequestState
@@ -42,15 +43,6 @@ WARM_UP_PROMPT_TOKENS = 128
 """Length of the synthetic prompt `Engine.warm_up` prefills."""
 STEP_EWMA_WEIGHT = 0.1
 """Weight of the newest step in `Engine.recent_step_ms`."""
-
-
-@dataclass
-class _Tracked:
-    request: Request
-    detok: IncrementalDetokenizer
-    sent_tokens: int = 0
-    timings_ms: tuple[float, float] | None = None
-    """(queue, prefill) measured on the worker that prefilled a handed-over request."""
 
 
 class Engine:
@@ -77,7 +69,7 @@ class Engine:
             self.config, self.runner.num_blocks, self.runner.model.max_model_len_tokens
         )
         self.eos_token_ids = eos_token_ids(self.runner.generation_config, self.tokenizer)
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, Tracked] = {}
         self._exports: list[str] = []
         """Requests handed off in this step, their KV to export at its end."""
         self._ids = itertools.count()
@@ -131,9 +123,7 @@ class Engine:
             rid, ids, sampling, self.eos_token_ids, time.monotonic(), hand_off=state.hand_off
         )
         self.scheduler.add(request)
-        self._tracked[rid] = _Tracked(
-            request, IncrementalDetokenizer(self.tokenizer, sampling.stop)
-        )
+        self._tracked[rid] = Tracked(request, IncrementalDetokenizer(self.tokenizer, sampling.stop))
 
     def _encode(self, prompt: str | None) -> list[int]:
         if not prompt:
@@ -176,7 +166,7 @@ class Engine:
         if not reserved:
             self.scheduler.add(request)
         detok = IncrementalDetokenizer(self.tokenizer, state.sampling.stop, state.sent_text_chars)
-        self._tracked[state.request_id] = _Tracked(
+        self._tracked[state.request_id] = Tracked(
             request, detok, state.sent_tokens, (state.queue_ms, state.prefill_ms)
         )
         return list(request.block_ids) if reserved else []
@@ -250,6 +240,11 @@ class Engine:
     def device(self) -> torch.device:
         """The device the model and its KV cache live on."""
         return self.runner.device
+
+    @property
+    def model(self) -> PagedCausalLM:
+        """The model itself, for benchmarks that time its parts (`bench engine --profile`)."""
+        return self.runner.model
 
     @property
     def dtype(self) -> torch.dtype:
@@ -334,7 +329,7 @@ class Engine:
             self.scheduler.finish(req.request_id, RequestStatus.FINISHED_STOPPED)
         if req.status == RequestStatus.KV_IN_FLIGHT:
             self._exports.append(req.request_id)
-            queue_ms, prefill_ms = _timings(tracked)
+            queue_ms, prefill_ms = timings(tracked)
             del self._tracked[req.request_id]
             state = RequestState(
                 request_id=req.request_id,
@@ -356,7 +351,7 @@ class Engine:
             return RequestOutput(req.request_id, new_ids, text, offset=offset)
         self._tracked.pop(req.request_id, None)
         self._release(req.request_id)
-        queue_ms, prefill_ms = _timings(tracked)
+        queue_ms, prefill_ms = timings(tracked)
         return RequestOutput(
             request_id=req.request_id,
             token_ids=new_ids,
@@ -401,16 +396,3 @@ class Engine:
         ids = [i % self.runner.model.vocab_size for i in range(n)]
         self.generate([ids], SamplingParams(max_tokens=1, ignore_eos=True))
         self.tokens_generated = 0
-
-
-def _timings(tracked: _Tracked) -> tuple[float, float]:
-    """(queue, prefill) ms: measured here, or where a handed-over request was prefilled."""
-    req = tracked.request
-    return tracked.timings_ms or (
-        _ms(req.arrival_time, req.first_scheduled_time),
-        _ms(req.first_scheduled_time, req.first_token_time),
-    )
-
-
-def _ms(start: float | None, end: float | None) -> float:
-    return 0.0 if start is None or end is None else (end - start) * 1000.0
