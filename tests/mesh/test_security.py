@@ -17,14 +17,13 @@ from flexmesh.services.gateway import serve_frontend
 from flexmesh.services.grpc_client import stream_generate
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
-from tests.mesh.test_frontend import FakeWorker
+from tests.mesh.fake_worker import FakeWorker
 
 TOKEN = "s3cret-token"
 
 
 async def _serve(gw: GatewayConfig) -> AsyncIterator[int]:
-    worker = FakeWorker("w", "m")
-    worker.release.set()
+    worker = FakeWorker("w", "m", tokens=2)
     frontend = Frontend(MeshConfig(models=(ModelSpec(name="m"),), gateway=gw), {"m": [worker]})
     server, port = await serve_frontend(frontend, "127.0.0.1", 0)
     yield port
@@ -78,7 +77,7 @@ async def test_tls_from_a_cert_and_key_in_config(tmp_path: Path) -> None:
             res = await stream_generate(
                 pb_grpc.GenerationStub(ch), pb.GenerateRequest(prompt="p"), 5
             )
-            assert res.final is not None and res.token_ids == [1, 2]
+            assert res.final is not None and res.token_ids == [0, 1]
         async with open_channel(f"localhost:{port}", tls_ca="") as plain:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stream_generate(
