@@ -49,8 +49,8 @@ class KVMover:
         self.group: KVGroup | None = None
         self.buffers = BufferPool()
         """Staging memory for KV sent or received, reused across hand-offs."""
-        self._staged: dict[str, asyncio.Future[tuple[float, torch.Tensor, KVMeta]]] = {}
-        """Exported KV by request id: (staged at, tensor, its meta) once checksummed."""
+        self._staged: dict[str, asyncio.Future[tuple[torch.Tensor, KVMeta]]] = {}
+        """Exported KV by request id: (tensor, its meta) once checksummed."""
         self._peers: dict[str, Any] = {}
         self._pair_locks: dict[str, asyncio.Lock] = {}
         self._transfers: set[asyncio.Future[None]] = set()
@@ -62,11 +62,8 @@ class KVMover:
     # -- prefill side ----------------------------------------------------------------------
 
     def _stage(self, request_id: str, kv: torch.Tensor) -> None:
-        """Take the engine's planned export (on the event loop): checksum it, then hold it."""
-        now = time.monotonic()
-        for rid, fut in list(self._staged.items()):  # decode workers that never came
-            if fut.done() and not fut.exception() and now - fut.result()[0] > self._hold_s:
-                self._drop(rid)
+        """Take the engine's planned export (on the event loop): checksum it, then hold it
+        until its decode worker takes it or `pd.hold_timeout_ms` passes."""
         staged = self._future(request_id)
         if staged.done():  # a second export of the same id: keep the first
             self.buffers.give(kv)
@@ -75,9 +72,11 @@ class KVMover:
         async def checksum() -> None:
             meta = await asyncio.to_thread(describe, kv, request_id, self.model)
             if not staged.done():
-                staged.set_result((time.monotonic(), kv, meta))
+                staged.set_result((kv, meta))
 
-        task = asyncio.get_running_loop().create_task(checksum())
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._hold_s, self._expire, request_id, staged)
+        task = loop.create_task(checksum())
         self._transfers.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._transfers.discard)  # type: ignore[arg-type]
 
@@ -93,7 +92,7 @@ class KVMover:
             await asyncio.sleep(self.pd.transfer_timeout_ms / 1000.0 + 1.0)
         staged = self._future(request_id)
         try:
-            _, kv, meta = await asyncio.wait_for(asyncio.shield(staged), self._transfer_s)
+            kv, meta = await asyncio.wait_for(asyncio.shield(staged), self._transfer_s)
         except TimeoutError:
             self._staged.pop(request_id, None)
             raise RuntimeError(
@@ -109,15 +108,21 @@ class KVMover:
         finally:
             self._drop(request_id)
 
-    def _future(self, request_id: str) -> asyncio.Future[tuple[float, torch.Tensor, KVMeta]]:
+    def _future(self, request_id: str) -> asyncio.Future[tuple[torch.Tensor, KVMeta]]:
         if request_id not in self._staged:
             self._staged[request_id] = asyncio.get_running_loop().create_future()
         return self._staged[request_id]
 
+    def _expire(self, request_id: str, staged: asyncio.Future[Any]) -> None:
+        """Nobody came for the staged KV (its decode worker died, the gateway left)."""
+        if self._staged.get(request_id) is staged:
+            self._drop(request_id)
+            log.warning("kv.hold_expired", request_id=request_id)
+
     def _drop(self, request_id: str) -> None:
         fut = self._staged.pop(request_id, None)
         if fut is not None and fut.done() and not fut.exception():
-            self.buffers.give(fut.result()[1])
+            self.buffers.give(fut.result()[0])
 
     @property
     def _hold_s(self) -> float:
