@@ -53,8 +53,9 @@ class KVMover:
         """Exported KV by request id: (tensor, its meta) once checksummed."""
         self._peers: dict[str, Any] = {}
         self._pair_locks: dict[str, asyncio.Lock] = {}
-        self._transfers: set[asyncio.Future[None]] = set()
-        """Collective transfers under way (kept referenced until their recv really ends)."""
+        self._tasks: set[asyncio.Future[Any]] = set()
+        """Background work kept referenced until it ends: checksums of staged copies, and
+        collective transfers (until their recv really ends)."""
         self._faults: dict[str, int] = {}
         dtype = aengine.engine.dtype
         aengine.exports = (lambda shape: self.buffers.take(shape, dtype), self._stage)
@@ -77,8 +78,8 @@ class KVMover:
         loop = asyncio.get_running_loop()
         loop.call_later(self._hold_s, self._expire, request_id, staged)
         task = loop.create_task(checksum())
-        self._transfers.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._transfers.discard)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def send(self, request_id: str, dst_rank: int) -> tuple[bytes, list[Any] | None]:
         """Send the staged KV of `request_id` to rank `dst_rank` of the group (its receive is
@@ -196,8 +197,8 @@ class KVMover:
             # Shielded: a cancelled or timed-out request must not release the pair's lock while
             # its recv is still posted, or the next transfer's recv could meet this one's send.
             task = asyncio.ensure_future(self._transfer(kv, peer, src, src_rank, rid))
-            self._transfers.add(task)
-            task.add_done_callback(self._transfers.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             meta = await asyncio.shield(task)
         await asyncio.to_thread(meta.check, kv, self.model)
         return kv, meta
@@ -216,8 +217,8 @@ class KVMover:
                 # The sender gave up (or died): this recv stays posted until the group's
                 # timeout, so nothing else may use the group (it would meet the wrong bytes).
                 group.broken = group.broken or f"send of {request_id} failed: {exc!r}"
-                self._transfers.add(received)
-                received.add_done_callback(self._transfers.discard)
+                self._tasks.add(received)
+                received.add_done_callback(self._tasks.discard)
                 raise
             await received
         return KVMeta.unpack(packed)

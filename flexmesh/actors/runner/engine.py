@@ -70,8 +70,6 @@ class Engine:
         )
         self.eos_token_ids = eos_token_ids(self.runner.generation_config, self.tokenizer)
         self._tracked: dict[str, Tracked] = {}
-        self._exports: list[str] = []
-        """Requests handed off in this step, their KV to export at its end."""
         self._ids = itertools.count()
         self.tokens_generated = 0
         self.steps = 0
@@ -174,20 +172,18 @@ class Engine:
     def export_handed_off(
         self, stage: Callable[[tuple[int, ...]], torch.Tensor] | None = None
     ) -> list[tuple[str, torch.Tensor]]:
-        """The planned export of this step: every request handed off since the last call, its
-        KV copied `[layers, 2, blocks, block, kv_heads, dim]` (into `stage(shape)`, a staging
-        buffer, when given) and its blocks freed here. Called at a step boundary, after the
-        step's outputs (the first tokens) went out."""
+        """The planned export: every request parked `KV_IN_FLIGHT` (handed off, its status says
+        so), its KV copied `[layers, 2, blocks, block, kv_heads, dim]` (into `stage(shape)`, a
+        staging buffer, when given) and its blocks freed here. Called at a step boundary, after
+        the step's outputs (the first tokens) went out."""
         exported = []
-        for rid in self._exports:
-            req = self.scheduler.get(rid, RequestStatus.KV_IN_FLIGHT)
-            if req is None:
-                continue  # aborted or expired meanwhile
+        for req in self.scheduler.parked():
+            if req.status != RequestStatus.KV_IN_FLIGHT:
+                continue  # waiting for KV from elsewhere
             shape = self.kv_shape(len(req.block_ids))
             kv = self.runner.gather_kv(req.block_ids, stage(shape) if stage else None)
-            self.scheduler.finish(rid, RequestStatus.FINISHED_STOPPED)
-            exported.append((rid, kv))
-        self._exports.clear()
+            self.scheduler.finish(req.request_id, RequestStatus.FINISHED_STOPPED)
+            exported.append((req.request_id, kv))
         return exported
 
     def kv_shape(self, num_blocks: int) -> tuple[int, ...]:
@@ -328,7 +324,6 @@ class Engine:
         if stopped and not req.finished:
             self.scheduler.finish(req.request_id, RequestStatus.FINISHED_STOPPED)
         if req.status == RequestStatus.KV_IN_FLIGHT:
-            self._exports.append(req.request_id)
             queue_ms, prefill_ms = timings(tracked)
             del self._tracked[req.request_id]
             state = RequestState(

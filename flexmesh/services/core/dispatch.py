@@ -140,8 +140,7 @@ class RouteRun:
         dead, or the deadline passes."""
         assert self._stream is not None, "a live route always follows a stream"
         if self._health != self.d.health:  # a worker was found dead (or back) meanwhile
-            self._health = self.d.health
-            return rt.WorkersLost(self.d.dead(self.model))
+            return self._workers_lost()
         if self._next is None:
             self._next = asyncio.ensure_future(anext(self._stream, None))
         lost = asyncio.ensure_future(self.d.lost.wait())
@@ -153,8 +152,7 @@ class RouteRun:
         finally:
             lost.cancel()
         if lost.done():  # before any output: the worker it came from may be the one lost
-            self._health = self.d.health
-            return rt.WorkersLost(self.d.dead(self.model))
+            return self._workers_lost()
         if not self._next.done():
             return rt.Deadline(f"deadline exceeded while {self.state.worker} served the request")
         step, self._next = self._next, None
@@ -171,6 +169,10 @@ class RouteRun:
             self._error = exc
             return rt.Refused(worker, exc.status, str(exc))
         return rt.StreamEnded(worker) if out is None else rt.Output(worker, out)
+
+    def _workers_lost(self) -> rt.RouteEvent:
+        self._health = self.d.health
+        return rt.WorkersLost(self.d.dead(self.model))
 
     # -- actions out -------------------------------------------------------------------------
 
@@ -239,7 +241,8 @@ class RouteRun:
 
 
 def _error(fail: rt.Fail, cause: BaseException | None) -> FlexMeshError:
-    """The typed error a failed route raises: the worker's own when it has that status."""
+    """The typed error a failed route raises: the worker's own when the route failed with its
+    message, else one of the route's status."""
     if isinstance(cause, FlexMeshError) and str(cause) == fail.error:
         return cause
     if fail.status == "DEADLINE_EXCEEDED":
