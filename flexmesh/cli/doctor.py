@@ -101,7 +101,7 @@ def kv_transports(devs: list[dict[str, Any]]) -> dict[str, bool]:
 
 def report(models_dir: str | None = None) -> dict[str, Any]:
     from flexmesh.actors.runner.demo_models import DEMO_MODELS, is_built
-    from flexmesh.launch.mesh import DEFAULT_MODELS_DIR
+    from flexmesh.launch.config_file import DEFAULT_MODELS_DIR
 
     home = cann_home()
     devs = devices()

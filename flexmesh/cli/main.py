@@ -20,6 +20,7 @@ from flexmesh.cli.demo import add_demo_arguments
 from flexmesh.cli.loadgen import add_loadgen_commands
 from flexmesh.cli.mesh_commands import add_generate_command, add_mesh_commands
 from flexmesh.cli.output import show
+from flexmesh.cli.sim import add_sim_commands
 from flexmesh.logs import configure_logging
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "deploy" / "configs"
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_loadgen_commands(sub)
+    add_sim_commands(sub)
 
     add_generate_command(sub)
 

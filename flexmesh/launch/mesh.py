@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 import ray
 import structlog
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -20,12 +19,12 @@ from flexmesh.actors.controller import ControllerActor
 from flexmesh.actors.probe.actor import ProbeActor
 from flexmesh.actors.runner.demo_models import DEMO_MODELS, build_demo_models, is_built
 from flexmesh.actors.worker import WorkerActor
+from flexmesh.launch.config_file import DEFAULT_MODELS_DIR, model_folders
 from flexmesh.meshcore.config import MeshConfig, ModelSpec
 from flexmesh.services.gateway import GatewayActor
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_MODELS_DIR = Path(platformdirs.user_cache_dir("flexmesh")) / "models"
 DEMO_NAMES = {s.name for s in DEMO_MODELS}
 
 
@@ -61,7 +60,7 @@ def resolve_model_paths(config: MeshConfig) -> dict[str, str]:
     """Local folder of every model; demo models are built on first use, and again when the
     demo recipe changed since they were built."""
     root = Path(config.models_dir or DEFAULT_MODELS_DIR).expanduser()
-    paths = {m.name: Path(m.path).expanduser() if m.path else root / m.name for m in config.models}
+    paths = model_folders(config)
     stale_demo = [n for n, p in paths.items() if n in DEMO_NAMES and p.parent == root
                   and not is_built(p)]  # fmt: skip
     if stale_demo:

@@ -36,7 +36,7 @@ from flexmesh.loadgen.records import (
     Stream,
     server_fields,
 )
-from flexmesh.loadgen.status import StatusSampler
+from flexmesh.loadgen.status import StatusReader, StatusSampler, grpc_status_reader
 from flexmesh.v1 import flexmesh_pb2, flexmesh_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -233,6 +233,8 @@ async def replay(
     channel: grpc.aio.Channel | None = None,
     keep_token_ids: bool = False,
     stop: asyncio.Event | None = None,
+    send: Sender | None = None,
+    read_status: StatusReader | None = None,
 ) -> ReplayResult:
     """Send `requests` to `target` at their arrival times; one record each. `target` is a
     FlexMesh gateway ("host:port", gRPC) or any OpenAI-compatible server ("http://host:port",
@@ -243,6 +245,8 @@ async def replay(
     `Admin/GetStatus` during the run. Pass `channel` to reuse one (it is then not closed).
     `keep_token_ids` keeps each completion's ids in its record (to compare outputs). Once
     `stop` is set nothing more is sent (the rest are NOT_SENT); calls in flight finish.
+    `send` (with `read_status` for the samples) replaces the transport: the simulator calls
+    its gateway core directly, and `target` then only names the run.
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight: must be >= 1, got {max_in_flight}")
@@ -252,18 +256,18 @@ async def replay(
     bar = tqdm(total=len(ordered), desc="replay", unit="req", disable=not progress)
     started_unix = time.time()
     stack = contextlib.AsyncExitStack()
-    chan: grpc.aio.Channel | None = None
-    if is_http(target):
+    if send is None and is_http(target):
         client = await stack.enter_async_context(http_client(target, max_in_flight))
         send = http_sender(client, model, strategy, temperature)
         if status_interval_s:
             log.warning("status_sampling_skipped", reason="only a gRPC gateway has Admin/GetStatus")
             status_interval_s = None
-    else:
+    elif send is None:
         chan = channel or open_channel(target, options=_CHANNEL_OPTIONS)
         if channel is None:
             stack.push_async_callback(chan.close)
         send = grpc_sender(flexmesh_pb2_grpc.GenerationStub(chan), model, strategy, temperature)
+        read_status = grpc_status_reader(chan, max(1.0, status_interval_s or 1.0))
     rp = _Replayer(
         send,
         max_in_flight,
@@ -273,7 +277,11 @@ async def replay(
         bar,
         keep_token_ids,
     )
-    sampler = StatusSampler(chan, status_interval_s, rp.now) if chan and status_interval_s else None
+    sampler = (
+        StatusSampler(read_status, status_interval_s, rp.now)
+        if read_status and status_interval_s
+        else None
+    )
     tasks: dict[int, asyncio.Task[None]] = {}
     try:
         if sampler:

@@ -246,18 +246,24 @@ async def run_replay(
         status_interval_s=args.status_interval_s,
     )
     meta["started_unix"] = round(result.started_unix, 3)
+    summary = summarize_replay(args, result, meta)
+    files = await asyncio.to_thread(write_all, Path(args.out), result, summary, args)
+    return {**summary, "files": [str(p) for p in files]}
+
+
+def summarize_replay(
+    args: argparse.Namespace, result: ReplayResult, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """The replay's summary, per phase too when it has phases."""
     summary = summarize(result.records, result.wall_s, args.ttft_slo_ms, args.tpot_slo_ms, meta)
     if args.phase:
         bounds = phase_bounds([Phase.parse(p) for p in args.phase], args.speedup)
         slos = (args.ttft_slo_ms, args.tpot_slo_ms)
         summary["by_phase"] = phase_summaries(result.records, bounds, *slos)
-    out = Path(args.out)
-    files = await asyncio.to_thread(_write_all, out, result, summary, args)
-    summary = {**summary, "files": [str(p) for p in files]}
     return summary
 
 
-def _write_all(
+def write_all(
     out: Path, result: ReplayResult, summary: dict[str, Any], args: argparse.Namespace
 ) -> list[Path]:
     """Reports, status samples and plots into `out`."""

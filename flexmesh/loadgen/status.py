@@ -1,9 +1,10 @@
-"""Periodic `Admin/GetStatus` samples during a replay (worker roles and queues over time)."""
+"""Periodic status samples during a replay (worker roles and queues over time): a FlexMesh
+gateway's `Admin/GetStatus`, or any other reader of the same fields (the simulator's)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -13,14 +14,23 @@ from flexmesh.v1 import flexmesh_pb2, flexmesh_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
+StatusReader = Callable[[], Awaitable[dict[str, Any] | None]]
+"""Reads one sample (`status_sample`'s fields); None ends sampling (the server has none)."""
 
-def status_to_dict(t_s: float, resp: flexmesh_pb2.GetStatusResponse) -> dict[str, Any]:
-    """One sample as plain data (what `plots.plot_status` and `status.jsonl` use)."""
+
+def status_sample(
+    in_flight: int,
+    max_queue_len: int,
+    policy_version: int,
+    workers: Iterable[Any],
+    policy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One sample as plain data (what `plots.plot_status` and `status.jsonl` use); `workers`
+    have `WorkerStatus`'s fields (the dataclass or its protobuf message)."""
     return {
-        "t_s": round(t_s, 6),
-        "in_flight": resp.in_flight,
-        "max_queue_len": resp.max_queue_len,
-        "policy_version": resp.policy_version,
+        "in_flight": in_flight,
+        "max_queue_len": max_queue_len,
+        "policy_version": policy_version,
         "workers": [
             {
                 "name": w.name,
@@ -37,33 +47,65 @@ def status_to_dict(t_s: float, resp: flexmesh_pb2.GetStatusResponse) -> dict[str
                 "prefill_budget_tokens": w.prefill_budget_tokens,
                 "max_batched_tokens": w.max_batched_tokens,
             }
-            for w in resp.workers
+            for w in workers
         ],
-        **({"policy": _policy(resp.policy)} if resp.HasField("policy") else {}),
+        **({"policy": policy} if policy is not None else {}),
     }
 
 
-def _policy(p: flexmesh_pb2.Policy) -> dict[str, Any]:
+def policy_sample(
+    confidence_threshold: float,
+    spill_queue_ms: float,
+    return_queue_ms: float,
+    strategies: dict[str, str],
+) -> dict[str, Any]:
     return {
-        "confidence_threshold": round(p.confidence_threshold, 4),
-        "spill_queue_ms": p.spill_queue_ms,
-        "return_queue_ms": p.return_queue_ms,
-        "strategies": {r.intent: r.strategy for r in p.routes},
+        "confidence_threshold": round(confidence_threshold, 4),
+        "spill_queue_ms": spill_queue_ms,
+        "return_queue_ms": return_queue_ms,
+        "strategies": strategies,
     }
+
+
+def grpc_status_reader(channel: grpc.aio.Channel, timeout_s: float) -> StatusReader:
+    """Samples of a FlexMesh gateway's `Admin/GetStatus` (its cached reports)."""
+    stub = flexmesh_pb2_grpc.AdminStub(channel)
+
+    async def read() -> dict[str, Any] | None:
+        try:
+            resp = await stub.GetStatus(
+                flexmesh_pb2.GetStatusRequest(cached=True), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise
+        p = resp.policy
+        policy = (
+            policy_sample(
+                p.confidence_threshold,
+                p.spill_queue_ms,
+                p.return_queue_ms,
+                {r.intent: r.strategy for r in p.routes},
+            )
+            if resp.HasField("policy")
+            else None
+        )
+        return status_sample(
+            resp.in_flight, resp.max_queue_len, resp.policy_version, resp.workers, policy
+        )
+
+    return read
 
 
 class StatusSampler:
-    """Polls `Admin/GetStatus` every `interval_s` on a background task until stopped.
+    """Reads a sample every `interval_s` on a background task until stopped. A failed read is
+    logged and skipped; a reader that answers None (no status there) ends sampling."""
 
-    A failed poll is logged and skipped; UNIMPLEMENTED (a server without Admin) ends sampling.
-    """
-
-    def __init__(
-        self, channel: grpc.aio.Channel, interval_s: float, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, read: StatusReader, interval_s: float, clock: Callable[[], float]) -> None:
         if interval_s <= 0:
             raise ValueError(f"status_interval_s: must be > 0, got {interval_s}")
-        self.stub = flexmesh_pb2_grpc.AdminStub(channel)
+        self.read = read
         self.interval_s = interval_s
         self.clock = clock
         self.samples: list[dict[str, Any]] = []
@@ -76,14 +118,13 @@ class StatusSampler:
         while True:
             t = self.clock()
             try:
-                resp = await self.stub.GetStatus(
-                    flexmesh_pb2.GetStatusRequest(cached=True), timeout=max(1.0, self.interval_s)
-                )
-                self.samples.append(status_to_dict(t, resp))
-            except grpc.aio.AioRpcError as e:
-                log.warning("status_poll_failed", code=e.code().name, error=e.details())
-                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                sample = await self.read()
+            except Exception as e:
+                log.warning("status_poll_failed", error=repr(e)[:300])
+            else:
+                if sample is None:
                     return
+                self.samples.append({"t_s": round(t, 6), **sample})
             await asyncio.sleep(max(0.0, self.interval_s - (self.clock() - t)))
 
     async def stop(self) -> list[dict[str, Any]]:

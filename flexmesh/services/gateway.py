@@ -23,8 +23,7 @@ from flexmesh.actors.state import GatewayStateStore, restarted
 from flexmesh.actors.telemetry import GatewayMetrics
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
-from flexmesh.meshcore.controller_policy import Action, Snapshot, policy_changes
-from flexmesh.meshcore.errors import FlexMeshError
+from flexmesh.meshcore.controller_policy import Action, Snapshot
 from flexmesh.services.auth import AdminTokenInterceptor
 from flexmesh.services.core.frontend import Frontend, estimate_tokens
 from flexmesh.services.errors import ErrorInterceptor
@@ -163,31 +162,8 @@ class Gateway:
         return self.frontend.snapshot()
 
     async def apply(self, actions: list[Action], policy_version: int) -> list[str]:
-        """Carry out the controller's actions; returns one error line per action refused.
-
-        Policy changes apply together, only if the policy is still at `policy_version` (an
-        operator's change in between wins; the controller decides again next round).
-        """
-        errors: list[str] = []
-        ops = self.frontend.ops
-        for a in actions:
-            try:
-                if a.kind == "role":
-                    await ops.set_role(a.target, str(a.new), "controller", a.reason, a.inputs)
-                elif a.kind == "prefill_budget":
-                    await ops.set_prefill_budget(
-                        a.target, int(a.old), int(a.new), a.reason, a.inputs
-                    )
-            except FlexMeshError as exc:
-                errors.append(f"{a.kind} {a.target}: {exc}")
-        policy = [a for a in actions if a.kind == "policy"]
-        if policy:
-            try:
-                reasons = {a.target: a.reason for a in policy}
-                ops.set_policy(policy_changes(policy), policy_version, "controller", reasons)
-            except FlexMeshError as exc:
-                errors.append(f"policy: {exc}")
-        return errors
+        """Carry out the controller's actions (`Operations.apply`); one error line each refused."""
+        return await self.frontend.ops.apply(actions, policy_version)
 
 
 def _load_tokenizers(model_paths: dict[str, str]) -> dict[str, Any]:

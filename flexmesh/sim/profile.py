@@ -59,6 +59,8 @@ class ModelShape:
     vocab_size: int
     head_dim: int = 0
     dtype_bytes: int = 2
+    max_position_tokens: int = 32768
+    """The model's context (`max_position_embeddings`)."""
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -75,6 +77,7 @@ class ModelShape:
             vocab_size=int(cfg["vocab_size"]),
             head_dim=int(cfg.get("head_dim") or 0),
             dtype_bytes=dtype_bytes,
+            max_position_tokens=int(cfg.get("max_position_embeddings") or 32768),
         )
 
     @property
@@ -226,6 +229,11 @@ class DeviceInfo:
     """Most workers (one device each) a mesh simulated on this profile may have."""
     memory_gb: float = 0.0
     devices_per_node: int = 1
+    intra_node_transport: str = "local"
+    """The `transports` entry a KV hand-off between two devices of one node takes ("local":
+    it costs nothing); also the copy a worker's exports and imports cost."""
+    inter_node_transport: str = "local"
+    """The `transports` entry a hand-off between two nodes takes."""
     notes: str = ""
 
 

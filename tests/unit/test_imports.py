@@ -28,12 +28,13 @@ RANK = {
     "flexmesh.services": 3,
     "flexmesh.launch": 3.5,
     "flexmesh.loadgen": 4,
+    "flexmesh.sim": 4.5,
     "flexmesh.bench": 5,
     "flexmesh.cli": 6,
 }
 """Layer of each top-level package or module, lowest first: ARCHITECTURE.md's "Layers" table
-(meshcore -> actors -> services -> loadgen, bench -> cli, with bench above loadgen because it
-replays traces). Rank 0 are the shared leaves: generated stubs, logging, the gRPC channel and
+(meshcore -> actors -> services -> loadgen, sim, bench -> cli, with the simulator above loadgen
+because it replays traces through it, and bench above both). Rank 0 are the shared leaves: generated stubs, logging, the gRPC channel and
 the one reader of the environment. A package may import its own rank or lower."""
 
 

@@ -26,14 +26,13 @@ import torch
 
 from flexmesh.actors.runner.detok import IncrementalDetokenizer, eos_token_ids
 from flexmesh.actors.runner.draft import DraftProposer
-from flexmesh.actors.runner.load import EngineLoad
 from flexmesh.actors.runner.model import PagedCausalLM
 from flexmesh.actors.runner.runner import ModelRunner
 from flexmesh.actors.runner.tracked import Tracked, timings
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
+from flexmesh.meshcore.load import EngineLoad, StepStats
 from flexmesh.meshcore.messages import RequestOutput, RequestState
-from flexmesh.meshcore.plan import SchedulerOutput
 from flexmesh.meshcore.request import Request, RequestStatus
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.meshcore.scheduler import Scheduler
@@ -41,8 +40,6 @@ from flexmesh.meshcore.speculation import applied_strategy, plan_drafts
 
 WARM_UP_PROMPT_TOKENS = 128
 """Length of the synthetic prompt `Engine.warm_up` prefills."""
-STEP_EWMA_WEIGHT = 0.1
-"""Weight of the newest step in `Engine.recent_step_ms`."""
 
 
 class Engine:
@@ -72,14 +69,9 @@ class Engine:
         self._tracked: dict[str, Tracked] = {}
         self._ids = itertools.count()
         self.tokens_generated = 0
-        self.steps = 0
-        self.recent_step_ms = 0.0
-        """Moving average of a step's wall time."""
-        self.recent_decode_step_ms = 0.0
-        """Moving average of the wall time of steps that decode: the time per output token
-        (prefill chunks sharing a step with decodes count, since the decodes wait for them)."""
-        self.draft_acceptance: dict[str, float] = {}
-        """Per strategy (pld, spec), moving average of the fraction of draft tokens accepted."""
+        self.stats = StepStats()
+        """Moving averages of step times and draft acceptance (prefill chunks sharing a step
+        with decodes count toward the time per output token, since the decodes wait for them)."""
 
     @property
     def max_model_len_tokens(self) -> int:
@@ -254,14 +246,7 @@ class Engine:
 
     def load(self, now: float) -> EngineLoad:
         """The engine's load at `now` (`time.monotonic()` seconds)."""
-        return EngineLoad.of(
-            self.scheduler,
-            now,
-            step_ms=self.recent_step_ms,
-            tpot_ms=self.recent_decode_step_ms,
-            draft_acceptance=dict(self.draft_acceptance),
-            tokens_generated=self.tokens_generated,
-        )
+        return EngineLoad.of(self.scheduler, now, self.stats, self.tokens_generated)
 
     def next_token_logits(self, token_ids: list[int]) -> list[float]:
         """One stand-alone forward pass over `token_ids` (own scratch KV, outside any batch):
@@ -280,22 +265,8 @@ class Engine:
         touched = self.scheduler.update_from_output(
             plan, sampled, now, hold_deadline=now + self.kv_hold_timeout_s
         )
-        self.steps += 1
-        step_ms = (now - start) * 1000.0
-        self.recent_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_step_ms)
-        if any(c.start > 0 and c.num_tokens - c.num_draft == 1 for c in plan.chunks):
-            self.recent_decode_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_decode_step_ms)
-        self._observe_acceptance(plan, sampled)
+        self.stats.observe(plan, sampled, (now - start) * 1000.0)
         return [out for req in touched if (out := self._output(req)) is not None]
-
-    def _observe_acceptance(self, plan: SchedulerOutput, sampled: dict[str, list[int]]) -> None:
-        for c in plan.chunks:
-            if c.num_draft == 0 or c.request_id not in sampled:
-                continue
-            rate = (len(sampled[c.request_id]) - 1) / c.num_draft
-            strategy = c.sampling.strategy  # drafts come only from an applied strategy
-            old = self.draft_acceptance.get(strategy, rate)
-            self.draft_acceptance[strategy] = old + STEP_EWMA_WEIGHT * (rate - old)
 
     def strategy_of(self, req: Request) -> str:
         """The strategy actually applied to `req`."""

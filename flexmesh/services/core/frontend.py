@@ -120,10 +120,14 @@ class Frontend:
         probe: ProbeClientProtocol | None = None,
         metrics: FrontendMetrics | None = None,
         count_tokens: Callable[[str, str], int] = estimate_tokens,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """`workers`: clients per model in rank order; `count_tokens(model, prompt)` measures
-        prompts for conditional disaggregation."""
+        prompts for conditional disaggregation. `clock` times requests and the controller's
+        snapshots, `wall_clock` dates decisions (the simulator passes its virtual clock)."""
         self.config = config
+        self.clock = clock
         self.metrics = metrics
         self.workers = dict(workers)
         self.clients = {w.name: w for ws in self.workers.values() for w in ws}
@@ -144,7 +148,9 @@ class Frontend:
         self.default_model = config.models[0].name
         self.probe = probe if config.adaptive else None
         self.router = Router(config.routing)
-        self.ops = Operations(self.pool, self.clients, self.router, config.controller.history)
+        self.ops = Operations(
+            self.pool, self.clients, self.router, config.controller.history, wall_clock
+        )
         self.traffic = TrafficWindow(config.controller.traffic_window_s)
         self.last_status: list[WorkerStatus] = []
         """Every worker's report from the latest poll."""
@@ -196,12 +202,12 @@ class Frontend:
         """What the controller reads: the latest worker reports, the policy, the traffic."""
         routed = self.probe is not None
         return Snapshot(
-            t_s=time.monotonic(),
+            t_s=self.clock(),
             workers=tuple(self.ops.overlay(s) for s in self.last_status),
             policy=self.router.policy if routed else None,
             base_policy=self.config.routing if routed else None,
             policy_pins=frozenset(self.ops.policy_pins),
-            traffic=self.traffic.summary(time.monotonic()),
+            traffic=self.traffic.summary(self.clock()),
         )
 
     # -- load telemetry --------------------------------------------------------------------
@@ -263,7 +269,7 @@ class Frontend:
                 f"{self.in_flight} requests in flight, "
                 f"the bound is {self.config.gateway.max_queue_len}"
             )
-        arrival = time.monotonic()
+        arrival = self.clock()
         rid = req.request_id or uuid.uuid4().hex
         timeout_s = timeout_s or self.config.gateway.request_timeout_s
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -277,7 +283,7 @@ class Frontend:
                 route = await self.route(req)
             model = route.model
             self._check_overload(model)
-            self.traffic.arrived(time.monotonic(), route.intent)
+            self.traffic.arrived(self.clock(), route.intent)
             if self.metrics is not None:
                 self.metrics.routed(route)
             ids = req.prompt_token_ids
@@ -287,7 +293,7 @@ class Frontend:
             first_token: float | None = None
             try:
                 while (out := await run.next()) is not None:
-                    now = time.monotonic()
+                    now = self.clock()
                     if first_token is None and out.token_ids:
                         first_token = now
                     if out.finished:
@@ -328,7 +334,7 @@ class Frontend:
         if self.metrics is not None:
             self.metrics.failed(model if model in (*self.workers, "auto") else "unknown", code)
         if code in SLO_MISSES and model in self.workers:
-            self.traffic.ended(time.monotonic(), model, met_slo=False)
+            self.traffic.ended(self.clock(), model, met_slo=False)
 
     def _final(
         self,
@@ -340,7 +346,7 @@ class Frontend:
         first_token: float,
     ) -> Chunk:
         """The last chunk, with timings and the full route; counted in metrics and logged."""
-        now = time.monotonic()
+        now = self.clock()
         timings = {
             "queue_ms": out.queue_ms,
             "prefill_ms": out.prefill_ms,

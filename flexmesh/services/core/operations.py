@@ -20,7 +20,8 @@ from typing import Any
 import structlog
 
 from flexmesh.actors.client import WorkerClientProtocol
-from flexmesh.meshcore.errors import PreconditionError, WorkerUnavailableError
+from flexmesh.meshcore.controller_policy import Action, policy_changes
+from flexmesh.meshcore.errors import FlexMeshError, PreconditionError, WorkerUnavailableError
 from flexmesh.meshcore.messages import Decision, WorkerStatus
 from flexmesh.meshcore.pool import WorkerPool
 from flexmesh.meshcore.routing import Router, RoutingConfig, is_pinned, leaves
@@ -38,8 +39,10 @@ class Operations:
         clients: Mapping[str, WorkerClientProtocol],
         router: Router,
         history: int,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool, self.clients, self.router = pool, dict(clients), router
+        self.wall_clock = wall_clock
         self.pins: set[str] = set()
         """Workers whose role the operator set: the controller leaves them alone."""
         self.policy_pins: set[str] = set()
@@ -168,11 +171,37 @@ class Operations:
     ) -> Decision:
         """Keep a change for `Admin/GetStatus` and log it with its inputs."""
         values = {k: round(float(v), 3) for k, v in (inputs or {}).items()}
-        d = Decision(time.time(), kind, target, str(old), str(new), by, reason, values)
+        d = Decision(self.wall_clock(), kind, target, str(old), str(new), by, reason, values)
         self.decisions.append(d)
         log.info("decision", kind=kind, target=target, old=d.old, new=d.new, by=by,
                  reason=reason, inputs=values)  # fmt: skip
         return d
+
+    async def apply(self, actions: list[Action], policy_version: int) -> list[str]:
+        """Carry out the controller's actions; returns one error line per action refused.
+
+        Policy changes apply together, only if the policy is still at `policy_version` (an
+        operator's change in between wins; the controller decides again next round).
+        """
+        errors: list[str] = []
+        for a in actions:
+            try:
+                if a.kind == "role":
+                    await self.set_role(a.target, str(a.new), "controller", a.reason, a.inputs)
+                elif a.kind == "prefill_budget":
+                    await self.set_prefill_budget(
+                        a.target, int(a.old), int(a.new), a.reason, a.inputs
+                    )
+            except FlexMeshError as exc:
+                errors.append(f"{a.kind} {a.target}: {exc}")
+        policy = [a for a in actions if a.kind == "policy"]
+        if policy:
+            try:
+                reasons = {a.target: a.reason for a in policy}
+                self.set_policy(policy_changes(policy), policy_version, "controller", reasons)
+            except FlexMeshError as exc:
+                errors.append(f"policy: {exc}")
+        return errors
 
     async def unpin(self, worker: str) -> WorkerStatus:
         """Hand a worker's role back to the controller."""

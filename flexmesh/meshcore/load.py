@@ -1,11 +1,47 @@
-"""`EngineLoad`: what an engine reports about its load (`Engine.load`), read by its worker."""
+"""What an engine reports about its load (`EngineLoad`, its worker's status fields) and the
+step figures it keeps for that (`StepStats`). The real engine and the simulator's worker
+(`flexmesh/sim/worker.py`) both keep their figures here, so the controller reads the same
+signals from either."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from flexmesh.meshcore.plan import SchedulerOutput
 from flexmesh.meshcore.scheduler import Scheduler
+
+STEP_EWMA_WEIGHT = 0.1
+"""Weight of the newest step in the moving averages of `StepStats`."""
+
+
+@dataclass
+class StepStats:
+    """An engine's recent step figures, moving averages over its steps."""
+
+    steps: int = 0
+    recent_step_ms: float = 0.0
+    """Wall time of one step."""
+    recent_decode_step_ms: float = 0.0
+    """Wall time of a step that decodes (the time per output token)."""
+    draft_acceptance: dict[str, float] = field(default_factory=dict)
+    """Per strategy (pld, spec), the fraction of draft tokens accepted."""
+
+    def observe(
+        self, plan: SchedulerOutput, sampled: Mapping[str, list[int]], step_ms: float
+    ) -> None:
+        """Count one step of `plan` that took `step_ms` and sampled `sampled`."""
+        self.steps += 1
+        self.recent_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_step_ms)
+        if any(c.start > 0 and c.num_tokens - c.num_draft == 1 for c in plan.chunks):
+            self.recent_decode_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_decode_step_ms)
+        for c in plan.chunks:
+            if c.num_draft == 0 or c.request_id not in sampled:
+                continue
+            rate = (len(sampled[c.request_id]) - 1) / c.num_draft
+            strategy = c.sampling.strategy  # drafts come only from an applied strategy
+            old = self.draft_acceptance.get(strategy, rate)
+            self.draft_acceptance[strategy] = old + STEP_EWMA_WEIGHT * (rate - old)
 
 
 @dataclass(frozen=True)
@@ -44,15 +80,7 @@ class EngineLoad:
     """Output tokens produced since the warm-up."""
 
     @classmethod
-    def of(
-        cls,
-        s: Scheduler,
-        now: float,
-        step_ms: float,
-        tpot_ms: float,
-        draft_acceptance: Mapping[str, float],
-        tokens_generated: int,
-    ) -> EngineLoad:
+    def of(cls, s: Scheduler, now: float, stats: StepStats, tokens_generated: int) -> EngineLoad:
         """The load of scheduler `s` at `now`, with the engine's own step figures."""
         return cls(
             queue_length=s.num_waiting,
@@ -64,10 +92,10 @@ class EngineLoad:
             prefill_ms=s.recent_prefill_ms,
             prefill_tokens_waiting=s.num_prefill_tokens_waiting,
             decode_batch=s.num_decoding,
-            step_ms=step_ms,
-            tpot_ms=tpot_ms,
+            step_ms=stats.recent_step_ms,
+            tpot_ms=stats.recent_decode_step_ms,
             prefill_budget_tokens=s.prefill_budget_tokens,
             max_batched_tokens=s.config.max_batched_tokens,
-            draft_acceptance=draft_acceptance,
+            draft_acceptance=dict(stats.draft_acceptance),
             tokens_generated=tokens_generated,
         )
