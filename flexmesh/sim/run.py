@@ -86,8 +86,8 @@ def _dtype_bytes(config: MeshConfig, profile: Profile) -> int:
 
 
 def tokenizer_for(args: argparse.Namespace, config: MeshConfig) -> Any:
-    """`--tokenizer`, else the tokenizer in the first model folder that has one (the demo
-    models' when nothing else is on this machine)."""
+    """`--tokenizer`, else the tokenizer in the first model folder that has one, else the
+    demo models' (built on first use): it only sizes the synthesised prompts."""
     if args.tokenizer:
         return load_tokenizer(args.tokenizer)
     from flexmesh.actors.runner.demo_models import DEMO_MODELS, build_demo_models
@@ -95,8 +95,7 @@ def tokenizer_for(args: argparse.Namespace, config: MeshConfig) -> Any:
 
     found = tokenizer_dir(str(p) for p in model_folders(config).values())
     if found is None:
-        root = Path(config.models_dir or DEFAULT_MODELS_DIR).expanduser()
-        found = str(build_demo_models(root)[DEMO_MODELS[0].name])
+        found = str(build_demo_models(DEFAULT_MODELS_DIR)[DEMO_MODELS[0].name])
     return load_tokenizer(found)
 
 
