@@ -143,6 +143,12 @@ class SimMesh:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def check(self) -> None:
+        """Raise what broke a simulated worker's loop, if anything did (a simulator bug)."""
+        for w in self.workers.values():
+            if w.failure is not None:
+                raise RuntimeError(f"simulated {w.name} failed: {w.failure!r}") from w.failure
+
     def stop(self) -> None:
         self.frontend.stop()
         for w in self.workers.values():
@@ -262,6 +268,9 @@ def start(
     per_node = max(1, device.devices_per_node)
     nodes: dict[str, int] = {}
     workers: dict[str, SimWorker] = {}
+
+    for name in {device.intra_node_transport, device.inter_node_transport} - {"local"}:
+        profile.transport(name)  # refused by name when the profile has no such transport
 
     def link(src: SimWorker, dst: SimWorker) -> tuple[str, TransportFit]:
         same = nodes[src.name] == nodes[dst.name]

@@ -113,6 +113,7 @@ async def simulate(
             args.max_in_flight,
             deadline_s=args.deadline_s,
             max_duration_s=args.max_duration_s,
+            run_id=f"sim{seed}",
             progress=not args.no_progress,
             status_interval_s=args.status_interval_s or 1.0,
             send=mesh.sender(args.model, args.strategy, args.temperature),
@@ -120,6 +121,7 @@ async def simulate(
         )
     finally:
         mesh.stop()
+    mesh.check()
     return result, mesh
 
 

@@ -80,7 +80,10 @@ class SimWorker:
         self.exported = asyncio.Event()
         """Set (then replaced) after each step's exports: a decode worker waiting to pull."""
         self._loop = asyncio.get_running_loop()
+        self.failure: BaseException | None = None
+        """What broke this worker's engine loop (a simulator bug: the run reports it)."""
         self._task = self._loop.create_task(self._run(), name=f"sim-{name}")
+        self._task.add_done_callback(self._died)
 
     # -- the worker protocol -------------------------------------------------------------------
 
@@ -165,6 +168,14 @@ class SimWorker:
     def stop(self) -> None:
         self._task.cancel()
 
+    def _died(self, task: asyncio.Task[None]) -> None:
+        """The engine loop ended by an exception: every stream gets it, nothing waits."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.failure = task.exception()
+        for queue in self._streams.values():
+            queue.put_nowait(self.failure)  # type: ignore[arg-type]
+
     # -- streams -------------------------------------------------------------------------------
 
     def _open(
@@ -188,6 +199,8 @@ class SimWorker:
         try:
             while not done:
                 out = await queue.get()
+                if isinstance(out, BaseException):
+                    raise out
                 done = out.finished or out.handoff is not None
                 yield out
         finally:
@@ -309,13 +322,14 @@ class SimWorker:
         handed = [r for r in self.scheduler.parked() if r.status == RequestStatus.KV_IN_FLIGHT]
         if not handed:
             return
-        ms = 0.0
-        for req in handed:
-            nbytes = req.num_computed_tokens * self.shape.kv_bytes_per_token
-            ms += self._export_cost(nbytes)
-            self.scheduler.finish(req.request_id, RequestStatus.FINISHED_STOPPED)
-            self._staged[req.request_id] = nbytes
-        await self._busy(ms)
+        sizes = {
+            r.request_id: r.num_computed_tokens * self.shape.kv_bytes_per_token for r in handed
+        }
+        await self._busy(sum(self._export_cost(n) for n in sizes.values()))
+        for rid, nbytes in sizes.items():
+            if self.scheduler.get(rid, RequestStatus.KV_IN_FLIGHT) is not None:
+                self.scheduler.finish(rid, RequestStatus.FINISHED_STOPPED)
+                self._staged[rid] = nbytes
         event, self.exported = self.exported, asyncio.Event()
         event.set()
 
