@@ -1,12 +1,15 @@
 """`flexmesh sim`: the mesh's own decision code on a virtual clock (docs/sim.md).
 
-`sim run` replays a workload on a simulated mesh and writes a replay's reports.
+`sim run` replays a workload on a simulated mesh and writes a replay's reports; `sim compare`
+replays one workload on variants of a config side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from flexmesh.cli.loadgen import print_summary
@@ -21,20 +24,83 @@ def add_sim_commands(sub: Any) -> None:
     r = ssub.add_parser("run", help="replay a workload on a simulated mesh")
     add_sim_run_arguments(r)
     r.set_defaults(func=cmd_sim_run)
+    c = ssub.add_parser("compare", help="one workload on variants of a config, side by side")
+    add_sim_run_arguments(c)
+    c.add_argument(
+        "--variants",
+        default="colocated,pd,dynamic",
+        help="comma-separated: as-is, colocated, dynamic, pd (every P:D split), P:D, "
+        "budget=TOKENS; the first is the baseline",
+    )
+    c.add_argument("--variant-model", default="", help="the model the variants change")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_sim_compare)
 
 
+def _refusing(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command whose bad input ends in one line naming the field and exit code 2."""
+
+    def command(args: argparse.Namespace) -> int:
+        from flexmesh.logs import configure_logging
+        from flexmesh.meshcore.errors import FlexMeshError
+
+        configure_logging(level="WARNING")  # a line per simulated request would drown the rest
+        try:
+            return run(args)
+        except FlexMeshError as exc:
+            print(f"flexmesh: error: {exc}", file=sys.stderr)
+            return 2
+
+    return command
+
+
+@_refusing
 def cmd_sim_run(args: argparse.Namespace) -> int:
-    from flexmesh.logs import configure_logging
-    from flexmesh.meshcore.errors import FlexMeshError
     from flexmesh.sim.run import run_sim
 
-    configure_logging(level="WARNING")  # one line per simulated request would drown the rest
-    try:
-        summary = run_sim(args)
-    except FlexMeshError as exc:
-        print(f"flexmesh: error: {exc}", file=sys.stderr)
-        return 2
+    summary = run_sim(args)
     sim = summary["simulated"]
     print_summary(summary)
     print(f"simulated on {sim['profile']} in {sim['wall_s']} s of wall time")
     return 0
+
+
+@_refusing
+def cmd_sim_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flexmesh.sim.compare import expand, headline, run_variants, table, target_model, variant
+    from flexmesh.sim.profile import Profile
+    from flexmesh.sim.run import load_sim_config
+
+    base = load_sim_config(args.config, args.mesh_size, args.models_dir)
+    n = target_model(base, args.variant_model).num_workers
+    names = expand([v.strip() for v in args.variants.split(",") if v.strip()], n)
+    configs = {name: variant(base, name, args.variant_model) for name in names}
+    profile = Profile.load(args.profile)
+    out = Path(args.out)
+    progress = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    results = run_variants(configs, profile, args, out, progress)
+    report = {"profile": profile.label, "configs": results, "headline": headline(results)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    show_table(table(results), f"simulated on {profile.label}")
+    for k, v in report["headline"].items():
+        print(f"{k}: {v}")
+    print(f"reports in {out}")
+    return 0
+
+
+def show_table(rows: list[list[str]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for i, name in enumerate(rows[0]):
+        t.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows[1:]:
+        t.add_row(*row)
+    Console().print(t)

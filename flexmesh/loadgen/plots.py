@@ -179,8 +179,15 @@ def _role_bars(ax: Axes, samples: Sequence[Mapping[str, Any]]) -> None:
     for y, name in enumerate(names):
         points = series[name]
         ends = [t for t, _ in points[1:]] + [points[-1][0] + step]
+        spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for (t0, role), t1 in zip(points, ends, strict=True):
-            ax.broken_barh([(t0, t1 - t0)], (y - 0.4, 0.8), color=ROLE_COLORS.get(role, "tab:gray"))
+            runs = spans[role]
+            if runs and abs(runs[-1][0] + runs[-1][1] - t0) < 1e-9:  # the same role goes on
+                runs[-1] = (runs[-1][0], t1 - runs[-1][0])
+            else:
+                runs.append((t0, t1 - t0))
+        for role, runs in spans.items():
+            ax.broken_barh(runs, (y - 0.4, 0.8), color=ROLE_COLORS.get(role, "tab:gray"))
     ax.set_yticks(range(len(names)), names)
     ax.set(xlabel="time since replay start (s)", title="Worker role over time")
     patches = [Patch(color=c, label=role) for role, c in ROLE_COLORS.items()]

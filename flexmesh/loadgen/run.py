@@ -26,6 +26,7 @@ from flexmesh.loadgen.records import ReplayRequest
 from flexmesh.loadgen.replay import ReplayResult, replay
 from flexmesh.loadgen.report import phase_summaries, summarize, write_reports
 from flexmesh.loadgen.shaping import ShapeConfig, Workload
+from flexmesh.loadgen.synth import placeholders
 from flexmesh.loadgen.workload import (
     FORMATS,
     Phase,
@@ -165,15 +166,16 @@ def shape_config(args: argparse.Namespace) -> ShapeConfig:
 
 
 def prepare(
-    args: argparse.Namespace, tokenizer: Tokenizer | None = None
+    args: argparse.Namespace, tokenizer: Tokenizer | None = None, text: bool = True
 ) -> tuple[Workload, list[ReplayRequest], dict[str, Any]]:
-    """Blocking part of a replay: read the trace, shape it, write prompts."""
+    """Blocking part of a replay: read the trace, shape it, write prompts (with `text` False,
+    placeholders of the same lengths and intents, and no tokenizer is needed)."""
     phases = [Phase.parse(p) for p in args.phase]
     fmt = "phases" if phases else args.format or (infer_format(args.trace) if args.trace else None)
     if fmt is None:
         raise ValueError("format: give --format (or a --trace to infer it from)")
     mix = parse_intent_mix(args.intent_mix)
-    if tokenizer is None:
+    if tokenizer is None and text:
         if not args.tokenizer:
             raise ValueError(
                 "tokenizer: give --tokenizer (the target model's folder); it could not be read "
@@ -194,9 +196,13 @@ def prepare(
     bounds = phase_bounds(phases, config.speedup)
     mixes = args.phase_intent_mix or [args.intent_mix] * len(phases)
     phase_mixes = [(end, parse_intent_mix(m)) for (_, _, end), m in zip(bounds, mixes, strict=True)]
-    requests = build_requests(
-        workload, mix, args.prompts_dir, tokenizer, args.seed, not args.no_progress, phase_mixes
-    )
+    if text:
+        assert tokenizer is not None
+        requests = build_requests(
+            workload, mix, args.prompts_dir, tokenizer, args.seed, not args.no_progress, phase_mixes
+        )
+    else:
+        requests = placeholders(workload, mix, args.seed, phase_mixes)
     meta = {
         "trace": str(args.trace) if args.trace else fmt,
         "phases": [dataclasses.asdict(p) for p in phases],

@@ -114,6 +114,46 @@ def _fill(
     return prompt, n_tokens
 
 
+def _intents(
+    workload: Workload,
+    mix: Mapping[str, float],
+    seed: int,
+    phase_mixes: Sequence[tuple[float, Mapping[str, float]]],
+) -> list[str]:
+    """Each request's intent, drawn from its phase's mix."""
+    rng = np.random.default_rng([seed, 3])
+    drawn = _draw_intents(mix, len(workload.requests), rng)
+    for i, req in enumerate(workload.requests):
+        phase_mix = next((m for end, m in phase_mixes if req.arrival_s < end), None)
+        if phase_mix is not None:
+            drawn[i] = _draw_intents(phase_mix, 1, rng)[0]
+    return drawn
+
+
+def placeholders(
+    workload: Workload,
+    mix: Mapping[str, float],
+    seed: int = 0,
+    phase_mixes: Sequence[tuple[float, Mapping[str, float]]] = (),
+) -> list[ReplayRequest]:
+    """The requests `synthesize` makes, with their lengths and intents drawn the same way but
+    no text: each prompt is a placeholder naming its intent and index. For the simulator, which
+    needs lengths only (its probe then answers from the classifier's confusion matrix)."""
+    drawn = _intents(workload, mix, seed, phase_mixes)
+    return [
+        ReplayRequest(
+            index=i,
+            arrival_s=req.arrival_s,
+            prompt=f"<{drawn[i]} prompt {i}>",
+            prompt_tokens=req.input_tokens,
+            max_tokens=req.output_tokens,
+            intent=drawn[i],
+            target_prompt_tokens=req.input_tokens,
+        )
+        for i, req in enumerate(workload.requests)
+    ]
+
+
 def synthesize(
     workload: Workload,
     mix: Mapping[str, float],
@@ -129,12 +169,7 @@ def synthesize(
     `end_s` that mix instead of `mix`: an intent mix that shifts while the replay runs.
     """
     pool.check_covers({k for m in (mix, *(m for _, m in phase_mixes)) for k in m})
-    rng = np.random.default_rng([seed, 3])
-    drawn = _draw_intents(mix, len(workload.requests), rng)
-    for i, req in enumerate(workload.requests):
-        phase_mix = next((m for end, m in phase_mixes if req.arrival_s < end), None)
-        if phase_mix is not None:
-            drawn[i] = _draw_intents(phase_mix, 1, rng)[0]
+    drawn = _intents(workload, mix, seed, phase_mixes)
     blocks = _Blocks(pool, workload.block_tokens, seed)
     out: list[ReplayRequest] = []
     reqs: Sequence[TraceRequest] = workload.requests

@@ -28,6 +28,9 @@ class EngineConfig:
     """Most requests decoded together in one step."""
     max_batched_tokens: int = 512
     """Token budget of one step (prompt chunks plus decode tokens)."""
+    prefill_budget_tokens: int = 0
+    """Most prompt tokens one step computes at start (0 = the whole `max_batched_tokens`); a
+    static co-location split. The controller (or an operator) changes it while serving."""
     chunked_prefill: bool = True
     """Split prompts longer than the step budget across steps."""
     dtype: str = "auto"
@@ -55,6 +58,10 @@ class EngineConfig:
             self.max_batched_tokens,
             ">= engine.max_num_seqs",
         )
+        budget = self.prefill_budget_tokens
+        rule = "in [0, engine.max_batched_tokens]"
+        ok = 0 <= budget <= self.max_batched_tokens
+        check(ok, "engine.prefill_budget_tokens", budget, rule)
         dtypes = ("auto", "float32", "float16", "bfloat16")
         check(self.dtype in dtypes, "engine.dtype", self.dtype, f"one of {dtypes}")
         devices = ("auto", "npu", "cuda", "cpu")

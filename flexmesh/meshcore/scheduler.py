@@ -53,7 +53,7 @@ class Scheduler:
         """Every request held here by id, parked ones included (they are in no queue)."""
         self.recent_prefill_ms = 0.0
         """Moving average of a request's first step to its first token: its prefill's cost."""
-        self.prefill_budget_tokens = config.max_batched_tokens
+        self.prefill_budget_tokens = config.prefill_budget_tokens or config.max_batched_tokens
         """Most prompt tokens one step computes (the rest of the budget is for decodes)."""
         self._prefill_left = 0
         self._prefilled = False

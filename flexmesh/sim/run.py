@@ -47,7 +47,24 @@ def add_sim_run_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
         default="auto",
         help="the real classifier on the prompts, or its measured confusion matrix",
     )
+    sim.add_argument(
+        "--no-text",
+        action="store_true",
+        help="no prompt text: requests carry lengths and intents only (much faster to prepare; "
+        "the probe then answers from its confusion matrix)",
+    )
     return p
+
+
+def prepare_requests(
+    args: argparse.Namespace, config: MeshConfig
+) -> tuple[list[Any], dict[str, Any], str]:
+    """The workload's requests, their meta, and the probe that reads them."""
+    if args.no_text:
+        _, requests, meta = prepare(args, None, text=False)
+        return requests, meta, "confusion"
+    _, requests, meta = prepare(args, tokenizer_for(args, config))
+    return requests, meta, args.probe
 
 
 def load_sim_config(path: str, mesh_size: int | None, models_dir: str | None) -> MeshConfig:
@@ -130,11 +147,11 @@ def run_sim(args: argparse.Namespace) -> dict[str, Any]:
     config = load_sim_config(args.config, args.mesh_size, args.models_dir)
     profile = Profile.load(args.profile)
     shapes = model_shapes(config, profile)
-    _, requests, meta = prepare(args, tokenizer_for(args, config))
+    requests, meta, probe = prepare_requests(args, config)
     truth = {r.prompt: r.intent for r in requests}
     started = time.perf_counter()
     result, mesh = clock.run(
-        simulate((config, profile, shapes, truth, args.probe, args.seed), args, requests)
+        simulate((config, profile, shapes, truth, probe, args.seed), args, requests)
     )
     wall_s = time.perf_counter() - started
     meta.update(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 from flexmesh.meshcore.config import EngineConfig, PDConfig
 from flexmesh.meshcore.load import EngineLoad, StepStats
@@ -151,7 +151,7 @@ class SimWorker:
             role=self.role,
             device=self.device,
             uptime_s=now,
-            **asdict(load),
+            **vars(load),  # its fields are WorkerStatus's (a shallow copy: asdict deep-copies)
         )
 
     async def ping(self, timeout_s: float | None = None) -> None:

@@ -167,9 +167,16 @@ def check_controller(
         (scatter,) = ax.collections
         np.testing.assert_allclose(scatter.get_offsets(), points)
         assert [list(line.get_ydata()) for line in ax.get_lines()] == ([[slo, slo]] if slo else [])
-    roles = [r for rs in _by_worker(samples, "role").values() for r in rs]
+    # one bar collection per worker and role (in the order the roles first appear), holding a
+    # span per run of samples in that role
+    roles = [r for rs in _by_worker(samples, "role").values() for r in dict.fromkeys(rs)]
     bars = [to_hex(c.get_facecolor()[0]) for c in ax_role.collections]
     assert bars == [to_hex(plots.ROLE_COLORS.get(role, "tab:gray")) for role in roles]
+    runs = sum(
+        1 + sum(a != b for a, b in zip(rs, rs[1:], strict=False))
+        for rs in _by_worker(samples, "role").values()
+    )
+    assert sum(len(c.get_paths()) for c in ax_role.collections) == runs
     budgets: dict[str, list[int]] = {}
     for s in samples:
         for w in s.get("workers", []):

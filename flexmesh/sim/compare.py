@@ -1,0 +1,173 @@
+"""Configurations side by side in simulation: `flexmesh sim compare` and what `flexmesh plan`
+searches.
+
+A variant is a change of one config: how one model's workers split between prefill and decode
+(`colocated`, `P:D`, every split `pd`), a static prefill share (`budget=N`), the controller on
+(`dynamic`: starts co-located, moves budgets, roles and routing), or the config `as-is`. The
+same workload (prepared once) replays on each; the run is deterministic, so one run each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from flexmesh.loadgen.run import summarize_replay, write_all
+from flexmesh.meshcore.config import MeshConfig, ModelSpec
+from flexmesh.meshcore.errors import InvalidRequestError
+from flexmesh.sim import clock
+from flexmesh.sim.profile import ModelShape, Profile
+from flexmesh.sim.run import model_shapes, prepare_requests, simulate
+
+FIGURES = (
+    ("output tok/s", lambda s: s["output_tok_s"]),
+    ("goodput req/s", lambda s: s["goodput_req_s"]),
+    ("SLO attainment", lambda s: s["slo_attainment"]),
+    ("TTFT p50 ms", lambda s: s["ttft_ms"]["p50"]),
+    ("TTFT p99 ms", lambda s: s["ttft_ms"]["p99"]),
+    ("TPOT mean ms", lambda s: s["tpot_ms"].get("mean")),
+    ("TPOT p99 ms", lambda s: s["tpot_ms"]["p99"]),
+    ("completed", lambda s: s["completed"]),
+)
+"""The rows of a comparison: label and how to read it from a replay summary."""
+
+
+def target_model(config: MeshConfig, model: str = "") -> ModelSpec:
+    """The model a variant changes: `model`, else the routing's large model when the config
+    serves it, else the first model."""
+    names = [m.name for m in config.models]
+    wanted = model or (config.routing.large_model if config.routing.large_model in names else "")
+    for spec in config.models:
+        if spec.name == (wanted or names[0]):
+            return spec
+    raise InvalidRequestError("model", f"{model!r} is not in the config (models: {names})")
+
+
+def expand(names: list[str], workers: int) -> list[str]:
+    """`pd` as every split of `workers` workers (1:n-1 to n-1:1), the other names as given."""
+    out: list[str] = []
+    for name in names:
+        out += [f"{p}:{workers - p}" for p in range(1, workers)] if name == "pd" else [name]
+    return out
+
+
+def variant(config: MeshConfig, name: str, model: str = "") -> MeshConfig:
+    """`config` changed as `name` says (see the module docstring)."""
+    if name == "as-is":
+        return config
+    spec = target_model(config, model)
+    n = spec.num_workers
+    controller = replace(config.controller, enabled=False)
+    engine = config.engine
+    roles: tuple[str, ...] = ("mixed",) * n
+    if name == "dynamic":
+        controller = replace(controller, enabled=True)
+    elif name.startswith("budget="):
+        tokens = _int(name.removeprefix("budget="), name)
+        engine = replace(engine, prefill_budget_tokens=tokens)
+    elif ":" in name:
+        p, d = (_int(x, name) for x in name.split(":", 1))
+        if p < 1 or d < 1 or p + d != n:
+            raise InvalidRequestError(
+                "variants", f"{name!r}: P:D needs P, D >= 1 and P + D = {n} ({spec.name}'s workers)"
+            )
+        roles = ("prefill",) * p + ("decode",) * d
+    elif name != "colocated":
+        raise InvalidRequestError(
+            "variants",
+            f"{name!r} is not one of as-is, colocated, dynamic, pd, P:D, budget=TOKENS",
+        )
+    models = [replace(m, roles=roles, role="mixed") if m is spec else m for m in config.models]
+    return replace(config, models=models, controller=controller, engine=engine)
+
+
+def _int(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidRequestError("variants", f"{name!r}: {text!r} is not a whole number") from None
+
+
+def run_variants(
+    configs: dict[str, MeshConfig],
+    profile: Profile,
+    args: argparse.Namespace,
+    out: Path | None = None,
+    progress: Any = print,
+) -> dict[str, Any]:
+    """Simulate each config on the same workload; summaries by name (reports under `out`)."""
+    first = next(iter(configs.values()))
+    requests, meta, probe = prepare_requests(args, first)
+    truth = {r.prompt: r.intent for r in requests}
+    shapes: dict[str, ModelShape] = {}
+    for config in configs.values():
+        shapes.update(model_shapes(config, profile))
+    results: dict[str, Any] = {}
+    for name, config in configs.items():
+        started = time.perf_counter()
+        mesh_args = (config, profile, shapes, truth, probe, args.seed)
+        result, mesh = clock.run(simulate(mesh_args, args, requests))
+        summary = summarize_replay(
+            args,
+            result,
+            {
+                **meta,
+                "target": "simulated",
+                "started_unix": "simulated",
+                "simulated": {
+                    "profile": profile.label,
+                    "workers": len(mesh.workers),
+                    "wall_s": round(time.perf_counter() - started, 3),
+                    "decisions": mesh.decisions,
+                },
+            },
+        )
+        if out is not None:
+            write_all(out / name.replace(":", "-").replace("=", "-"), result, summary, args)
+        results[name] = summary
+        progress(
+            f"[{name}] {summary['completed']}/{summary['requests_sent']} ok, "
+            f"{summary['output_tok_s']} tok/s, goodput {summary['goodput_req_s']} req/s "
+            f"({summary['simulated']['wall_s']} s)"
+        )
+    return results
+
+
+def table(results: dict[str, Any]) -> list[list[str]]:
+    """Rows of figures per configuration, the first column's ratio beside throughput."""
+    names = list(results)
+    rows = [["figure", *names]]
+    for label, get in FIGURES:
+        rows.append([label, *(_fmt(get(results[n])) for n in names)])
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.2f}" if isinstance(v, float) else str(v)
+
+
+def headline(results: dict[str, Any]) -> dict[str, float | str]:
+    """FlexNPU's two comparisons, when the variants are there: dynamic's p99 TTFT over static
+    co-location's (with mean TPOT), and its throughput over the best static disaggregation's."""
+    out: dict[str, float | str] = {}
+    dyn, colo = results.get("dynamic"), results.get("colocated")
+    if dyn and colo and colo["ttft_ms"]["p99"]:
+        out["dynamic / colocated TTFT p99"] = round(
+            dyn["ttft_ms"]["p99"] / colo["ttft_ms"]["p99"], 3
+        )
+        if colo["tpot_ms"].get("mean"):
+            ratio = dyn["tpot_ms"]["mean"] / colo["tpot_ms"]["mean"]
+            out["dynamic / colocated TPOT mean"] = round(ratio, 3)
+    splits = {k: v for k, v in results.items() if ":" in k}
+    if dyn and splits:
+        best = max(splits, key=lambda k: splits[k]["output_tok_s"])
+        out["best static disaggregation"] = best
+        if splits[best]["output_tok_s"]:
+            ratio = dyn["output_tok_s"] / splits[best]["output_tok_s"]
+            out["dynamic / best disaggregation output tok/s"] = round(ratio, 3)
+    return out
