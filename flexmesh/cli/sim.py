@@ -14,9 +14,13 @@ from typing import Any
 
 from flexmesh.cli.loadgen import print_summary
 
+OPEN_LOOP = 1_000_000
+"""`--max-in-flight` of `sim compare` and `plan`: no client-side bound, so an overloaded
+configuration shows its queue in TTFT instead of hiding it in the replay's send delays."""
+
 
 def add_sim_commands(sub: Any) -> None:
-    """The `sim` command and its sub-commands on `sub` (the top-level sub-parsers)."""
+    """The `sim` command and its sub-commands, and `plan`, on `sub` (the top-level sub-parsers)."""
     from flexmesh.sim.run import add_sim_run_arguments
 
     p = sub.add_parser("sim", help="simulate the mesh on a cost profile (docs/sim.md)")
@@ -34,7 +38,21 @@ def add_sim_commands(sub: Any) -> None:
     )
     c.add_argument("--variant-model", default="", help="the model the variants change")
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=cmd_sim_compare)
+    c.set_defaults(func=cmd_sim_compare, max_in_flight=OPEN_LOOP)
+    v = ssub.add_parser("validate", help="the same workloads live and simulated, the errors")
+    from flexmesh.bench.sim_validate import add_validate_arguments
+
+    add_validate_arguments(v)
+    v.set_defaults(func=cmd_sim_validate)
+
+    p = sub.add_parser("plan", help="the cheapest configuration meeting the SLOs (simulated)")
+    add_sim_run_arguments(p)
+    p.add_argument("--devices", type=int, required=True, help="the most devices to use")
+    p.add_argument("--attainment", type=float, default=0.9, help="SLO attainment to meet")
+    p.add_argument("--variant-model", default="", help="the model the P:D splits change")
+    p.add_argument("--write", help="the config file to write (default: OUT/plan.yaml)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan, max_in_flight=OPEN_LOOP)
 
 
 def _refusing(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -92,6 +110,56 @@ def cmd_sim_compare(args: argparse.Namespace) -> int:
         print(f"{k}: {v}")
     print(f"reports in {out}")
     return 0
+
+
+@_refusing
+def cmd_sim_validate(args: argparse.Namespace) -> int:
+    from flexmesh.bench.sim_validate import run_validate, table_rows
+
+    report = run_validate(args)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    show_table(table_rows(report), f"simulated ({report['profile']}) against live, "
+               f"{report['rounds']} interleaved rounds")  # fmt: skip
+    return 0
+
+
+@_refusing
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flexmesh.sim.plan import search, write_plan
+    from flexmesh.sim.profile import Profile
+    from flexmesh.sim.run import load_sim_config
+
+    base = load_sim_config(args.config, None, args.models_dir)
+    profile = Profile.load(args.profile)
+    progress = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    result = search(base, profile, args, args.devices, args.attainment, progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {k: v for k, v in result.items() if k != "config"}
+    slos = (
+        f"TTFT {args.ttft_slo_ms:g} ms and TPOT {args.tpot_slo_ms:g} ms for {args.attainment:.0%}"
+    )
+    if result["devices"] is not None:
+        path = write_plan(result, args.write or out / "plan.yaml", profile, slos)
+        report["config_file"] = str(path)
+    (out / "plan.json").write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report))
+    elif result["devices"] is None:
+        print(f"no configuration of {args.devices} devices meets {slos} on {profile.label}")
+    else:
+        s = result["summary"]
+        print(
+            f"cheapest: {result['devices']} devices, {result['variant']} (SLO attainment "
+            f"{s['slo_attainment']}, goodput {s['goodput_req_s']} req/s, TTFT p99 "
+            f"{s['ttft_ms']['p99']} ms, TPOT p99 {s['tpot_ms']['p99']} ms) on {profile.label}"
+        )
+        print(f"config: {report['config_file']}  (flexmesh serve --config {report['config_file']})")
+    return 0 if result["devices"] is not None else 1
 
 
 def show_table(rows: list[list[str]], title: str) -> None:

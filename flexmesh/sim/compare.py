@@ -2,8 +2,9 @@
 searches.
 
 A variant is a change of one config: how one model's workers split between prefill and decode
-(`colocated`, `P:D`, every split `pd`), a static prefill share (`budget=N`), the controller on
-(`dynamic`: starts co-located, moves budgets, roles and routing), or the config `as-is`. The
+(`colocated`, `P:D`, every split `pd`), a static prefill share (`budget=N`), static routing
+thresholds (`spill=MS`, `confidence=X`), the controller on (`dynamic`: starts co-located,
+moves budgets, roles and routing), or the config `as-is`. The
 same workload (prepared once) replays on each; the run is deterministic, so one run each.
 """
 
@@ -58,6 +59,8 @@ def variant(config: MeshConfig, name: str, model: str = "") -> MeshConfig:
     """`config` changed as `name` says (see the module docstring)."""
     if name == "as-is":
         return config
+    if name.startswith(("spill=", "confidence=")):
+        return _routing_variant(config, name)
     spec = target_model(config, model)
     n = spec.num_workers
     controller = replace(config.controller, enabled=False)
@@ -78,10 +81,28 @@ def variant(config: MeshConfig, name: str, model: str = "") -> MeshConfig:
     elif name != "colocated":
         raise InvalidRequestError(
             "variants",
-            f"{name!r} is not one of as-is, colocated, dynamic, pd, P:D, budget=TOKENS",
+            f"{name!r} is not one of as-is, colocated, dynamic, pd, P:D, budget=TOKENS, "
+            "spill=MS, confidence=X",
         )
     models = [replace(m, roles=roles, role="mixed") if m is spec else m for m in config.models]
     return replace(config, models=models, controller=controller, engine=engine)
+
+
+def _routing_variant(config: MeshConfig, name: str) -> MeshConfig:
+    """Static routing thresholds (controller off): `spill=MS` (the return threshold kept in
+    proportion) or `confidence=X`."""
+    key, _, text = name.partition("=")
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidRequestError("variants", f"{name!r}: {text!r} is not a number") from None
+    r = config.routing
+    if key == "spill":
+        ret = value * r.return_queue_ms / r.spill_queue_ms
+        routing = replace(r, spill_queue_ms=value, return_queue_ms=ret)
+    else:
+        routing = replace(r, confidence_threshold=value)
+    return replace(config, routing=routing, controller=replace(config.controller, enabled=False))
 
 
 def _int(text: str, name: str) -> int:

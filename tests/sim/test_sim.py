@@ -242,3 +242,29 @@ def test_a_mesh_larger_than_the_device_count_is_refused() -> None:
 
 async def _start_async(config: MeshConfig) -> None:
     start(config, _profile(FIXED, max_devices=8), {"m": SHAPE})
+
+
+def test_plan_finds_the_fewest_devices_that_meet_the_slos(tmp_path: Path) -> None:
+    from flexmesh.launch.config_file import load_mesh_config
+
+    profile = _profile(StepCost(10.0, 0.0, 0.5, 0.0, 0.0))
+    path = profile.write(tmp_path / "profile.json")
+    config = tmp_path / "base.yaml"
+    config.write_text("models:\n  - name: m\n    num_workers: 1\n")
+    out = tmp_path / "plan"
+    argv = [
+        "plan", "--config", str(config), "--profile", str(path), "--devices", "8",
+        "--format", "poisson", "--rate-rps", "20", "--max-requests", "80",
+        "--input-tokens", "200", "--output-tokens", "8", "--no-text", "--no-progress",
+        "--ttft-slo-ms", "300", "--tpot-slo-ms", "100", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "plan.json").read_text())
+    d, tried = report["devices"], {int(k): v for k, v in report["tried"].items()}
+    ok = report["summary"]["slo_attainment"]
+    assert 1 < d <= 8 and ok >= 0.9
+    assert any(s["slo_attainment"] >= 0.9 for s in tried[d].values())
+    # one device fewer: no candidate met the SLOs (the search bisected down to d)
+    assert all(s["slo_attainment"] < 0.9 or s["failed"] for s in tried[d - 1].values())
+    chosen = load_mesh_config(report["config_file"])
+    assert sum(m.num_workers for m in chosen.models) == d
