@@ -20,6 +20,7 @@ from flexmesh.cli.demo import add_demo_arguments
 from flexmesh.cli.loadgen import add_loadgen_commands
 from flexmesh.cli.mesh_commands import add_generate_command, add_mesh_commands
 from flexmesh.cli.output import show
+from flexmesh.cli.profile import add_profile_command
 from flexmesh.cli.sim import add_sim_commands
 from flexmesh.logs import configure_logging
 
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_loadgen_commands(sub)
+    add_profile_command(sub)
     add_sim_commands(sub)
 
     add_generate_command(sub)

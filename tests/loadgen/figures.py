@@ -4,6 +4,7 @@ a replay shows that replay's requests and status samples."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -173,7 +174,7 @@ def check_controller(
     bars = [to_hex(c.get_facecolor()[0]) for c in ax_role.collections]
     assert bars == [to_hex(plots.ROLE_COLORS.get(role, "tab:gray")) for role in roles]
     runs = sum(
-        1 + sum(a != b for a, b in zip(rs, rs[1:], strict=False))
+        1 + sum(a != b for a, b in itertools.pairwise(rs))
         for rs in _by_worker(samples, "role").values()
     )
     assert sum(len(c.get_paths()) for c in ax_role.collections) == runs

@@ -34,8 +34,9 @@ RANK = {
 }
 """Layer of each top-level package or module, lowest first: ARCHITECTURE.md's "Layers" table
 (meshcore -> actors -> services -> loadgen, sim, bench -> cli, with the simulator above loadgen
-because it replays traces through it, and bench above both). Rank 0 are the shared leaves: generated stubs, logging, the gRPC channel and
-the one reader of the environment. A package may import its own rank or lower."""
+because it replays traces through it, and bench above both). Rank 0 are the shared leaves:
+generated stubs, logging, the gRPC channel and the one reader of the environment. A package
+may import its own rank or lower."""
 
 
 @functools.cache
