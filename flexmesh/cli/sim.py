@@ -14,6 +14,7 @@ from typing import Any
 
 from flexmesh.cli.loadgen import print_summary
 
+YAML = (".yaml", ".yml")
 OPEN_LOOP = 1_000_000
 """`--max-in-flight` of `sim compare` and `plan`: no client-side bound, so an overloaded
 configuration shows its queue in TTFT instead of hiding it in the replay's send delays."""
@@ -34,7 +35,8 @@ def add_sim_commands(sub: Any) -> None:
         "--variants",
         default="colocated,pd,dynamic",
         help="comma-separated: as-is, colocated, dynamic, pd (every P:D split), P:D, "
-        "budget=TOKENS; the first is the baseline",
+        "budget=TOKENS, spill=MS, confidence=X, or another config's YAML path; the first is "
+        "the baseline",
     )
     c.add_argument("--variant-model", default="", help="the model the variants change")
     c.add_argument("--json", action="store_true")
@@ -94,7 +96,14 @@ def cmd_sim_compare(args: argparse.Namespace) -> int:
     base = load_sim_config(args.config, args.mesh_size, args.models_dir)
     n = target_model(base, args.variant_model).num_workers
     names = expand([v.strip() for v in args.variants.split(",") if v.strip()], n)
-    configs = {name: variant(base, name, args.variant_model) for name in names}
+    configs = {
+        Path(name).stem if name.endswith(YAML) else name: (
+            load_sim_config(name, args.mesh_size, args.models_dir)
+            if name.endswith(YAML)
+            else variant(base, name, args.variant_model)
+        )
+        for name in names
+    }
     profile = Profile.load(args.profile)
     out = Path(args.out)
     progress = (lambda m: print(m, file=sys.stderr)) if args.json else print

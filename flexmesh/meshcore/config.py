@@ -69,6 +69,12 @@ class EngineConfig:
         check(self.num_draft_tokens > 0, "engine.num_draft_tokens", self.num_draft_tokens, "> 0")
         check(self.pld_ngram_tokens > 0, "engine.pld_ngram_tokens", self.pld_ngram_tokens, "> 0")
 
+    def kv_blocks(self, kv_bytes_per_token: int) -> int:
+        """Blocks of a worker's KV cache: `num_kv_blocks`, else as many as `kv_cache_bytes`
+        holds at `kv_bytes_per_token` (the engine's and the simulator's one sizing rule)."""
+        block_bytes = kv_bytes_per_token * self.block_size_tokens
+        return self.num_kv_blocks or max(1, self.kv_cache_bytes // block_bytes)
+
 
 WORKER_ROLES = ("prefill", "decode", "mixed")
 """What a worker does: prompts only (hands KV over), decoding only (takes KV), or both."""

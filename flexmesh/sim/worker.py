@@ -57,9 +57,7 @@ class SimWorker:
         self.name, self.model, self.role, self.device = name, model, role, device
         self.shape, self.cost, self.overheads = shape, cost, overheads
         self.transport, self.peers = transport, peers
-        num_blocks = engine.num_kv_blocks or max(
-            1, engine.kv_cache_bytes // (shape.kv_bytes_per_token * engine.block_size_tokens)
-        )
+        num_blocks = engine.kv_blocks(shape.kv_bytes_per_token)
         self.scheduler = Scheduler(engine, num_blocks, shape.max_position_tokens)
         self.hold_s = pd.hold_timeout_ms / 1000.0
         self.transfer_s = pd.transfer_timeout_ms / 1000.0

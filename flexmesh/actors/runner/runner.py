@@ -95,9 +95,7 @@ class ModelRunner:
             str(model_path), trust_remote_code=False, local_files_only=True
         )
         self.block_size = config.block_size_tokens
-        self.num_blocks = config.num_kv_blocks or max(
-            1, config.kv_cache_bytes // (self.model.kv_bytes_per_token() * self.block_size)
-        )
+        self.num_blocks = config.kv_blocks(self.model.kv_bytes_per_token())
         self.kv_cache = self.model.allocate_kv_cache(self.num_blocks, self.block_size)
         self._generator = torch.Generator(device="cpu")
         """Reseeded for every sampled position (`sampler.sample_chunk`)."""
