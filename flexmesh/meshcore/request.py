@@ -87,6 +87,15 @@ class Request:
         return len(self.prompt_token_ids)
 
     @property
+    def timings_ms(self) -> tuple[float, float]:
+        """(queue, prefill) ms as measured where it was computed: arrival to its first step,
+        that step to its first token (0 for a stage not reached)."""
+        return (
+            _ms(self.arrival_time, self.first_scheduled_time),
+            _ms(self.first_scheduled_time, self.first_token_time),
+        )
+
+    @property
     def finished(self) -> bool:
         return self.status.finished
 
@@ -101,3 +110,7 @@ class Request:
         if len(self.output_token_ids) >= sp.max_tokens:
             return RequestStatus.FINISHED_LENGTH
         return None
+
+
+def _ms(start: float | None, end: float | None) -> float:
+    return 0.0 if start is None or end is None else (end - start) * 1000.0

@@ -229,7 +229,7 @@ class SimWorker:
         new_ids = tuple(req.output_token_ids[offset:])
         self._sent[req.request_id] = len(req.output_token_ids)
         self.tokens_generated += len(new_ids)
-        queue_ms, prefill_ms = self._timings.get(req.request_id) or _timings(req)
+        queue_ms, prefill_ms = self._timings.get(req.request_id) or req.timings_ms
         out = RequestOutput(req.request_id, new_ids, "", offset=offset)
         if handed_off:
             state = RequestState(
@@ -348,12 +348,3 @@ class SimWorker:
     async def _busy(self, ms: float) -> None:
         self.busy_s += ms / 1000.0
         await asyncio.sleep(ms / 1000.0)
-
-
-def _timings(req: Request) -> tuple[float, float]:
-    """(queue ms, prefill ms) of a request computed here."""
-    if req.first_scheduled_time is None:
-        return 0.0, 0.0
-    queue_ms = (req.first_scheduled_time - req.arrival_time) * 1000.0
-    end = req.first_token_time or req.first_scheduled_time
-    return queue_ms, (end - req.first_scheduled_time) * 1000.0

@@ -20,12 +20,4 @@ class Tracked:
 
 def timings(tracked: Tracked) -> tuple[float, float]:
     """(queue, prefill) ms: measured here, or where a handed-over request was prefilled."""
-    req = tracked.request
-    return tracked.timings_ms or (
-        _ms(req.arrival_time, req.first_scheduled_time),
-        _ms(req.first_scheduled_time, req.first_token_time),
-    )
-
-
-def _ms(start: float | None, end: float | None) -> float:
-    return 0.0 if start is None or end is None else (end - start) * 1000.0
+    return tracked.timings_ms or tracked.request.timings_ms
