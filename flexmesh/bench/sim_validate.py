@@ -36,11 +36,10 @@ from flexmesh.bench.serving import (
     progress,
 )
 from flexmesh.loadgen.records import ReplayRequest
-from flexmesh.loadgen.run import load_tokenizer, prepare, run_replay, summarize_replay
+from flexmesh.loadgen.run import load_tokenizer, prepare, run_replay
 from flexmesh.loadgen.workload import Phase, phase_bounds
-from flexmesh.sim import clock
 from flexmesh.sim.profile import Profile
-from flexmesh.sim.run import model_shapes, simulate
+from flexmesh.sim.run import model_shapes, simulate_summary
 
 WORKLOADS = {"pd": PD_PRESET, "routing": ("static-large", "demo")}
 """Each workload's configurations (deploy/configs names)."""
@@ -213,11 +212,7 @@ def _validate(workload: str, args: argparse.Namespace, profile: Profile) -> dict
     for name in configs:
         config = _sim_config(name, args.models_dir)
         shapes = model_shapes(config, profile)
-        truth = {r.prompt: r.intent for r in requests}
-        result, mesh = clock.run(
-            simulate((config, profile, shapes, truth, "auto", 0), rargs, requests)
-        )
-        summary = summarize_replay(rargs, result, {**meta, "target": "simulated"})
+        summary, _, mesh = simulate_summary(config, profile, shapes, requests, meta, "auto", rargs)
         sim = figures(summary, mesh.decisions, _bounds(rargs))
         progress(f"[{workload} sim] {name}: {_line(sim)}")
         results[name] = {"figures": compare(sim, live[name]), "live": live[name], "sim": sim}

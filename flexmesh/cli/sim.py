@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flexmesh.cli.loadgen import print_summary
+from flexmesh.cli.output import show
 
 YAML = (".yaml", ".yml")
 OPEN_LOOP = 1_000_000
@@ -106,18 +107,18 @@ def cmd_sim_compare(args: argparse.Namespace) -> int:
     }
     profile = Profile.load(args.profile)
     out = Path(args.out)
-    progress = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    results = run_variants(configs, profile, args, out, progress)
+    results = run_variants(configs, profile, args, out, _progress(args))
     report = {"profile": profile.label, "configs": results, "headline": headline(results)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    show_table(table(results), f"simulated on {profile.label}")
-    for k, v in report["headline"].items():
-        print(f"{k}: {v}")
-    print(f"reports in {out}")
+
+    def print_table(r: dict[str, Any]) -> None:
+        show_table(table(r["configs"]), f"simulated on {r['profile']}")
+        for k, v in r["headline"].items():
+            print(f"{k}: {v}")
+        print(f"reports in {out}")
+
+    show(args, report, print_table)
     return 0
 
 
@@ -125,12 +126,11 @@ def cmd_sim_compare(args: argparse.Namespace) -> int:
 def cmd_sim_validate(args: argparse.Namespace) -> int:
     from flexmesh.bench.sim_validate import run_validate, table_rows
 
-    report = run_validate(args)
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    show_table(table_rows(report), f"simulated ({report['profile']}) against live, "
-               f"{report['rounds']} interleaved rounds")  # fmt: skip
+    def print_table(r: dict[str, Any]) -> None:
+        title = f"simulated ({r['profile']}) against live, {r['rounds']} interleaved rounds"
+        show_table(table_rows(r), title)
+
+    show(args, run_validate(args), print_table)
     return 0
 
 
@@ -144,8 +144,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     base = load_sim_config(args.config, None, args.models_dir)
     profile = Profile.load(args.profile)
-    progress = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    result = search(base, profile, args, args.devices, args.attainment, progress)
+    result = search(base, profile, args, args.devices, args.attainment, _progress(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {k: v for k, v in result.items() if k != "config"}
@@ -156,19 +155,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
         path = write_plan(result, args.write or out / "plan.yaml", profile, slos)
         report["config_file"] = str(path)
     (out / "plan.json").write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report))
-    elif result["devices"] is None:
-        print(f"no configuration of {args.devices} devices meets {slos} on {profile.label}")
-    else:
-        s = result["summary"]
+
+    def print_plan(r: dict[str, Any]) -> None:
+        if r["devices"] is None:
+            print(f"no configuration of {args.devices} devices meets {slos} on {profile.label}")
+            return
+        s = r["summary"]
         print(
-            f"cheapest: {result['devices']} devices, {result['variant']} (SLO attainment "
+            f"cheapest: {r['devices']} devices, {r['variant']} (SLO attainment "
             f"{s['slo_attainment']}, goodput {s['goodput_req_s']} req/s, TTFT p99 "
             f"{s['ttft_ms']['p99']} ms, TPOT p99 {s['tpot_ms']['p99']} ms) on {profile.label}"
         )
-        print(f"config: {report['config_file']}  (flexmesh serve --config {report['config_file']})")
+        print(f"config: {r['config_file']}  (flexmesh serve --config {r['config_file']})")
+
+    show(args, report, print_plan)
     return 0 if result["devices"] is not None else 1
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines: to stderr under `--json`, so stdout stays one JSON document."""
+    return (lambda m: print(m, file=sys.stderr)) if args.json else print
 
 
 def show_table(rows: list[list[str]], title: str) -> None:

@@ -11,17 +11,14 @@ same workload (prepared once) replays on each; the run is deterministic, so one 
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flexmesh.loadgen.run import summarize_replay, write_all
 from flexmesh.meshcore.config import MeshConfig, ModelSpec
 from flexmesh.meshcore.errors import InvalidRequestError
-from flexmesh.sim import clock
 from flexmesh.sim.profile import ModelShape, Profile
-from flexmesh.sim.run import model_shapes, prepare_requests, simulate
+from flexmesh.sim.run import model_shapes, prepare_requests, simulate_summary, write_sim
 
 FIGURES = (
     ("output tok/s", lambda s: s["output_tok_s"]),
@@ -122,32 +119,16 @@ def run_variants(
     """Simulate each config on the same workload; summaries by name (reports under `out`)."""
     first = next(iter(configs.values()))
     requests, meta, probe = prepare_requests(args, first)
-    truth = {r.prompt: r.intent for r in requests}
     shapes: dict[str, ModelShape] = {}
     for config in configs.values():
         shapes.update(model_shapes(config, profile))
     results: dict[str, Any] = {}
     for name, config in configs.items():
-        started = time.perf_counter()
-        mesh_args = (config, profile, shapes, truth, probe, args.seed)
-        result, mesh = clock.run(simulate(mesh_args, args, requests))
-        summary = summarize_replay(
-            args,
-            result,
-            {
-                **meta,
-                "target": "simulated",
-                "started_unix": "simulated",
-                "simulated": {
-                    "profile": profile.label,
-                    "workers": len(mesh.workers),
-                    "wall_s": round(time.perf_counter() - started, 3),
-                    "decisions": mesh.decisions,
-                },
-            },
+        summary, result, mesh = simulate_summary(
+            config, profile, shapes, requests, meta, probe, args
         )
         if out is not None:
-            write_all(out / name.replace(":", "-").replace("=", "-"), result, summary, args)
+            write_sim(out / name.replace(":", "-").replace("=", "-"), result, summary, mesh, args)
         results[name] = summary
         progress(
             f"[{name}] {summary['completed']}/{summary['requests_sent']} ok, "

@@ -142,39 +142,57 @@ async def simulate(
     return result, mesh
 
 
-def run_sim(args: argparse.Namespace) -> dict[str, Any]:
-    """Run `sim run` from parsed `args`; returns the summary (also in `args.out`)."""
-    config = load_sim_config(args.config, args.mesh_size, args.models_dir)
-    profile = Profile.load(args.profile)
-    shapes = model_shapes(config, profile)
-    requests, meta, probe = prepare_requests(args, config)
+def simulate_summary(
+    config: MeshConfig,
+    profile: Profile,
+    shapes: dict[str, ModelShape],
+    requests: list[Any],
+    meta: dict[str, Any],
+    probe: str,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], ReplayResult, SimMesh]:
+    """Replay `requests` on a simulated `config` and summarise it as a replay, the fields only
+    a live run has saying it was simulated (`simulated`: profile, probe, decisions...)."""
     truth = {r.prompt: r.intent for r in requests}
     started = time.perf_counter()
     result, mesh = clock.run(
         simulate((config, profile, shapes, truth, probe, args.seed), args, requests)
     )
     wall_s = time.perf_counter() - started
-    meta.update(
-        target="simulated",
-        started_unix="simulated",
-        simulated={
-            "profile": profile.label,
-            "profile_source": profile.source,
-            "probe": mesh.probe_backend or "none (one model)",
-            "workers": len(mesh.workers),
-            "virtual_s": round(result.wall_s, 3),
-            "wall_s": round(wall_s, 3),
-            "decisions": mesh.decisions,
-            "busy_fraction": utilisation(mesh, result.wall_s),
-            "step_costs": {
-                m: ("predicted from ops" if profile.step_cost(m, s).predicted else "measured")
-                for m, s in shapes.items()
-            },
+    simulated = {
+        "profile": profile.label,
+        "profile_source": profile.source,
+        "probe": mesh.probe_backend or "none (one model)",
+        "workers": len(mesh.workers),
+        "virtual_s": round(result.wall_s, 3),
+        "wall_s": round(wall_s, 3),
+        "decisions": mesh.decisions,
+        "busy_fraction": utilisation(mesh, result.wall_s),
+        "step_costs": {
+            m: ("predicted from ops" if profile.step_cost(m, s).predicted else "measured")
+            for m, s in shapes.items()
+            if m in {spec.name for spec in config.models}
         },
-    )
-    summary = summarize_replay(args, result, meta)
-    out = Path(args.out)
+    }
+    meta = {**meta, "target": "simulated", "started_unix": "simulated", "simulated": simulated}
+    return summarize_replay(args, result, meta), result, mesh
+
+
+def write_sim(
+    out: Path, result: ReplayResult, summary: dict[str, Any], mesh: SimMesh, args: Any
+) -> list[str]:
+    """A replay's reports and plots, and `decisions.jsonl` (the controller's, virtual time)."""
     files = write_all(out, result, summary, args)
     decisions = out / "decisions.jsonl"
     decisions.write_text("".join(json.dumps(d) + "\n" for d in mesh.decisions))
-    return {**summary, "files": [*map(str, files), str(decisions)]}
+    return [*map(str, files), str(decisions)]
+
+
+def run_sim(args: argparse.Namespace) -> dict[str, Any]:
+    """Run `sim run` from parsed `args`; returns the summary (also in `args.out`)."""
+    config = load_sim_config(args.config, args.mesh_size, args.models_dir)
+    profile = Profile.load(args.profile)
+    shapes = model_shapes(config, profile)
+    requests, meta, probe = prepare_requests(args, config)
+    summary, result, mesh = simulate_summary(config, profile, shapes, requests, meta, probe, args)
+    return {**summary, "files": write_sim(Path(args.out), result, summary, mesh, args)}
