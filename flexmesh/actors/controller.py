@@ -25,6 +25,7 @@ from ray.util import metrics
 from flexmesh.logs import configure_logging
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.meshcore.controller_policy import Action, ControllerState, decide
+from flexmesh.meshcore.routing import THRESHOLDS
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +82,7 @@ class Controller:
         snap = ray.get(self.gateway.snapshot.remote(), timeout=APPLY_TIMEOUT_S)
         snap = replace(snap, t_s=time.monotonic())  # the policies' dwell runs on our clock
         if snap.policy is not None:
-            for name in ("confidence_threshold", "spill_queue_ms", "return_queue_ms"):
+            for name in THRESHOLDS:
                 self.thresholds.set(getattr(snap.policy, name), {"field": name})
         actions, self.state = decide(snap, self.state, self.cfg)
         if not actions:

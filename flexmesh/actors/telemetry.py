@@ -7,6 +7,7 @@ from typing import Any
 from ray.util import metrics
 
 from flexmesh.meshcore.config import WORKER_ROLES
+from flexmesh.meshcore.load import QUANTILES
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
 
 _MS_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
@@ -45,6 +46,37 @@ class WorkerMetrics:
         self.tpot_ms = metrics.Gauge(
             "flexmesh_worker_tpot_ms", "Recent time of a step that decodes", tag_keys=keys
         )
+        self.decode_step_ms = metrics.Gauge(
+            "flexmesh_worker_decode_step_ms",
+            "Recent time of a step without prompt tokens",
+            tag_keys=keys,
+        )
+        self.prefill_ms_per_token = metrics.Gauge(
+            "flexmesh_worker_prefill_ms_per_token",
+            "Recent time one prompt token adds to a step",
+            tag_keys=keys,
+        )
+        # NOTE: own names, not a `quantile` tag on the recent-average gauges above: a metric's
+        # tag keys are fixed by its first declaration.
+        qkeys = (*keys, "quantile")
+        self.quantiles = {
+            "step_ms": metrics.Gauge(
+                "flexmesh_worker_step_ms_quantile",
+                "Windowed percentile (p50, p90, p99) of the step time",
+                tag_keys=qkeys,
+            ),
+            "tpot_ms": metrics.Gauge(
+                "flexmesh_worker_tpot_ms_quantile",
+                "Windowed percentile (p50, p90, p99) of the time of a step that decodes",
+                tag_keys=qkeys,
+            ),
+            "queue_ms": metrics.Gauge(
+                "flexmesh_worker_queue_ms_quantile",
+                "Windowed percentile (p50, p90, p99) of arrival to first step",
+                tag_keys=qkeys,
+            ),
+        }
+        """Per signal of `WorkerStatus.percentiles`, its gauge."""
         self.prefill_budget = metrics.Gauge(
             "flexmesh_worker_prefill_budget_tokens",
             "Most prompt tokens one step computes (the controller's co-location knob)",
@@ -98,6 +130,13 @@ class WorkerMetrics:
         self.tpot_ms.set(s.tpot_ms, self.tags)
         self.kv_in_flight.set(s.kv_blocks_in_flight, self.tags)
         self.prefill_budget.set(s.prefill_budget_tokens, self.tags)
+        self.decode_step_ms.set(s.decode_step_ms, self.tags)
+        self.prefill_ms_per_token.set(s.prefill_ms_per_token, self.tags)
+        for name, gauge in self.quantiles.items():
+            for q in QUANTILES:
+                value = s.percentiles.get(f"{name}_p{q}")
+                if value is not None:  # none until the window has a sample
+                    gauge.set(value, {**self.tags, "quantile": f"p{q}"})
 
 
 class GatewayMetrics:
@@ -125,6 +164,17 @@ class GatewayMetrics:
         self.probe_ms = metrics.Histogram(
             "flexmesh_probe_ms", "Probe latency", boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100]
         )
+        self.demanding = metrics.Counter(
+            "flexmesh_demanding_requests",
+            "Requests whose configured route names the large model, by route key (the intent, "
+            "or low_confidence)",
+            tag_keys=("intent",),
+        )
+        self.downgrades = metrics.Counter(
+            "flexmesh_downgrades",
+            "Demanding requests served by another model (spilled or moved by the controller)",
+            tag_keys=("intent",),
+        )
         self.moves = metrics.Counter(
             "flexmesh_requests_moved",
             "Requests that left a broken worker for another: prefill_fallback (before the "
@@ -143,6 +193,13 @@ class GatewayMetrics:
             "reason": route.reason or "none",
         }
         self.routes.inc(1.0, tags)
+        # By the configured route's key (the intent, or low_confidence): what the quality
+        # budget bounds.
+        budget = {"intent": route.route_key or tags["intent"]}
+        if route.demanding:
+            self.demanding.inc(1.0, budget)
+        if route.downgraded:
+            self.downgrades.inc(1.0, budget)
         if route.probe_ms > 0:
             self.probe_ms.observe(route.probe_ms)
 

@@ -6,22 +6,28 @@ one-core workers, the last with the controller) first answers `--idle-requests` 
 512-token prompts on the idle mesh (their median TTFT is the idle-TTFT row), then replays the
 phases: by default a window of the Azure conversation trace, a prefill-heavy burst of the
 Azure code trace, then conversation again. Ratio rows compare the last configuration with the
-first two (the goals of docs/controller.md), goodput is also given per phase. Reports land in
-`--out/<config>/`, `controller.png` showing roles, prefill budgets and TTFT/TPOT over time.
+first two (the goals of docs/controller.md), goodput is also given per phase.
+
+The configurations run interleaved for `--rounds` rounds, each on a fresh mesh
+(`serving.run_rounds`); every figure is the median over the rounds with its spread (min–max),
+and every ratio row is worked out within each round before it is reduced the same way
+(`flexmesh.bench.rounds`). Each round's reports land in `--out/<config>/round-<r>/`,
+`controller.png` showing roles, prefill budgets and TTFT/TPOT over time; `bench.json` keeps
+each round's raw summary under `samples`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flexmesh.bench.serving import each_mesh, progress, report_line
+from flexmesh.bench.rounds import Rows, rounds_report
+from flexmesh.bench.serving import add_rounds_argument, progress, run_rounds, write_report
 from flexmesh.channel import open_channel
 from flexmesh.loadgen.run import add_replay_arguments, run_replay
 
@@ -55,6 +61,7 @@ def add_phased_arguments(p: argparse.ArgumentParser, preset: tuple[str, ...], ou
     p.add_argument("--max-output-tokens", type=int, default=128)
     p.add_argument("--ttft-slo-ms", type=float, default=3000.0)
     p.add_argument("--tpot-slo-ms", type=float, default=150.0)
+    add_rounds_argument(p)
     p.add_argument("--out", default=out, help="folder for JSON and plots")
     p.add_argument("--json", action="store_true")
 
@@ -88,7 +95,7 @@ def phased_replay_args(
     return add_replay_arguments(argparse.ArgumentParser()).parse_args(argv)
 
 
-def phase_goodput_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+def phase_goodput_rows(results: Mapping[str, Any]) -> Rows:
     """One row per phase: each configuration's goodput (requests meeting both SLOs, per s)."""
     base = next(iter(results.values()))
     return {
@@ -120,32 +127,19 @@ async def idle_ttft_ms(address: str, model: str, n: int) -> dict[str, Any]:
 
 
 def _ratios(
-    results: dict[str, Any], ref: dict[str, Any], get: Callable[[dict[str, Any]], float | None]
+    results: Mapping[str, Any], ref: dict[str, Any], get: Callable[[dict[str, Any]], float | None]
 ) -> dict[str, float]:
     """Each configuration's figure over `ref`'s (NaN when either is missing)."""
     den = get(ref) or 0.0
     return {k: ((get(v) or 0.0) / den if den else math.nan) for k, v in results.items()}
 
 
-def run_pd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    idle: dict[str, Any] = {}
-    for name, _, paths, mesh in each_mesh(args.configs, args.models_dir):
-        idle[name] = asyncio.run(idle_ttft_ms(mesh.address, args.model, args.idle_requests))
-        progress(f"[{name}] idle 512-token TTFT {idle[name]['ttft_ms']:.1f} ms")
-        extra = ["--model", args.model, "--intent-mix", "chat=0.5,code=0.5"]
-        out = Path(args.out) / name
-        rargs = phased_replay_args(
-            args, mesh.address, paths[args.model], out, DEFAULT_PHASES, extra
-        )
-        results[name] = summary = asyncio.run(run_replay(rargs))
-        report_line(name, summary)
-    base = next(iter(results))
-    rows: dict[str, dict[str, float]] = {
-        "idle 512-token TTFT ms": {k: v["ttft_ms"] for k, v in idle.items()},
-        "idle TTFT x first config": {
-            k: v["ttft_ms"] / idle[base]["ttft_ms"] for k, v in idle.items()
-        },
+def pd_rows(results: Mapping[str, Any]) -> Rows:
+    """The extra rows of one round (`{config: summary}`, each with its `idle` figures)."""
+    base = next(iter(results.values()))["idle"]["ttft_ms"]
+    rows: Rows = {
+        "idle 512-token TTFT ms": {k: v["idle"]["ttft_ms"] for k, v in results.items()},
+        "idle TTFT x first config": {k: v["idle"]["ttft_ms"] / base for k, v in results.items()},
     }
     names = list(results)
     for ref in names[:2]:  # each configuration against the static ones
@@ -154,7 +148,21 @@ def run_pd_bench(args: argparse.Namespace) -> dict[str, Any]:
         rows[f"TPOT mean x {ref}"] = _ratios(results, r, lambda s: s["tpot_ms"]["mean"])
         rows[f"output tok/s x {ref}"] = _ratios(results, r, lambda s: s["output_tok_s"])
     rows.update(phase_goodput_rows(results))
-    report: dict[str, Any] = {"configs": results, "idle": idle, "extra_rows": rows}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "bench.json").write_text(json.dumps(report, indent=2))
+    return rows
+
+
+def run_pd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    def run_one(name: str, cfg: Any, paths: dict[str, str], mesh: Any, out: Path) -> Any:
+        idle = asyncio.run(idle_ttft_ms(mesh.address, args.model, args.idle_requests))
+        progress(f"[{name}] idle 512-token TTFT {idle['ttft_ms']:.1f} ms")
+        extra = ["--model", args.model, "--intent-mix", "chat=0.5,code=0.5"]
+        rargs = phased_replay_args(
+            args, mesh.address, paths[args.model], out, DEFAULT_PHASES, extra
+        )
+        return {**asyncio.run(run_replay(rargs)), "idle": idle}
+
+    runs = run_rounds(args.configs, args.models_dir, args.rounds, Path(args.out), run_one)
+    report = rounds_report(runs, pd_rows)
+    report["idle"] = {k: v["idle"] for k, v in report["configs"].items()}
+    write_report(Path(args.out), report)
     return report

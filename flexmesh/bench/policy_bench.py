@@ -5,18 +5,23 @@ Both configurations hold the probe and both demo models (one one-core worker eac
 workload keeps the Azure conversation trace's arrivals and changes what is asked: small-model
 intents (chat, code), then large-model intents (knowledge questions, maths) that overload the
 large model, then small-model intents again. The ratio row is controller ÷ fixed goodput.
+
+The configurations run interleaved for `--rounds` rounds, each on a fresh mesh, into
+`--out/<config>/round-<r>/`; figures are medians over the rounds with their spread (min–max),
+the ratio row worked out within each round first (`flexmesh.bench.rounds`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from flexmesh.bench.pd_bench import add_phased_arguments, phase_goodput_rows, phased_replay_args
-from flexmesh.bench.serving import each_mesh, report_line
+from flexmesh.bench.rounds import Rows, ratios_to_first, rounds_report
+from flexmesh.bench.serving import run_rounds, write_report
 from flexmesh.loadgen.run import run_replay
 
 POLICY_PRESET = ("demo", "routing-dynamic")
@@ -44,24 +49,22 @@ def add_policy_bench_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def policy_rows(results: Mapping[str, Any]) -> Rows:
+    """The extra rows of one round (`{config: summary}`)."""
+    goodput = ratios_to_first(results, "goodput_req_s")
+    return {"goodput x first config": goodput, **phase_goodput_rows(results)}
+
+
 def run_policy_bench(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
     mixes = args.phase_intent_mix or list(DEFAULT_MIXES)
     extra = [x for m in mixes for x in ("--phase-intent-mix", m)]
-    for name, cfg, paths, mesh in each_mesh(args.configs, args.models_dir):
+
+    def run_one(name: str, cfg: Any, paths: dict[str, str], mesh: Any, out: Path) -> Any:
         tokenizer = paths[cfg.routing.large_model]
-        out = Path(args.out) / name
         rargs = phased_replay_args(args, mesh.address, tokenizer, out, DEFAULT_PHASES, extra)
-        results[name] = summary = asyncio.run(run_replay(rargs))
-        report_line(name, summary)
-    base = next(iter(results.values()))
-    rows = {
-        "goodput x first config": {
-            k: v["goodput_req_s"] / (base["goodput_req_s"] or 1e-9) for k, v in results.items()
-        },
-        **phase_goodput_rows(results),
-    }
-    report: dict[str, Any] = {"configs": results, "extra_rows": rows}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "bench.json").write_text(json.dumps(report, indent=2))
+        return asyncio.run(run_replay(rargs))
+
+    runs = run_rounds(args.configs, args.models_dir, args.rounds, Path(args.out), run_one)
+    report = rounds_report(runs, policy_rows)
+    write_report(Path(args.out), report)
     return report

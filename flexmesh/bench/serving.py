@@ -2,7 +2,11 @@
 turn, one side-by-side table with ratios to the first column, and a Hugging Face reference row.
 
 Every configuration gets the same CPUs: the static meshes give their one worker both cores,
-the adaptive mesh gives each of its two workers one.
+the adaptive mesh gives each of its two workers one. The configurations run interleaved for
+`--rounds` rounds (`run_rounds`: round r starts a fresh mesh of each configuration in order and
+replays into `--out/<config>/round-<r>/`); the table gives each figure's median over the rounds
+with its spread (min–max), ratios worked out within each round (`flexmesh.bench.rounds`). The
+Hugging Face reference row is measured once, after the rounds.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from flexmesh.bench.rounds import cell, pick, rounds_report
 from flexmesh.launch.config_file import load_mesh_config
 from flexmesh.loadgen.run import add_replay_arguments, prepare, run_replay
 
@@ -37,8 +42,18 @@ def add_serving_bench_arguments(p: argparse.ArgumentParser, preset: tuple[str, .
     p.add_argument("--intent-mix", default=DEFAULT_MIX)
     p.add_argument("--max-output-tokens", type=int, default=48)
     p.add_argument("--hf-requests", type=int, default=6, help="requests for the HF reference row")
+    add_rounds_argument(p)
     p.add_argument("--out", default="bench-out", help="folder for JSON and plots")
     p.add_argument("--json", action="store_true")
+
+
+def add_rounds_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds over all configs (a fresh mesh each); medians and spread",
+    )
 
 
 def _config_path(name: str) -> Path:
@@ -106,8 +121,12 @@ def each_mesh(
 
 
 def progress(message: str) -> None:
-    """Benchmark progress goes to stderr, so `--json` output stays parseable."""
-    print(message, file=sys.stderr, flush=True)
+    """Benchmark progress goes to stderr, so `--json` output stays parseable (through tqdm, so
+    a progress bar on stderr stays intact)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def report_line(name: str, summary: dict[str, Any]) -> None:
@@ -115,22 +134,55 @@ def report_line(name: str, summary: dict[str, Any]) -> None:
     progress(f"[{name}] {ok} ok, {summary['output_tok_s']} tok/s")
 
 
+RunOne = Callable[[str, Any, dict[str, str], Any, Path], dict[str, Any]]
+"""One configuration's run in one round: (name, config, model paths, mesh, output folder) ->
+its summary."""
+
+
+def run_rounds(
+    configs: str, models_dir: str | None, rounds: int, out: Path, run_one: RunOne
+) -> list[dict[str, Any]]:
+    """Run every configuration once per round, rounds interleaved (A, B, C, A, B, C, ...), each
+    on a fresh mesh, into `out/<config>/round-<r>/`; returns each round's `{config: summary}`."""
+    from tqdm import tqdm
+
+    if rounds < 1:
+        raise ValueError(f"rounds: must be >= 1, got {rounds}")
+    names = configs.split(",")
+    runs: list[dict[str, Any]] = []
+    with tqdm(total=rounds * len(names), desc="rounds × configs", unit="run") as bar:
+        for r in range(1, rounds + 1):
+            bar.set_description(f"round {r}/{rounds}")
+            run: dict[str, Any] = {}
+            for name, cfg, paths, mesh in each_mesh(configs, models_dir):
+                run[name] = summary = run_one(name, cfg, paths, mesh, out / name / f"round-{r}")
+                report_line(f"{name} round {r}/{rounds}", summary)
+                bar.update()
+            runs.append(run)
+    return runs
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+
+
 def run_serving_bench(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    large_path = ""
-    for name, cfg, paths, mesh in each_mesh(args.configs, args.models_dir):
-        large_path = paths.get(cfg.routing.large_model, large_path)
-        out = Path(args.out) / name
+    large_paths: list[str] = []
+
+    def run_one(name: str, cfg: Any, paths: dict[str, str], mesh: Any, out: Path) -> Any:
+        large_paths.append(paths.get(cfg.routing.large_model, ""))
         replay_args = _replay_args(args, mesh.address, next(iter(paths.values())), out)
-        results[name] = summary = asyncio.run(run_replay(replay_args))
-        report_line(name, summary)
-    report: dict[str, Any] = {"configs": results}
+        return asyncio.run(run_replay(replay_args))
+
+    report = rounds_report(
+        run_rounds(args.configs, args.models_dir, args.rounds, Path(args.out), run_one)
+    )
+    large_path = next((p for p in reversed(large_paths) if p), "")
     if args.hf_requests > 0 and large_path:
         report["hf_b1_tok_s"] = round(_hf_reference(args, large_path, large_path), 2)
-    base = results[next(iter(results))]["output_tok_s"] or 1e-9
-    report["ratio_tok_s"] = {k: round(v["output_tok_s"] / base, 2) for k, v in results.items()}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "bench.json").write_text(json.dumps(report, indent=2))
+    report["ratio_tok_s"] = {k: round(v, 2) for k, v in report["ratios"]["output_tok_s"].items()}
+    write_report(Path(args.out), report)
     return report
 
 
@@ -138,31 +190,38 @@ def print_serving_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    configs = report["configs"]
-    table = Table(title="same workload, mesh configurations side by side (ratios to the first)")
+    configs, spread = report["configs"], report["spread"]
+    n = report["rounds"]
+    table = Table(
+        title=f"same workload, mesh configurations side by side: median (min–max) of {n} "
+        f"interleaved round{'s' * (n != 1)}; × = ratio to the first config, per round"
+    )
     table.add_column("metric")
     for name in configs:
         table.add_column(name, justify="right")
-    first = next(iter(configs.values()))
 
-    def row(label: str, get: Any, ratio: bool = False) -> None:
+    def row(label: str, *path: str) -> None:
         cells = []
-        for s in configs.values():
-            v = get(s)
-            cells.append(f"{v:.2f}" + (f" ({v / (get(first) or 1e-9):.2f}×)" if ratio else ""))
+        for name in configs:
+            text = cell(pick(configs, name, *path), pick(spread, "configs", name, *path))
+            if path[0] in report.get("ratios", {}):
+                ratio = pick(report, "ratios", path[0], name)
+                text += f", {cell(ratio, pick(spread, 'ratios', path[0], name))}×"
+            cells.append(text)
         table.add_row(label, *cells)
 
-    row("completed", lambda s: s["completed"])
-    row("failed", lambda s: s["failed"])
-    row("output tok/s", lambda s: s["output_tok_s"], ratio=True)
-    row("req/s", lambda s: s["req_s"], ratio=True)
-    row("goodput req/s (both SLOs)", lambda s: s["goodput_req_s"], ratio=True)
+    row("completed", "completed")
+    row("failed", "failed")
+    row("output tok/s", "output_tok_s")
+    row("req/s", "req_s")
+    row("goodput req/s (both SLOs)", "goodput_req_s")
     for m in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        row(f"{m} p50", lambda s, m=m: s[m]["p50"] or 0.0)
-        row(f"{m} p99", lambda s, m=m: s[m]["p99"] or 0.0)
-    row("TPOT mean ms", lambda s: s["tpot_ms"].get("mean") or 0.0)
+        row(f"{m} p50", m, "p50")
+        row(f"{m} p99", m, "p99")
+    row("TPOT mean ms", "tpot_ms", "mean")
     for label, values in report.get("extra_rows", {}).items():
-        table.add_row(label, *(f"{values[name]:.2f}" for name in configs))
+        spreads = pick(spread, "extra_rows", label)
+        table.add_row(label, *(cell(values.get(k), pick(spreads, k)) for k in configs))
     Console().print(table)
     if "hf_b1_tok_s" in report:
         print(
@@ -171,7 +230,7 @@ def print_serving_table(report: dict[str, Any]) -> None:
     for name, s in configs.items():
         mix = s.get("route_mix", {})
         print(
-            f"{name}: failed {s['failed_by_status'] or 'none'}; models {mix.get('by_model', {})}; "
-            f"strategies {mix.get('by_strategy', {})}; probe agrees with the label "
-            f"{mix.get('probe_agreement', '-')}"
+            f"{name} (medians): failed {s['failed_by_status'] or 'none'}; models "
+            f"{mix.get('by_model', {})}; strategies {mix.get('by_strategy', {})}; probe agrees "
+            f"with the label {mix.get('probe_agreement', '-')}"
         )

@@ -1,12 +1,19 @@
 """`flexmesh bench strategies`: batch-1 tokens/s of plain decoding, prompt lookup (PLD) and
 draft-model speculation on prompts that repeat themselves, and whether all three emit the same
 tokens (greedy).
+
+The strategies run interleaved for `rounds` rounds (none, PLD, spec, none, PLD, spec, ...) on
+one engine, each warmed up once first; tokens/s and acceptance are medians over the rounds with
+their spread (min–max), the ratios to plain decoding worked out within each round first
+(`flexmesh.bench.rounds`), and the output must match plain decoding's in every round.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+from flexmesh.bench.rounds import pick, rounds_report
 
 REPETITIVE_PROMPTS = (
     # code completion over code that repeats its own identifiers
@@ -25,13 +32,23 @@ REPETITIVE_PROMPTS = (
 )
 
 
-def run_strategies_bench(models_dir: str | None, new_tokens: int) -> dict[str, Any]:
+STRATEGIES = ("none", "pld", "spec")
+"""Plain decoding first: the others' output is compared with its output of the same round."""
+
+
+def run_strategies_bench(
+    models_dir: str | None, new_tokens: int, rounds: int = 3
+) -> dict[str, Any]:
     """Batch-1 tokens/s of plain decoding, PLD and draft speculation on repetitive prompts."""
+    from tqdm import tqdm
+
     from flexmesh.actors.runner.engine import Engine
     from flexmesh.launch.mesh import resolve_model_paths
     from flexmesh.meshcore.config import EngineConfig, MeshConfig
     from flexmesh.meshcore.sampling import SamplingParams
 
+    if rounds < 1:
+        raise ValueError(f"rounds: must be >= 1, got {rounds}")
     cfg = MeshConfig.from_dict(
         {
             "models": [{"name": "demo-large"}, {"name": "demo-small"}],
@@ -41,36 +58,64 @@ def run_strategies_bench(models_dir: str | None, new_tokens: int) -> dict[str, A
     paths = resolve_model_paths(cfg)
     engine = Engine(paths["demo-large"], EngineConfig(), draft_model_path=paths["demo-small"])
     prompts = [engine.tokenizer.encode(p, add_special_tokens=False) for p in REPETITIVE_PROMPTS]
+    for strategy in STRATEGIES:  # warm-up
+        engine.generate([prompts[0][:8]], SamplingParams(max_tokens=4, strategy=strategy))
+    runs: list[dict[str, Any]] = []
+    with tqdm(total=rounds * len(STRATEGIES), desc="rounds × strategies", unit="run") as bar:
+        for r in range(1, rounds + 1):
+            bar.set_description(f"round {r}/{rounds}")
+            run: dict[str, Any] = {}
+            outputs: dict[str, list[list[int]]] = {}
+            for strategy in STRATEGIES:
+                sp = SamplingParams(max_tokens=new_tokens, ignore_eos=True, strategy=strategy)
+                outputs[strategy], run[strategy] = _measure(engine, prompts, sp)
+                run[strategy]["identical_to_none"] = outputs[strategy] == outputs["none"]
+                bar.update()
+            runs.append(run)
+    return strategies_report(runs, new_tokens)
+
+
+def _measure(
+    engine: Any, prompts: list[list[int]], sp: Any
+) -> tuple[list[list[int]], dict[str, Any]]:
+    """Each prompt's output tokens, and tokens/s and draft acceptance over all of them."""
+    proposed = accepted = tokens = 0
+    outs = []
+    t0 = time.perf_counter()
+    for ids in prompts:
+        rid = engine.add_request(prompt_token_ids=ids, sampling=sp)
+        out: list[int] = []
+        while engine.has_unfinished():
+            for o in engine.step():
+                if o.request_id == rid:
+                    out += o.token_ids
+                    proposed += o.draft_tokens_proposed
+                    accepted += o.draft_tokens_accepted
+        outs.append(out)
+        tokens += len(out)
+    elapsed = time.perf_counter() - t0
+    acceptance = round(accepted / proposed, 3) if proposed else None
+    return outs, {"tok_s": round(tokens / elapsed, 2), "acceptance": acceptance}
+
+
+def strategies_report(runs: list[dict[str, Any]], new_tokens: int) -> dict[str, Any]:
+    """The flat report (`{s}_tok_s`, `{s}_acceptance`, `ratio_{s}`: medians over the rounds;
+    `{s}_identical_to_none`: in every round) from each round's `{strategy: figures}`, with
+    `spread` ([min, max] of each of those figures) and the raw rounds under `samples`."""
+    r = rounds_report(runs, ratio_figures=("tok_s",))
     report: dict[str, Any] = {
         "model": "demo-large",
         "draft": "demo-small",
         "new_tokens": new_tokens,
+        "rounds": r["rounds"],
     }
-    outputs: dict[str, list[list[int]]] = {}
-    for strategy in ("none", "pld", "spec"):
-        sp = SamplingParams(max_tokens=new_tokens, ignore_eos=True, strategy=strategy)
-        engine.generate(
-            [prompts[0][:8]], SamplingParams(max_tokens=4, strategy=strategy)
-        )  # warm-up
-        proposed = accepted = tokens = 0
-        outs = []
-        t0 = time.perf_counter()
-        for ids in prompts:
-            rid = engine.add_request(prompt_token_ids=ids, sampling=sp)
-            out: list[int] = []
-            while engine.has_unfinished():
-                for o in engine.step():
-                    if o.request_id == rid:
-                        out += o.token_ids
-                        proposed += o.draft_tokens_proposed
-                        accepted += o.draft_tokens_accepted
-            outs.append(out)
-            tokens += len(out)
-        elapsed = time.perf_counter() - t0
-        outputs[strategy] = outs
-        report[f"{strategy}_tok_s"] = round(tokens / elapsed, 2)
-        report[f"{strategy}_acceptance"] = round(accepted / proposed, 3) if proposed else None
-        report[f"{strategy}_identical_to_none"] = outs == outputs["none"]
-    for s in ("pld", "spec"):
-        report[f"ratio_{s}"] = round(report[f"{s}_tok_s"] / report["none_tok_s"], 2)
-    return report
+    spread: dict[str, Any] = {}
+    for s, figures in r["configs"].items():
+        for key in ("tok_s", "acceptance"):
+            report[f"{s}_{key}"] = figures[key]
+            spread[f"{s}_{key}"] = pick(r["spread"], "configs", s, key)
+        report[f"{s}_identical_to_none"] = all(x["identical_to_none"] for x in r["samples"][s])
+    for s in STRATEGIES[1:]:
+        report[f"ratio_{s}"] = pick(r, "ratios", "tok_s", s)
+        spread[f"ratio_{s}"] = pick(r["spread"], "ratios", "tok_s", s)
+    return {**report, "spread": spread, "samples": r["samples"]}

@@ -72,6 +72,7 @@ def add_bench_commands(sub: Any) -> None:
     b = bsub.add_parser("strategies", help="plain vs PLD vs draft speculation, identical output")
     b.add_argument("--models-dir", default=None)
     b.add_argument("--new-tokens", type=int, default=128)
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians and spread")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_strategies)
 
@@ -149,7 +150,7 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
 def cmd_bench_strategies(args: argparse.Namespace) -> int:
     from flexmesh.bench.strategies_bench import run_strategies_bench
 
-    report = run_strategies_bench(args.models_dir, args.new_tokens)
+    report = run_strategies_bench(args.models_dir, args.new_tokens, args.rounds)
     show(args, report, lambda r: print_strategies_table(r, args.new_tokens))
     return 0 if all(report[f"{s}_identical_to_none"] for s in ("pld", "spec")) else 1
 
@@ -211,18 +212,27 @@ def print_engine_table(r: dict[str, Any], c: int) -> None:
 
 
 def print_strategies_table(report: dict[str, Any], new_tokens: int) -> None:
-    """Plain, PLD and draft speculation: tokens/s, acceptance, and whether output is identical."""
+    """Plain, PLD and draft speculation: tokens/s, acceptance, and whether output is identical
+    (medians over the rounds with their spread; ratios per round)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"demo-large, batch 1, {new_tokens} tokens, repetitive prompts")
+    from flexmesh.bench.rounds import cell
+
+    n, spread = report["rounds"], report["spread"]
+    table = Table(
+        title=f"demo-large, batch 1, {new_tokens} tokens, repetitive prompts: median (min–max) "
+        f"of {n} interleaved round{'s' * (n != 1)}"
+    )
     for col in ("strategy", "tokens/s", "× plain", "acceptance", "identical output"):
         table.add_column(col)
     for s in ("none", "pld", "spec"):
-        ratio = report[f"{s}_tok_s"] / report["none_tok_s"]
-        acc = report[f"{s}_acceptance"]
-        acc_text = "-" if acc is None else f"{acc:.2f}"
-        tok_s = f"{report[f'{s}_tok_s']:.1f}"
-        same = str(report[f"{s}_identical_to_none"])
-        table.add_row(s, tok_s, f"{ratio:.2f}", acc_text, same)
+        ratio = 1.0 if s == "none" else report[f"ratio_{s}"]
+        table.add_row(
+            s,
+            cell(report[f"{s}_tok_s"], spread.get(f"{s}_tok_s"), 1),
+            cell(ratio, spread.get(f"ratio_{s}")),
+            cell(report[f"{s}_acceptance"], spread.get(f"{s}_acceptance")),
+            str(report[f"{s}_identical_to_none"]),
+        )
     Console().print(table)

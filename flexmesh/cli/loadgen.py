@@ -37,7 +37,21 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"{m:>8}: p50 {p['p50']}  p90 {p['p90']}  p99 {p['p99']}")
     print(
         f"{summary['req_s']} req/s, {summary['output_tok_s']} output tok/s, "
-        f"goodput {summary['goodput_req_s']} req/s"
+        f"goodput {summary['goodput_req_s']} req/s, SLO attainment {summary['slo_attainment']}"
     )
+    if summary.get("demanding_requests"):
+        by_intent = ", ".join(
+            f"{k} {v}" for k, v in summary["downgrade_fraction_by_intent"].items()
+        )
+        print(
+            f"downgrades {summary['downgraded_requests']}/{summary['demanding_requests']} "
+            f"demanding requests, fraction {summary['downgrade_fraction']} ({by_intent})"
+        )
+    for ph in summary.get("by_phase", []):
+        fraction = ph["downgrade_fraction"]
+        print(
+            f"phase {ph['phase']}: goodput {ph['goodput_req_s']} req/s, downgrade fraction "
+            f"{'-' if fraction is None else fraction} of {ph['demanding_requests']} demanding"
+        )
     for f in summary.get("files", []):
         print(f"wrote {f}")

@@ -9,12 +9,14 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
 from flexmesh.channel import open_channel
+from flexmesh.meshcore.routing import THRESHOLDS
 from flexmesh.services.grpc_client import fetch_status
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
@@ -100,6 +102,8 @@ def add_mesh_commands(sub: Any) -> None:
     q.add_argument("--confidence-threshold", type=float, default=None)
     q.add_argument("--spill-queue-ms", type=float, default=None)
     q.add_argument("--return-queue-ms", type=float, default=None)
+    q.add_argument("--small-spill-queue-ms", type=float, default=None)
+    q.add_argument("--small-return-queue-ms", type=float, default=None)
     q.add_argument("--long-context-tokens", type=int, default=None)
     q.add_argument("--route", action="append", default=[], help="intent=model[:strategy][:spill]")
     q.add_argument("--expected-version", type=int, default=0, help="reject unless at this version")
@@ -166,12 +170,13 @@ async def status_cli(args: argparse.Namespace) -> int:
         "role",
         "device",
         "queue",
+        "queue p99 ms",
         "prefill tok",
         "decoding",
         "KV blocks",
         "in flight",
         "step ms",
-        "TPOT ms",
+        "TPOT ms (p99)",
         "prefill budget",
         "KV group",
         "tokens",
@@ -186,12 +191,13 @@ async def status_cli(args: argparse.Namespace) -> int:
             w.role + (" (draining)" if w.draining else "") + (" (pinned)" if w.pinned else ""),
             w.device,
             str(w.queue_length),
+            _ms(w.percentiles, "queue_ms_p99"),
             str(w.prefill_tokens_waiting),
             str(w.decode_batch),
             f"{w.kv_blocks_used}/{w.kv_blocks_total}",
             str(w.kv_blocks_in_flight),
             f"{w.step_ms:.1f}",
-            f"{w.tpot_ms:.1f}",
+            f"{w.tpot_ms:.1f} ({_ms(w.percentiles, 'tpot_ms_p99')})",
             f"{w.prefill_budget_tokens}/{w.max_batched_tokens}",
             w.kv_transport or "-",
             str(w.tokens_generated),
@@ -205,6 +211,11 @@ async def status_cli(args: argparse.Namespace) -> int:
         what = f"{d.kind} {d.target} {d.old} -> {d.new}"
         print(f"{when} {d.by}: {what}{why if d.reason else ''}")
     return 0
+
+
+def _ms(values: Mapping[str, float], key: str) -> str:
+    """One windowed percentile of a worker's report, "-" before it has a sample."""
+    return f"{values[key]:.1f}" if key in values else "-"
 
 
 async def workers_cli(args: argparse.Namespace) -> int:
@@ -278,12 +289,7 @@ async def policy_cli(args: argparse.Namespace) -> int:
                     routes=[_parse_route(r) for r in args.route],
                     expected_version=args.expected_version,
                 )
-                for name in (
-                    "confidence_threshold",
-                    "spill_queue_ms",
-                    "return_queue_ms",
-                    "long_context_tokens",
-                ):
+                for name in (*THRESHOLDS, "long_context_tokens"):
                     value = getattr(args, name)
                     if value is not None:
                         setattr(req, name, value)

@@ -242,9 +242,13 @@ def plot_controller(
                     color="tab:purple", label="confidence threshold")  # fmt: skip
         ax_thr.set_ylabel("confidence threshold")
         ax_ms = ax_thr.twinx()
-        for key, style in (("spill_queue_ms", "-"), ("return_queue_ms", ":")):
-            ax_ms.step(t, [p[key] for _, p in policy], where="post", color="tab:orange",
-                       linestyle=style, label=key)  # fmt: skip
+        for key, style, color in (
+            ("spill_queue_ms", "-", "tab:orange"), ("return_queue_ms", ":", "tab:orange"),
+            ("small_spill_queue_ms", "-", "tab:olive"), ("small_return_queue_ms", ":", "tab:olive"),
+        ):  # fmt: skip
+            if all(key in p for _, p in policy):
+                ax_ms.step(t, [p[key] for _, p in policy], where="post", color=color,
+                           linestyle=style, label=key)  # fmt: skip
         ax_ms.set_ylabel("queue delay (ms)")
         for (_, a), (t1, b) in itertools.pairwise(policy):
             for intent, strategy in b["strategies"].items():

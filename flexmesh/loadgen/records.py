@@ -74,6 +74,10 @@ class RequestRecord:
     route_prefill_worker: str = ""
     migrations: int = 0
     """Times the request moved to another worker after the one serving it broke."""
+    demanding: bool = False
+    """Its configured route names the large model (False without route info)."""
+    downgraded: bool = False
+    """Demanding, and served by another model (spilled, or moved by the controller)."""
     token_ids: tuple[int, ...] = ()
     """The completion's token ids (kept only when the replay is asked to)."""
     server_queue_ms: float | None = None
@@ -114,6 +118,8 @@ ROUTE_FIELDS = {
     "route_confidence": "confidence",
     "route_prefill_worker": "prefill_worker",
     "migrations": "migrations",
+    "demanding": "demanding",
+    "downgraded": "downgraded",
 }
 """`RequestRecord` field <- the same field of the server's route."""
 TIMING_FIELDS = {

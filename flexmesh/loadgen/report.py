@@ -3,7 +3,8 @@
 Latency percentiles cover successful requests only; failures are counted by status. Rates
 divide by the active span (first send to last response), so an idle lead-in from the trace
 does not dilute them. Goodput counts successful requests within both SLOs; a request with a
-single output token has no TPOT and meets the TPOT SLO by definition.
+single output token has no TPOT and meets the TPOT SLO by definition. The downgrade fraction
+is downgraded / demanding requests (a request without route info counts as not demanding).
 """
 
 from __future__ import annotations
@@ -45,6 +46,32 @@ def meets_slo(r: RequestRecord, ttft_slo_ms: float | None, tpot_slo_ms: float | 
     return tpot_slo_ms is None or tpot is None or tpot * 1000 <= tpot_slo_ms
 
 
+def _fraction(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def downgrades(records: Iterable[RequestRecord]) -> dict[str, Any]:
+    """Demanding requests (configured for the large model) and the share of them served by
+    another model, overall and per intent (the workload's label; intents with demanding
+    requests only)."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in records:
+        if r.demanding:
+            c = counts[r.intent]
+            c[0] += 1
+            c[1] += r.downgraded
+    demanding = sum(c[0] for c in counts.values())
+    downgraded = sum(c[1] for c in counts.values())
+    return {
+        "demanding_requests": demanding,
+        "downgraded_requests": downgraded,
+        "downgrade_fraction": _fraction(downgraded, demanding),
+        "downgrade_fraction_by_intent": {
+            intent: _fraction(d, n) for intent, (n, d) in sorted(counts.items())
+        },
+    }
+
+
 def phase_summaries(
     records: Sequence[RequestRecord],
     bounds_s: Sequence[tuple[str, float, float]],
@@ -70,6 +97,7 @@ def phase_summaries(
                 "output_tokens": sum(r.completion_tokens for r in ok),
                 "ttft_ms": percentiles((r.ttft_s for r in ok if r.ttft_s is not None), 1000.0),
                 "tpot_ms": percentiles((t for r in ok if (t := r.tpot_s) is not None), 1000.0),
+                **downgrades(rs),
             }
         )
     return out
@@ -156,6 +184,7 @@ def summarize(
         "slo": {"ttft_ms": ttft_slo_ms, "tpot_ms": tpot_slo_ms},
         "goodput_req_s": rate(len(good)),
         "slo_attainment": round(len(good) / len(sent), 4) if sent else None,
+        **downgrades(sent),
         "route_mix": _route_mix(ok),
         "by_model": {m: _latency(rs) for m, rs in sorted(by_model.items())},
     }
@@ -197,6 +226,8 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
         "output_tok_s",
         "goodput_req_s",
         "slo_attainment",
+        "demanding_requests",
+        "downgrade_fraction",
         "sends_delayed_over_10ms",
     ]
     lines += _table(["metric", "value"], [(k, s.get(k)) for k in overview])
@@ -212,11 +243,12 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
         lines += ["## Failures", ""]
         lines += _table(["status", "count"], s["failed_by_status"].items())
     mix = s["route_mix"]
+    by_intent = s.get("downgrade_fraction_by_intent", {})
     lines += ["## Route mix by intent", ""]
     lines += _table(
-        ["intent", "count", "models", "strategies", "probe said"],
+        ["intent", "count", "models", "strategies", "probe said", "downgrade fraction"],
         [
-            (k, v["count"], v["models"], v["strategies"], v["probe_intents"])
+            (k, v["count"], v["models"], v["strategies"], v["probe_intents"], by_intent.get(k))
             for k, v in mix["by_intent"].items()
         ],
     )
@@ -237,6 +269,18 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
             for m, v in s["by_model"].items()
         ],
     )
+    if s.get("by_phase"):
+        lines += ["## By phase", ""]
+        lines += _table(
+            ["phase", "requests", "met SLO", "goodput req/s", "TTFT p99", "TPOT p99",
+             "demanding", "downgrade fraction"],
+            [
+                (p["phase"], p["requests"], p["met_slo"], p["goodput_req_s"],
+                 p["ttft_ms"]["p99"], p["tpot_ms"]["p99"], p.get("demanding_requests"),
+                 p.get("downgrade_fraction"))
+                for p in s["by_phase"]
+            ],
+        )  # fmt: skip
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import structlog
 
+from flexmesh.meshcore.routing import THRESHOLDS
 from flexmesh.v1 import flexmesh_pb2, flexmesh_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,9 @@ def status_sample(
                 "tokens_generated": w.tokens_generated,
                 "queue_delay_ms": round(w.queue_delay_ms, 3),
                 "tpot_ms": round(w.tpot_ms, 3),
+                "decode_step_ms": round(w.decode_step_ms, 3),
+                "prefill_ms_per_token": round(w.prefill_ms_per_token, 4),
+                "percentiles": {k: round(v, 3) for k, v in sorted(w.percentiles.items())},
                 "prefill_budget_tokens": w.prefill_budget_tokens,
                 "max_batched_tokens": w.max_batched_tokens,
             }
@@ -53,16 +57,11 @@ def status_sample(
     }
 
 
-def policy_sample(
-    confidence_threshold: float,
-    spill_queue_ms: float,
-    return_queue_ms: float,
-    strategies: dict[str, str],
-) -> dict[str, Any]:
+def policy_sample(policy: Any, strategies: dict[str, str]) -> dict[str, Any]:
+    """The routing thresholds of `policy` (a `RoutingConfig` or the proto `Policy`) and the
+    strategy per route."""
     return {
-        "confidence_threshold": round(confidence_threshold, 4),
-        "spill_queue_ms": spill_queue_ms,
-        "return_queue_ms": return_queue_ms,
+        **{name: round(getattr(policy, name), 4) for name in THRESHOLDS},
         "strategies": strategies,
     }
 
@@ -82,12 +81,7 @@ def grpc_status_reader(channel: grpc.aio.Channel, timeout_s: float) -> StatusRea
             raise
         p = resp.policy
         policy = (
-            policy_sample(
-                p.confidence_threshold,
-                p.spill_queue_ms,
-                p.return_queue_ms,
-                {r.intent: r.strategy for r in p.routes},
-            )
+            policy_sample(p, {r.intent: r.strategy for r in p.routes})
             if resp.HasField("policy")
             else None
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flexmesh.meshcore.fields import build, check
-from flexmesh.meshcore.routing import RoutingConfig
+from flexmesh.meshcore.routing import ROUTE_KEYS, RoutingConfig
 
 
 @dataclass(frozen=True)
@@ -284,6 +284,10 @@ class PDConfig:
         check(self.fallback in FALLBACKS, "pd.fallback", self.fallback, f"one of {FALLBACKS}")
 
 
+LEVERS = ("budget", "role", "routing")
+"""The controller's levers, cheapest first (docs/controller.md)."""
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
     """The controller actor: its loop and the SLOs its prefill/decode policy steers by."""
@@ -292,6 +296,9 @@ class ControllerConfig:
     """Run the controller (it changes worker roles while serving; off: roles stay as set)."""
     interval_ms: float = 1000.0
     """Time between two reconcile rounds."""
+    levers: tuple[str, ...] = LEVERS
+    """The levers the controller may move: "budget" (prefill shares), "role" (worker roles),
+    "routing" (thresholds and per-route drafting). Fewer: to measure one lever alone."""
     ttft_slo_ms: float = 3000.0
     """Time-to-first-token objective; the expected wait before a prefill is read against it."""
     tpot_slo_ms: float = 150.0
@@ -306,7 +313,8 @@ class ControllerConfig:
     min_prefill_budget_tokens: int = 32
     """Smallest prefill share of a mixed worker's step budget (decode-first)."""
     budget_dwell_ms: float = 2000.0
-    """Least time between two changes of one worker's prefill budget."""
+    """Least time between two changes of one worker's prefill budget in opposite directions
+    (a change that goes on the same way, as a burst grows, is made at once)."""
     attainment_target: float = 0.9
     """A model whose recent requests meet both SLOs less often than this is under pressure."""
     traffic_window_s: float = 15.0
@@ -317,6 +325,13 @@ class ControllerConfig:
     """Lowest `routing.confidence_threshold` the controller sets."""
     confidence_step: float = 0.1
     """How far one decision moves the confidence threshold."""
+    max_downgrade_fraction: dict[str, float] = field(default_factory=dict)
+    """The quality budget: per route key (an intent, or "low_confidence"), the largest share
+    of its demanding requests in the traffic window that may be downgraded (served by the
+    small model although the configured route names the large one), by a spill or by any
+    decision of the controller. Keys not given take `default_max_downgrade_fraction`."""
+    default_max_downgrade_fraction: float = 0.25
+    """The quality budget of a route key that `max_downgrade_fraction` does not name."""
     min_acceptance: float = 0.3
     """A route's PLD/speculation is switched off below this draft acceptance."""
     spec_max_batch: int = 8
@@ -331,9 +346,19 @@ class ControllerConfig:
         for name in ("min_prefill_budget_tokens", "spec_max_batch", "min_spill_queue_ms"):
             value = getattr(self, name)
             check(value > 0, f"controller.{name}", value, "> 0")
-        for name in ("attainment_target", "min_confidence_threshold", "min_acceptance"):
+        for name in (
+            "attainment_target",
+            "min_confidence_threshold",
+            "min_acceptance",
+            "default_max_downgrade_fraction",
+        ):
             value = getattr(self, name)
             check(0 <= value <= 1, f"controller.{name}", value, "in [0, 1]")
+        for key, value in self.max_downgrade_fraction.items():
+            name = f"controller.max_downgrade_fraction.{key}"
+            check(key in ROUTE_KEYS, name, key, f"one of {ROUTE_KEYS}")
+            ok = isinstance(value, (int, float)) and 0 <= value <= 1
+            check(ok, name, value, "in [0, 1]")
         step = self.confidence_step
         check(0 < step <= 1, "controller.confidence_step", step, "in (0, 1]")
         for name in ("min_dwell_ms", "budget_dwell_ms"):
@@ -346,6 +371,12 @@ class ControllerConfig:
             "in (0, controller.high_fraction)",
         )
         check(self.history > 0, "controller.history", self.history, "> 0")
+        for lever in self.levers:
+            check(lever in LEVERS, "controller.levers", lever, f"each one of {LEVERS}")
+
+    def downgrade_bound(self, route_key: str) -> float:
+        """The quality budget of one route key."""
+        return self.max_downgrade_fraction.get(route_key, self.default_max_downgrade_fraction)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ signals from either."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from flexmesh.meshcore.plan import SchedulerOutput
@@ -13,6 +14,21 @@ from flexmesh.meshcore.scheduler import Scheduler
 
 STEP_EWMA_WEIGHT = 0.1
 """Weight of the newest step in the moving averages of `StepStats`."""
+PERCENTILE_WINDOW = 256
+"""Steps (and first tokens) behind the windowed percentiles an engine reports."""
+QUANTILES = (50, 90, 99)
+MIN_FIT_PROMPT_TOKENS = 16
+"""Fewest prompt tokens in a step for it to update `StepStats.prefill_ms_per_token` (fewer:
+the step's noise, divided by a few tokens, would swamp the figure)."""
+
+
+def percentiles(name: str, values: Iterable[float]) -> dict[str, float]:
+    """`{name}_p50`, `_p90`, `_p99` of `values` (nearest rank; nothing when empty)."""
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    n = len(ordered)
+    return {f"{name}_p{q}": ordered[min(n - 1, (q * n - 1) // 100)] for q in QUANTILES}
 
 
 @dataclass
@@ -24,8 +40,17 @@ class StepStats:
     """Wall time of one step."""
     recent_decode_step_ms: float = 0.0
     """Wall time of a step that decodes (the time per output token)."""
+    decode_step_ms: float = 0.0
+    """Wall time of a step without prompt tokens (the decode batch alone)."""
+    prefill_ms_per_token: float = 0.0
+    """What one prompt token adds to a step: a step costs about `decode_step_ms` plus this
+    per prompt token it computes (the controller predicts step times from the two)."""
     draft_acceptance: dict[str, float] = field(default_factory=dict)
     """Per strategy (pld, spec), the fraction of draft tokens accepted."""
+    window: deque[tuple[float, bool]] = field(
+        default_factory=lambda: deque(maxlen=PERCENTILE_WINDOW)
+    )
+    """The latest steps: (wall ms, decodes)."""
 
     def observe(
         self, plan: SchedulerOutput, sampled: Mapping[str, list[int]], step_ms: float
@@ -33,8 +58,17 @@ class StepStats:
         """Count one step of `plan` that took `step_ms` and sampled `sampled`."""
         self.steps += 1
         self.recent_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_step_ms)
-        if any(c.start > 0 and c.num_tokens - c.num_draft == 1 for c in plan.chunks):
+        decoding = [c for c in plan.chunks if c.start > 0 and c.num_tokens - c.num_draft == 1]
+        if decoding:
             self.recent_decode_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_decode_step_ms)
+        self.window.append((step_ms, bool(decoding)))
+        prompt_tokens = plan.num_batched_tokens - sum(c.num_tokens for c in decoding)
+        if prompt_tokens == 0:
+            self.decode_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.decode_step_ms)
+        elif prompt_tokens >= MIN_FIT_PROMPT_TOKENS:
+            per_token = max(0.0, step_ms - self.decode_step_ms) / prompt_tokens
+            old = self.prefill_ms_per_token or per_token
+            self.prefill_ms_per_token = old + STEP_EWMA_WEIGHT * (per_token - old)
         for c in plan.chunks:
             if c.num_draft == 0 or c.request_id not in sampled:
                 continue
@@ -42,6 +76,15 @@ class StepStats:
             strategy = c.sampling.strategy  # drafts come only from an applied strategy
             old = self.draft_acceptance.get(strategy, rate)
             self.draft_acceptance[strategy] = old + STEP_EWMA_WEIGHT * (rate - old)
+
+    def percentiles(self, queue_ms: Iterable[float]) -> dict[str, float]:
+        """Windowed percentiles of step time, of a step that decodes (TPOT) and of `queue_ms`
+        (the queue times of the latest first tokens)."""
+        return {
+            **percentiles("step_ms", (ms for ms, _ in self.window)),
+            **percentiles("tpot_ms", (ms for ms, decodes in self.window if decodes)),
+            **percentiles("queue_ms", queue_ms),
+        }
 
 
 @dataclass(frozen=True)
@@ -70,6 +113,12 @@ class EngineLoad:
     """Recent average wall time of one step."""
     tpot_ms: float
     """Recent average wall time of a step that decodes (the time per output token)."""
+    decode_step_ms: float
+    """Recent wall time of a step without prompt tokens."""
+    prefill_ms_per_token: float
+    """Recent time one prompt token adds to a step."""
+    percentiles: Mapping[str, float]
+    """Windowed p50/p90/p99 of step_ms, tpot_ms and queue_ms (`StepStats.percentiles`)."""
     prefill_budget_tokens: int
     """Most prompt tokens one step computes."""
     max_batched_tokens: int
@@ -94,6 +143,9 @@ class EngineLoad:
             decode_batch=s.num_decoding,
             step_ms=stats.recent_step_ms,
             tpot_ms=stats.recent_decode_step_ms,
+            decode_step_ms=stats.decode_step_ms,
+            prefill_ms_per_token=stats.prefill_ms_per_token,
+            percentiles=stats.percentiles(s.recent_queue_ms),
             prefill_budget_tokens=s.prefill_budget_tokens,
             max_batched_tokens=s.config.max_batched_tokens,
             draft_acceptance=dict(stats.draft_acceptance),

@@ -128,6 +128,13 @@ class WorkerStatus:
     """The whole token budget of one step."""
     draft_acceptance: dict[str, float] = field(default_factory=dict)
     """Per strategy (pld, spec), recent fraction of draft tokens accepted."""
+    decode_step_ms: float = 0.0
+    """Recent wall time of a step without prompt tokens."""
+    prefill_ms_per_token: float = 0.0
+    """Recent time one prompt token adds to a step (with `decode_step_ms`, what a step with a
+    given prefill share will cost)."""
+    percentiles: dict[str, float] = field(default_factory=dict)
+    """Windowed p50/p90/p99 of step_ms, tpot_ms and queue_ms (`load.StepStats.percentiles`)."""
     draining: bool = False
     """The gateway sends this worker no new requests."""
     pinned: bool = False

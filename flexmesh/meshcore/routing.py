@@ -4,8 +4,16 @@ A-IO keeps a small and a large model of one family resident. Decode is memory-bo
 request served by the small model streams ~1/5 of the bytes per token. The probe names the
 prompt's intent; `decide` maps it through the policy table, sends low-confidence prompts to the
 large model, spills spillable intents to the other model while the target's queue is long
-(hysteresis: spill above `spill_queue_ms`, return below `return_queue_ms`, held in
-`RouterState`) and lets explicit request fields override everything. Pure and stdlib only.
+(hysteresis, a pair of thresholds per direction: the large model spills above
+`spill_queue_ms` and takes back below `return_queue_ms`, the small one above
+`small_spill_queue_ms` / below `small_return_queue_ms`; held in `RouterState`), never past the
+quality budget, and lets explicit request fields override everything. Pure and stdlib only.
+
+The quality budget (docs/controller.md): a request is *demanding* when its configured route
+(the policy as configured, before any spill or controller change) names the large model; a
+*downgrade* is a demanding request served by another model. The caller passes the routes whose
+share of downgrades in its window has reached `controller.max_downgrade_fraction` (`capped`);
+a request of such a route is not downgraded, whatever the load.
 """
 
 from __future__ import annotations
@@ -24,6 +32,16 @@ ROUTE_MODELS = ("small", "large")
 """Symbolic models a route names; the policy maps them to resident model names."""
 ROUTE_STRATEGIES = ("none", "pld", "spec")
 """Decoding accelerations: none, prompt-lookup decoding, draft-model speculation."""
+ROUTE_KEYS = (*INTENTS, "low_confidence")
+"""The routes of a `RouteTable`: one per intent and the low-confidence route."""
+THRESHOLDS = (
+    "confidence_threshold",
+    "spill_queue_ms",
+    "return_queue_ms",
+    "small_spill_queue_ms",
+    "small_return_queue_ms",
+)
+"""The policy's numeric thresholds: the routing lever's knobs."""
 
 
 class PolicyVersionError(InvalidRequestError):
@@ -114,9 +132,13 @@ class RoutingConfig:
     confidence_threshold: float = 0.3
     """Probe confidence (softmax margin) below which the `low_confidence` route is used."""
     spill_queue_ms: float = 500.0
-    """Queue delay of the target model above which spillable intents go to the other model."""
+    """Queue delay of the large model above which its spillable intents go to the small one."""
     return_queue_ms: float = 100.0
-    """Queue delay below which a spilling model takes its spillable intents back."""
+    """Queue delay below which the large model, spilling, takes its spillable intents back."""
+    small_spill_queue_ms: float = 500.0
+    """Queue delay of the small model above which its spillable intents go to the large one."""
+    small_return_queue_ms: float = 100.0
+    """Queue delay below which the small model, spilling, takes its spillable intents back."""
     long_context_tokens: int = 2048
     """Prompts longer than this are long_context without a probe forward pass."""
     routes: RouteTable = field(default_factory=RouteTable)
@@ -130,9 +152,11 @@ class RoutingConfig:
         _check(self.small_model != self.large_model, "large_model", self.large_model, "!= small")
         thr = self.confidence_threshold
         _check(0.0 <= thr <= 1.0, "confidence_threshold", thr, "in [0, 1]")
-        _check(self.spill_queue_ms > 0, "spill_queue_ms", self.spill_queue_ms, "> 0")
-        ret = self.return_queue_ms
-        _check(0 <= ret < self.spill_queue_ms, "return_queue_ms", ret, "in [0, spill_queue_ms)")
+        for prefix in ("", "small_"):
+            spill, ret = self.spill_thresholds(prefix)
+            _check(spill > 0, f"{prefix}spill_queue_ms", spill, "> 0")
+            rule = f"in [0, {prefix}spill_queue_ms)"
+            _check(0 <= ret < spill, f"{prefix}return_queue_ms", ret, rule)
         lct = self.long_context_tokens
         _check(lct > 0, "long_context_tokens", lct, "> 0")
         _check(self.version >= 1, "version", self.version, ">= 1")
@@ -141,6 +165,24 @@ class RoutingConfig:
 
     def model_name(self, role: str) -> str:
         return self.small_model if role == "small" else self.large_model
+
+    def spill_thresholds(self, prefix: str) -> tuple[float, float]:
+        """(spill, return) queue delays of the large model (prefix "") or the small one
+        ("small_")."""
+        spill: float = getattr(self, f"{prefix}spill_queue_ms")
+        ret: float = getattr(self, f"{prefix}return_queue_ms")
+        return spill, ret
+
+    def thresholds_of(self, model: str) -> tuple[float, float]:
+        """(spill, return) queue delays of resident model `model`."""
+        return self.spill_thresholds("small_" if model == self.small_model else "")
+
+    def configured_route(self, probe: ProbeResult) -> tuple[str, Route]:
+        """The route key (an intent, or "low_confidence") and route this policy gives `probe`
+        before load or overrides."""
+        if probe.confidence < self.confidence_threshold:
+            return "low_confidence", self.routes.low_confidence
+        return probe.intent, self.routes.get(probe.intent)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoutingConfig:
@@ -164,9 +206,15 @@ class RouteDecision:
     confidence: float
     """Probe confidence in `intent`."""
     reason: str
-    """table, low_confidence, spill or override."""
+    """table, low_confidence, spill, quality_budget (a downgrade refused) or override."""
     policy_version: int = 0
     """Version of the policy that decided."""
+    route_key: str = ""
+    """The configured route's key: the intent, or "low_confidence"."""
+    demanding: bool = False
+    """The configured route names the large model."""
+    downgraded: bool = False
+    """Demanding, and served by the small model (not by the caller's own choice)."""
 
 
 @dataclass(frozen=True)
@@ -180,12 +228,14 @@ class RouterState:
 def update_state(
     loads: Mapping[str, float], policy: RoutingConfig, state: RouterState
 ) -> RouterState:
-    """Enter spilling above `spill_queue_ms`, leave below `return_queue_ms`, else keep."""
+    """Enter spilling above the model's spill threshold, leave below its return threshold,
+    else keep."""
     spilling = set(state.spilling)
     for model, delay_ms in loads.items():
-        if delay_ms > policy.spill_queue_ms:
+        spill_ms, return_ms = policy.thresholds_of(model)
+        if delay_ms > spill_ms:
             spilling.add(model)
-        elif delay_ms < policy.return_queue_ms:
+        elif delay_ms < return_ms:
             spilling.discard(model)
     return RouterState(frozenset(spilling))
 
@@ -197,11 +247,15 @@ def decide(
     state: RouterState,
     model: str = "",
     strategy: str = "",
+    base: RoutingConfig | None = None,
+    capped: frozenset[str] = frozenset(),
 ) -> tuple[RouteDecision, RouterState]:
     """Route one request. `loads` maps model name to queue delay in ms (missing = idle).
 
     `model` ("" or "auto" = router decides) and `strategy` ("" = router decides) are the
-    request's own fields; when set they win over the table, confidence and load.
+    request's own fields; when set they win over the table, confidence and load. `base` is the
+    configured policy (default: `policy`), which says whether the request is demanding;
+    `capped` holds the route keys whose downgrades have reached their bound.
     """
     if strategy not in ("", *ROUTE_STRATEGIES):
         raise InvalidRequestError("strategy", f"must be '', none, pld or spec, got {strategy!r}")
@@ -209,15 +263,19 @@ def decide(
         known = (policy.small_model, policy.large_model)
         raise UnknownModelError(f"model {model!r} is not a routing model {known}")
     state = update_state(loads, policy, state)
-    if probe.confidence < policy.confidence_threshold:
-        route, reason = policy.routes.low_confidence, "low_confidence"
-    else:
-        route, reason = policy.routes.get(probe.intent), "table"
+    key, route = policy.configured_route(probe)
+    reason = "low_confidence" if key == "low_confidence" else "table"
     role, strat = route.model, route.strategy
     if route.spillable:
         target, other = policy.model_name(role), policy.model_name(_other(role))
         if target in state.spilling and other not in state.spilling:
             role, reason = _other(role), "spill"
+    base_key, base_route = (base or policy).configured_route(probe)
+    demanding = base_route.model == "large"
+    if demanding and role != "large" and base_key in capped:
+        # The quality budget of this route is spent: serve it as configured.
+        route = policy.routes.get(base_key)
+        role, strat, reason = "large", route.strategy, "quality_budget"
     if model not in ("", "auto"):
         role, reason = ("small" if model == policy.small_model else "large"), "override"
     elif strategy == "spec":
@@ -229,7 +287,18 @@ def decide(
             raise InvalidRequestError("strategy", "spec needs the large model (small is the draft)")
         strat = "none"  # a large-model route spilled to the small model loses its draft
     name = policy.model_name(role)
-    decision = RouteDecision(name, strat, probe.intent, probe.confidence, reason, policy.version)
+    downgraded = demanding and role != "large" and reason != "override"
+    decision = RouteDecision(
+        name,
+        strat,
+        probe.intent,
+        probe.confidence,
+        reason,
+        policy.version,
+        base_key,
+        demanding,
+        downgraded,
+    )
     return decision, state
 
 
@@ -242,12 +311,21 @@ class Router:
 
     def __init__(self, policy: RoutingConfig | None = None) -> None:
         self.policy = policy or RoutingConfig()
+        self.base = self.policy
+        """The configured policy: what a request's configured route is read from."""
         self.state = RouterState()
 
     def route(
-        self, probe: ProbeResult, loads: Mapping[str, float], model: str = "", strategy: str = ""
+        self,
+        probe: ProbeResult,
+        loads: Mapping[str, float],
+        model: str = "",
+        strategy: str = "",
+        capped: frozenset[str] = frozenset(),
     ) -> RouteDecision:
-        decision, self.state = decide(probe, loads, self.policy, self.state, model, strategy)
+        decision, self.state = decide(
+            probe, loads, self.policy, self.state, model, strategy, self.base, capped
+        )
         return decision
 
     def update(self, changes: Mapping[str, Any], expected_version: int) -> RoutingConfig:

@@ -38,6 +38,8 @@ from flexmesh.meshcore.request import Request, RequestStatus
 
 PREFILL_EWMA_WEIGHT = 0.2
 """Weight of the newest request in `Scheduler.recent_prefill_ms`."""
+QUEUE_WINDOW = 256
+"""First tokens whose queue times `Scheduler.recent_queue_ms` keeps."""
 
 
 class Scheduler:
@@ -53,6 +55,8 @@ class Scheduler:
         """Every request held here by id, parked ones included (they are in no queue)."""
         self.recent_prefill_ms = 0.0
         """Moving average of a request's first step to its first token: its prefill's cost."""
+        self.recent_queue_ms: deque[float] = deque(maxlen=QUEUE_WINDOW)
+        """The latest first tokens' queue times (arrival to first step), in ms."""
         self.prefill_budget_tokens = config.prefill_budget_tokens or config.max_batched_tokens
         """Most prompt tokens one step computes (the rest of the budget is for decodes)."""
         self._prefill_left = 0
@@ -331,6 +335,7 @@ class Scheduler:
                 self.recent_prefill_ms += PREFILL_EWMA_WEIGHT * (
                     prefill_ms - self.recent_prefill_ms
                 )
+                self.recent_queue_ms.append((start - req.arrival_time) * 1000.0)
             status = None
             for token in tokens:
                 status = req.append_token(token)

@@ -13,7 +13,7 @@ import grpc
 from flexmesh.meshcore.config import GatewayConfig
 from flexmesh.meshcore.errors import FlexMeshError, InvalidRequestError
 from flexmesh.meshcore.messages import WorkerStatus
-from flexmesh.meshcore.routing import RoutingConfig
+from flexmesh.meshcore.routing import THRESHOLDS, RoutingConfig
 from flexmesh.meshcore.sampling import SamplingParams
 from flexmesh.services.core.frontend import Chunk, Frontend, GenerationInput
 from flexmesh.services.core.inputs import DEFAULT_MAX_TOKENS, check_prompt, generation_input
@@ -67,6 +67,8 @@ def to_response(chunk: Chunk) -> pb.GenerateResponse:
                 kv_bytes=r.kv_bytes,
                 kv_transfer_ms=r.kv_transfer_ms,
                 migrations=r.migrations,
+                demanding=r.demanding,
+                downgraded=r.downgraded,
             )
         )
     return msg
@@ -123,6 +125,8 @@ def policy_to_proto(p: RoutingConfig, pinned: Iterable[str] = ()) -> pb.Policy:
         confidence_threshold=p.confidence_threshold,
         spill_queue_ms=p.spill_queue_ms,
         return_queue_ms=p.return_queue_ms,
+        small_spill_queue_ms=p.small_spill_queue_ms,
+        small_return_queue_ms=p.small_return_queue_ms,
         long_context_tokens=p.long_context_tokens,
         large_model=p.large_model,
         small_model=p.small_model,
@@ -134,12 +138,7 @@ def changes_from_request(req: pb.SetPolicyRequest, current: RoutingConfig) -> di
     """The fields a SetPolicyRequest sets, as a nested mapping for `apply_update`."""
     changes: dict[str, Any] = {
         name: getattr(req, name)
-        for name in (
-            "confidence_threshold",
-            "spill_queue_ms",
-            "return_queue_ms",
-            "long_context_tokens",
-        )
+        for name in (*THRESHOLDS, "long_context_tokens")
         if req.HasField(name)
     }
     roles = {

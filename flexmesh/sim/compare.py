@@ -4,7 +4,8 @@ searches.
 A variant is a change of one config: how one model's workers split between prefill and decode
 (`colocated`, `P:D`, every split `pd`), a static prefill share (`budget=N`), static routing
 thresholds (`spill=MS`, `confidence=X`), the controller on (`dynamic`: starts co-located,
-moves budgets, roles and routing), or the config `as-is`. The
+moves budgets, roles and routing), the config as it is with the controller on and only some
+levers (`levers=budget+role`, `levers=routing`; `levers=` none), or the config `as-is`. The
 same workload (prepared once) replays on each; the run is deterministic, so one run each.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flexmesh.meshcore.config import MeshConfig, ModelSpec
+from flexmesh.meshcore.config import LEVERS, MeshConfig, ModelSpec
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.sim.profile import ModelShape, Profile
 from flexmesh.sim.run import model_shapes, prepare_requests, simulate_summary, write_sim
@@ -56,6 +57,10 @@ def variant(config: MeshConfig, name: str, model: str = "") -> MeshConfig:
     """`config` changed as `name` says (see the module docstring)."""
     if name == "as-is":
         return config
+    if name.startswith("levers="):
+        levers = tuple(x for x in name.removeprefix("levers=").split("+") if x)
+        controller = replace(config.controller, enabled=bool(levers), levers=levers or LEVERS)
+        return replace(config, controller=controller)
     if name.startswith(("spill=", "confidence=")):
         return _routing_variant(config, name)
     spec = target_model(config, model)
@@ -79,7 +84,7 @@ def variant(config: MeshConfig, name: str, model: str = "") -> MeshConfig:
         raise InvalidRequestError(
             "variants",
             f"{name!r} is not one of as-is, colocated, dynamic, pd, P:D, budget=TOKENS, "
-            "spill=MS, confidence=X",
+            "spill=MS, confidence=X, levers=A+B",
         )
     models = [replace(m, roles=roles, role="mixed") if m is spec else m for m in config.models]
     return replace(config, models=models, controller=controller, engine=engine)

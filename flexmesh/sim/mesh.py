@@ -210,9 +210,7 @@ class SimMesh:
             if frontend.probe is not None:
                 p = frontend.router.policy
                 strategies = {i: p.routes.get(i).strategy for i in (*INTENTS, "low_confidence")}
-                policy = policy_sample(
-                    p.confidence_threshold, p.spill_queue_ms, p.return_queue_ms, strategies
-                )
+                policy = policy_sample(p, strategies)
             gw = frontend.config.gateway
             version = frontend.router.policy.version
             return status_sample(frontend.in_flight, gw.max_queue_len, version, workers, policy)

@@ -79,7 +79,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., probe_ms: _Optional[float] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("model", "worker", "intent", "confidence", "strategy", "probe_ms", "draft_tokens_accepted", "draft_tokens_proposed", "prefill_worker", "kv_transport", "kv_bytes", "kv_transfer_ms", "migrations")
+    __slots__ = ("model", "worker", "intent", "confidence", "strategy", "probe_ms", "draft_tokens_accepted", "draft_tokens_proposed", "prefill_worker", "kv_transport", "kv_bytes", "kv_transfer_ms", "migrations", "demanding", "downgraded")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     INTENT_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,8 @@ class Route(_message.Message):
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
     MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    DEMANDING_FIELD_NUMBER: _ClassVar[int]
+    DOWNGRADED_FIELD_NUMBER: _ClassVar[int]
     model: str
     worker: str
     intent: str
@@ -106,7 +108,9 @@ class Route(_message.Message):
     kv_bytes: int
     kv_transfer_ms: float
     migrations: int
-    def __init__(self, model: _Optional[str] = ..., worker: _Optional[str] = ..., intent: _Optional[str] = ..., confidence: _Optional[float] = ..., strategy: _Optional[str] = ..., probe_ms: _Optional[float] = ..., draft_tokens_accepted: _Optional[int] = ..., draft_tokens_proposed: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., kv_transport: _Optional[str] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_ms: _Optional[float] = ..., migrations: _Optional[int] = ...) -> None: ...
+    demanding: bool
+    downgraded: bool
+    def __init__(self, model: _Optional[str] = ..., worker: _Optional[str] = ..., intent: _Optional[str] = ..., confidence: _Optional[float] = ..., strategy: _Optional[str] = ..., probe_ms: _Optional[float] = ..., draft_tokens_accepted: _Optional[int] = ..., draft_tokens_proposed: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., kv_transport: _Optional[str] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_ms: _Optional[float] = ..., migrations: _Optional[int] = ..., demanding: _Optional[bool] = ..., downgraded: _Optional[bool] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("prompt",)
@@ -142,8 +146,15 @@ class GetStatusRequest(_message.Message):
     def __init__(self, cached: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms", "pinned", "prefill_budget_tokens", "max_batched_tokens", "draft_acceptance")
+    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms", "pinned", "prefill_budget_tokens", "max_batched_tokens", "draft_acceptance", "decode_step_ms", "prefill_ms_per_token", "percentiles")
     class DraftAcceptanceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PercentilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +186,9 @@ class WorkerStatus(_message.Message):
     PREFILL_BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
+    DECODE_STEP_MS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_MS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILES_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_path: str
@@ -200,7 +214,10 @@ class WorkerStatus(_message.Message):
     prefill_budget_tokens: int
     max_batched_tokens: int
     draft_acceptance: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ..., prefill_tokens_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., step_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., kv_blocks_in_flight: _Optional[int] = ..., kv_transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queue_delay_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., pinned: _Optional[bool] = ..., prefill_budget_tokens: _Optional[int] = ..., max_batched_tokens: _Optional[int] = ..., draft_acceptance: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    decode_step_ms: float
+    prefill_ms_per_token: float
+    percentiles: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ..., prefill_tokens_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., step_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., kv_blocks_in_flight: _Optional[int] = ..., kv_transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queue_delay_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., pinned: _Optional[bool] = ..., prefill_budget_tokens: _Optional[int] = ..., max_batched_tokens: _Optional[int] = ..., draft_acceptance: _Optional[_Mapping[str, float]] = ..., decode_step_ms: _Optional[float] = ..., prefill_ms_per_token: _Optional[float] = ..., percentiles: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("t_unix", "kind", "target", "old", "new", "by", "reason", "inputs")
@@ -262,7 +279,7 @@ class IntentRoute(_message.Message):
     def __init__(self, intent: _Optional[str] = ..., model: _Optional[str] = ..., strategy: _Optional[str] = ..., spillable: _Optional[bool] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "routes", "confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "large_model", "small_model", "pinned")
+    __slots__ = ("version", "routes", "confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "large_model", "small_model", "pinned", "small_spill_queue_ms", "small_return_queue_ms")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +289,8 @@ class Policy(_message.Message):
     LARGE_MODEL_FIELD_NUMBER: _ClassVar[int]
     SMALL_MODEL_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    SMALL_SPILL_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    SMALL_RETURN_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     version: int
     routes: _containers.RepeatedCompositeFieldContainer[IntentRoute]
     confidence_threshold: float
@@ -281,23 +300,29 @@ class Policy(_message.Message):
     large_model: str
     small_model: str
     pinned: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., large_model: _Optional[str] = ..., small_model: _Optional[str] = ..., pinned: _Optional[_Iterable[str]] = ...) -> None: ...
+    small_spill_queue_ms: float
+    small_return_queue_ms: float
+    def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., large_model: _Optional[str] = ..., small_model: _Optional[str] = ..., pinned: _Optional[_Iterable[str]] = ..., small_spill_queue_ms: _Optional[float] = ..., small_return_queue_ms: _Optional[float] = ...) -> None: ...
 
 class SetPolicyRequest(_message.Message):
-    __slots__ = ("confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "routes", "expected_version")
+    __slots__ = ("confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "routes", "expected_version", "small_spill_queue_ms", "small_return_queue_ms")
     CONFIDENCE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SPILL_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     RETURN_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     LONG_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SMALL_SPILL_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    SMALL_RETURN_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     confidence_threshold: float
     spill_queue_ms: float
     return_queue_ms: float
     long_context_tokens: int
     routes: _containers.RepeatedCompositeFieldContainer[IntentRoute]
     expected_version: int
-    def __init__(self, confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+    small_spill_queue_ms: float
+    small_return_queue_ms: float
+    def __init__(self, confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., expected_version: _Optional[int] = ..., small_spill_queue_ms: _Optional[float] = ..., small_return_queue_ms: _Optional[float] = ...) -> None: ...
 
 class SetWorkerRoleRequest(_message.Message):
     __slots__ = ("worker", "role")

@@ -2,7 +2,8 @@
 
 Request ids end in the workload index (`<run>-<index>`): index % 5 == 3 is refused with
 RESOURCE_EXHAUSTED, index % 11 == 7 stalls past any test deadline, the rest stream
-`max_tokens` tokens in chunks of 4 and finish with usage, timings and a route.
+`max_tokens` tokens in chunks of 4 and finish with usage, timings and a route (even indices
+on demo-large, odd on demo-small; `route_flags` says which are demanding and downgraded).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def outcome(index: int) -> str:
     if index % 11 == 7:
         return "DEADLINE_EXCEEDED"
     return "OK"
+
+
+def route_flags(index: int) -> tuple[bool, bool]:
+    """(demanding, downgraded) of a finished request: index % 4 == 0 is demanding and served by
+    demo-large, index % 4 == 1 demanding and downgraded to demo-small."""
+    return index % 4 in (0, 1), index % 4 == 1
 
 
 class FakeGeneration(flexmesh_pb2_grpc.GenerationServicer):
@@ -62,6 +69,7 @@ class FakeGeneration(flexmesh_pb2_grpc.GenerationServicer):
                     resp.route.intent = "chat" if index % 3 else "code"
                     resp.route.strategy = "pld" if model == "demo-small" else "none"
                     resp.route.confidence = 0.9
+                    resp.route.demanding, resp.route.downgraded = route_flags(index)
                 yield resp
                 await asyncio.sleep(0.002)
         finally:
@@ -83,6 +91,8 @@ class FakeAdmin(flexmesh_pb2_grpc.AdminServicer):
                 flexmesh_pb2.WorkerStatus(
                     name="worker-demo-small-0", model="demo-small", role="mixed",
                     queue_length=self.gen.in_flight // 2, running_requests=1, alive=True,
+                    decode_step_ms=4.0, prefill_ms_per_token=0.25,
+                    percentiles={"tpot_ms_p99": 12.5, "queue_ms_p99": 3.0},
                 ),
                 flexmesh_pb2.WorkerStatus(
                     name="worker-demo-large-0", model="demo-large",

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from flexmesh.cli.loadgen import print_summary
 from flexmesh.loadgen.run import add_replay_arguments, prepare, run_replay
-from tests.loadgen.fake_server import fake_server, outcome
+from tests.loadgen.fake_server import fake_server, outcome, route_flags
 from tests.loadgen.figures import check_replay_plots, drawn, read_records, read_samples
 
 
@@ -27,7 +28,11 @@ def _azure(tmp_path: Path, n: int = 24) -> Path:
 
 
 async def test_run_replay_writes_everything(
-    tmp_path: Path, tokenizer_dir: Path, prompts_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tokenizer_dir: Path,
+    prompts_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
     figures = drawn(monkeypatch)
@@ -60,6 +65,17 @@ async def test_run_replay_writes_everything(
     failed = [r for r in rows if r["status"] != "OK"]
     assert all(abs(r["prompt_tokens"] - r["target_prompt_tokens"]) <= 2 for r in failed)
     assert {r["intent"] for r in rows} == {"code", "chat"}
+    flags = [route_flags(i) for i in range(24) if outcome(i) == "OK" and route_flags(i)[0]]
+    n_down = sum(g for _, g in flags)
+    # requests.jsonl keeps each route's flags; a failed request has none.
+    assert [r["demanding"] for r in rows] == [
+        r["status"] == "OK" and route_flags(r["index"])[0] for r in rows
+    ]
+    assert summary["downgrade_fraction"] == round(n_down / len(flags), 4)
+    print_summary(summary)
+    said = capsys.readouterr().out
+    assert f"downgrades {n_down}/{len(flags)} demanding requests" in said
+    assert f"SLO attainment {summary['slo_attainment']}" in said
 
 
 def test_prepare_synthetic_and_errors(tokenizer: object, prompts_dir: Path) -> None:

@@ -13,8 +13,8 @@ from matplotlib.colors import to_hex
 from flexmesh.loadgen.plots import ROLE_COLORS, plot_controller, plot_status, write_plots
 from flexmesh.loadgen.records import NOT_SENT, ReplayRequest, RequestRecord
 from flexmesh.loadgen.replay import replay
-from flexmesh.loadgen.report import phase_summaries, summarize, write_reports
-from tests.loadgen.fake_server import CHUNK, fake_server, outcome
+from flexmesh.loadgen.report import phase_summaries, summarize, summary_markdown, write_reports
+from tests.loadgen.fake_server import CHUNK, fake_server, outcome, route_flags
 from tests.loadgen.figures import check_replay_plots, drawn, steps, texts
 
 
@@ -47,11 +47,16 @@ async def test_replay_records_every_request(
             assert list(rec.chunk_times_s) == sorted(rec.chunk_times_s)
             assert rec.route_model in ("demo-small", "demo-large") and rec.finish_reason
             assert rec.tpot_s is not None and rec.tpot_s > 0
+            assert (rec.demanding, rec.downgraded) == route_flags(rec.index)
         else:
             assert rec.error and not rec.chunk_tokens
+            assert not rec.demanding and not rec.downgraded  # no route info: not demanding
     # Four slots for requests that each take > 10 ms, arriving every 4 ms: sends wait.
     assert max(r.send_delay_s for r in records) > 0.01
     assert result.status_samples and "workers" in result.status_samples[0]
+    small = result.status_samples[0]["workers"][0]
+    assert small["percentiles"] == {"queue_ms_p99": 3.0, "tpot_ms_p99": 12.5}
+    assert (small["decode_step_ms"], small["prefill_ms_per_token"]) == (4.0, 0.25)
 
     summary = summarize(records, result.wall_s, ttft_slo_ms=100, tpot_slo_ms=50)
     expected = Counter(outcome(i) for i in range(40))
@@ -65,12 +70,25 @@ async def test_replay_records_every_request(
     mix = summary["route_mix"]
     assert sum(mix["by_model"].values()) == expected["OK"]
     assert set(mix["by_intent"]) == {"chat", "code", "math"}
+    # Demanding and downgraded: only finished requests carry a route.
+    flags = {i: route_flags(i) for i in range(40) if outcome(i) == "OK" and route_flags(i)[0]}
+    n_down = sum(g for _, g in flags.values())
+    assert summary["demanding_requests"] == len(flags) and summary["downgraded_requests"] == n_down
+    assert 0 < summary["downgrade_fraction"] == round(n_down / len(flags), 4) < 1
+    by_intent: dict[str, list[bool]] = {}
+    for i, (_, g) in flags.items():
+        by_intent.setdefault(reqs[i].intent, []).append(g)
+    assert summary["downgrade_fraction_by_intent"] == {
+        k: round(sum(v) / len(v), 4) for k, v in sorted(by_intent.items())
+    }
 
     paths = write_reports(tmp_path, records, summary)
     assert json.loads(paths["summary_json"].read_text())["completed"] == expected["OK"]
     assert len(paths["requests"].read_text().splitlines()) == 40
     md = paths["summary_md"].read_text()
     assert "| ttft_ms |" in md and "RESOURCE_EXHAUSTED" in md
+    assert f"| downgrade_fraction | {summary['downgrade_fraction']:.3g} |" in md
+    assert "| probe said | downgrade fraction |" in md
     figures = drawn(monkeypatch)
     pngs = write_plots(tmp_path, records, result.status_samples, 100, 50)
     assert [p.name for p in pngs] == list(figures) and all(p.is_file() for p in pngs)
@@ -165,14 +183,30 @@ def test_status_plot_draws_each_workers_queue_and_running_requests(
 
 
 def test_phase_summaries_split_requests_by_arrival_and_count_slo_hits() -> None:
-    def rec(i: int, arrival: float, ttft_s: float, status: str = "OK") -> RequestRecord:
+    def rec(
+        i: int, arrival: float, ttft_s: float, status: str = "OK", flags: str = ""
+    ) -> RequestRecord:
         return RequestRecord(
-            i, str(i), "chat", arrival, status, send_s=arrival, end_s=arrival + 1,
-            ttft_s=ttft_s, e2e_s=ttft_s + 0.9, completion_tokens=10,
+            i, str(i), "code" if i % 2 else "chat", arrival, status, send_s=arrival,
+            end_s=arrival + 1, ttft_s=ttft_s, e2e_s=ttft_s + 0.9, completion_tokens=10,
+            demanding="D" in flags, downgraded="d" in flags,
         )  # fmt: skip
 
-    records = [rec(0, 1, 0.1), rec(1, 5, 3.0), rec(2, 12, 0.2), rec(3, 15, 0.1, "UNAVAILABLE")]
+    records = [
+        rec(0, 1, 0.1, flags="D"), rec(1, 5, 3.0, flags="Dd"), rec(2, 12, 0.2),
+        rec(3, 15, 0.1, "UNAVAILABLE"), rec(4, 16, 0.1, flags="D"),
+    ]  # fmt: skip
     a, b = phase_summaries(records, [("a", 0, 10), ("b", 10, 20)], 1000, 200)
     assert (a["requests"], a["ok"], a["met_slo"]) == (2, 2, 1)
-    assert (b["requests"], b["ok"], b["met_slo"]) == (2, 1, 1)
+    assert (b["requests"], b["ok"], b["met_slo"]) == (3, 2, 2)
     assert a["goodput_req_s"] == 0.1 and a["ttft_ms"]["max"] == 3000
+    assert [a[k] for k in ("demanding_requests", "downgraded_requests")] == [2, 1]
+    assert a["downgrade_fraction"] == 0.5
+    assert a["downgrade_fraction_by_intent"] == {"chat": 0.0, "code": 1.0}
+    assert (b["demanding_requests"], b["downgrade_fraction"]) == (1, 0.0)
+    summary = summarize(records, 20.0, 1000, 200)
+    assert (summary["demanding_requests"], summary["downgrade_fraction"]) == (3, 0.3333)
+    md = summary_markdown({**summary, "by_phase": [a, b]})
+    assert "| goodput req/s | TTFT p99 | TPOT p99 | demanding | downgrade fraction |" in md
+    a_row, b_row = [line for line in md.splitlines() if line.startswith(("| a |", "| b |"))]
+    assert a_row.endswith("| 2 | 0.5 |") and b_row.endswith("| 1 | 0 |")  # demanding, fraction

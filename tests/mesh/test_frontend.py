@@ -9,19 +9,20 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
+from flexmesh.meshcore.config import ControllerConfig, GatewayConfig, MeshConfig, ModelSpec
 from flexmesh.meshcore.errors import (
     PreconditionError,
     QueueFullError,
     WorkerLostError,
     WorkerUnavailableError,
 )
-from flexmesh.meshcore.messages import WorkerStatus
+from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
 from flexmesh.meshcore.routing import ProbeResult
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.services.core.frontend import Chunk, Frontend, GenerationInput
+from flexmesh.services.core.frontend import Chunk, Frontend, GenerationInput, RouteInfo
 from flexmesh.services.gateway import serve_frontend
 from flexmesh.services.grpc_client import stream_generate
+from flexmesh.services.servicers import to_response, worker_to_proto
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 from tests.mesh.fake_worker import FakeWorker, wait_until
@@ -137,10 +138,30 @@ async def test_every_outcome_is_counted_by_status_code(gateway: Gateway) -> None
     ]
 
 
+def test_the_wire_carries_route_flags_and_worker_percentiles() -> None:
+    route = RouteInfo("demo-small", worker="w", intent="knowledge_qa", reason="spill",
+                      demanding=True, downgraded=True)  # fmt: skip
+    out = RequestOutput("r", (1,), "a", finished=True, finish_reason="length")
+    msg = to_response(Chunk("r", out, final=True, route=route))
+    assert (msg.route.demanding, msg.route.downgraded, msg.route.model) == (
+        True,
+        True,
+        "demo-small",
+    )
+    status = WorkerStatus(
+        "w", "m", "", "mixed", "cpu", 0, 0, 0, 8, 1.0, 0, decode_step_ms=3.0,
+        prefill_ms_per_token=0.5, percentiles={"tpot_ms_p99": 9.5, "queue_ms_p50": 1.0},
+    )  # fmt: skip
+    w = worker_to_proto(status)
+    assert (w.decode_step_ms, w.prefill_ms_per_token) == (3.0, 0.5)
+    assert dict(w.percentiles) == {"tpot_ms_p99": 9.5, "queue_ms_p50": 1.0}
+
+
 async def test_a_burst_spills_as_it_arrives_and_returns_when_drained() -> None:
     cfg = MeshConfig(
         models=(ModelSpec(name="demo-large"), ModelSpec(name="demo-small")),
         gateway=GatewayConfig(port=0, status_poll_ms=10),
+        controller=ControllerConfig(max_downgrade_fraction={"knowledge_qa": 0.5}),
     )
     large = FakeWorker("w-large", "demo-large", tokens=2, gate="first")
     small = FakeWorker("w-small", "demo-small", tokens=2, gate="last")
@@ -158,7 +179,16 @@ async def test_a_burst_spills_as_it_arrives_and_returns_when_drained() -> None:
     # Two requests on the large model without a first token: 2 x 300 ms > spill_queue_ms 500,
     # although no worker has reported any queue yet.
     assert frontend.loads()["demo-large"] == pytest.approx(600.0)
-    assert (await frontend.route(req)).model == "demo-small"
+    spilled = await frontend.route(req)
+    assert (spilled.model, spilled.demanding, spilled.downgraded) == ("demo-small", True, True)
+    # The quality budget: with a bound of 0.25, a third knowledge question while two went to
+    # the large model would make 1 of 3 a downgrade: it stays.
+    frontend.config = replace(
+        cfg, controller=ControllerConfig(max_downgrade_fraction={"knowledge_qa": 0.25})
+    )
+    kept = await frontend.route(req)
+    assert (kept.model, kept.reason, kept.downgraded) == ("demo-large", "quality_budget", False)
+    frontend.config = cfg
     large.go.set()
     for chunks in await asyncio.gather(*burst):
         assert chunks[-1].final and chunks[-1].route is not None

@@ -67,6 +67,7 @@ async def test_a_completion_and_a_chat_come_back_in_openai_shape(api: Api) -> No
     assert out["choices"][0]["finish_reason"] == "length"
     assert out["usage"]["completion_tokens"] == 2
     assert out["flexmesh"]["route"]["worker"] == "w-ok"
+    assert not out["flexmesh"]["route"]["demanding"] and not out["flexmesh"]["route"]["downgraded"]
 
     chat = {"model": "ok", "messages": [{"role": "user", "content": "hi"}]}
     resp = await api.client.post("/v1/chat/completions", json=chat)

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,12 @@ import httpx
 import pytest
 import ray
 import yaml
+from ray.util import metrics
 
+from flexmesh.actors.telemetry import GatewayMetrics, WorkerMetrics
 from flexmesh.launch.mesh import Mesh
+from flexmesh.meshcore.messages import WorkerStatus
+from flexmesh.services.core.frontend import RouteInfo
 from flexmesh.services.grpc_client import stream_generate
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
@@ -83,6 +88,63 @@ def test_dashboard_names_only_declared_metrics() -> None:
     assert len(used) > 10, "the dashboard queries FlexMesh's series"
     exported = {f"ray_{n}{sfx}" for n, kind in declared.items() for sfx in SUFFIXES[kind]}
     assert used <= exported, f"not exported by any FlexMesh metric: {sorted(used - exported)}"
+
+
+def test_dashboard_shows_downgrades_and_worker_p99s() -> None:
+    exprs = " ".join(panel_exprs())
+    for series in (
+        "ray_flexmesh_demanding_requests_total",
+        "ray_flexmesh_downgrades_total",
+        "ray_flexmesh_worker_step_ms_quantile",
+        "ray_flexmesh_worker_tpot_ms_quantile",
+        "ray_flexmesh_worker_queue_ms_quantile",
+    ):
+        assert series in exprs, series
+
+
+def test_metrics_count_downgrades_and_set_worker_percentiles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recorded: list[tuple[str, float, dict[str, str]]] = []
+
+    def record(self: metrics.Metric, value: float, tags: dict[str, str] | None = None) -> None:
+        final = self._get_final_tags(tags)
+        self._validate_tags(final)  # Ray's own check: a str value for every tag key
+        recorded.append((self._name, value, final))
+
+    monkeypatch.setattr(metrics.Metric, "_record", record)
+    gateway = GatewayMetrics()
+    for model, intent, key, demanding, downgraded in (
+        ("demo-small", "code", "code", True, True),
+        ("demo-large", "code", "code", True, False),
+        ("demo-small", "chat", "chat", False, False),
+        ("demo-small", "chat", "low_confidence", True, True),
+    ):
+        gateway.routed(RouteInfo(model, intent=intent, route_key=key, demanding=demanding,
+                                 downgraded=downgraded))  # fmt: skip
+    counted = Counter(
+        (name.removeprefix("flexmesh_"), tags["intent"])
+        for name, _, tags in recorded
+        if name in ("flexmesh_demanding_requests", "flexmesh_downgrades")
+    )
+    assert counted == {
+        ("demanding_requests", "code"): 2, ("downgrades", "code"): 1,
+        ("demanding_requests", "low_confidence"): 1, ("downgrades", "low_confidence"): 1,
+    }  # fmt: skip
+
+    recorded.clear()
+    status = WorkerStatus(
+        "w0", "m", "", "mixed", "cpu", 0, 0, 0, 8, 1.0, 0, decode_step_ms=4.0,
+        percentiles={"step_ms_p50": 5.0, "tpot_ms_p99": 20.0, "queue_ms_p99": 3.0},
+    )  # fmt: skip
+    WorkerMetrics("w0", "m").observe_status(status)
+    quantiles = {(n, t["quantile"]): v for n, v, t in recorded if "quantile" in t}
+    assert quantiles == {
+        ("flexmesh_worker_step_ms_quantile", "p50"): 5.0,
+        ("flexmesh_worker_tpot_ms_quantile", "p99"): 20.0,
+        ("flexmesh_worker_queue_ms_quantile", "p99"): 3.0,
+    }
+    assert ("flexmesh_worker_decode_step_ms", 4.0, {"worker": "w0", "model": "m"}) in recorded
 
 
 @pytest.fixture

@@ -121,7 +121,7 @@ def _p50(records: list[RequestRecord], field: str) -> float:
 def test_a_config_change_moves_the_simulation_as_it_moves_a_real_run() -> None:
     """The directions `flexmesh bench pd` measured live (README): a small prefill share keeps
     decodes moving (TPOT down) and makes prompts wait (TTFT up); one prefill worker makes
-    prompts wait longer than two co-located ones; a longer dwell changes roles less often."""
+    prompts wait longer than two co-located ones; a longer dwell changes budgets less often."""
     cost = StepCost(step_ms=15.0, seq_ms=0.2, token_ms=0.8, context_ms=0.002, attention_ms=0.0)
     profile, work = _profile(cost), _burst()
     whole, _ = _simulate(_config(), profile, work)
@@ -146,7 +146,10 @@ def test_a_config_change_moves_the_simulation_as_it_moves_a_real_run() -> None:
             "budget_dwell_ms": dwell_ms,
             "tpot_slo_ms": 30.0,
         }
-        _, mesh = _simulate(_config(controller=controller), profile, _burst(60))
+        # Two bursts 40 s apart: between them nothing decodes and the share may relax, but
+        # only once the dwell since the last cut has passed; a burst is answered at once.
+        twice = [*_burst(30), *(_req(30 + i, 40.0 + 0.05 * i, 400, 24) for i in range(30))]
+        _, mesh = _simulate(_config(controller=controller), profile, twice)
         return sum(d["kind"] == "prefill_budget" for d in mesh.decisions)
 
     assert budget_changes(200.0) > budget_changes(60_000.0) >= 1

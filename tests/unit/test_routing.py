@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from flexmesh.meshcore.errors import InvalidRequestError, UnknownModelError
@@ -18,7 +20,12 @@ from flexmesh.meshcore.routing import (
 )
 
 SMALL, LARGE = "demo-small", "demo-large"
-POLICY = RoutingConfig(spill_queue_ms=200.0, return_queue_ms=50.0)
+POLICY = RoutingConfig(
+    spill_queue_ms=200.0,
+    return_queue_ms=50.0,
+    small_spill_queue_ms=200.0,
+    small_return_queue_ms=50.0,
+)
 
 
 def probe(intent: str, confidence: float = 0.9) -> ProbeResult:
@@ -62,6 +69,40 @@ def test_spill_and_return_with_hysteresis() -> None:
         d, state = decide(probe("code"), {SMALL: delay, LARGE: 0.0}, POLICY, state)
         seq.append(d.model)
     assert seq == [SMALL, SMALL, LARGE, LARGE, LARGE, SMALL, SMALL]
+
+
+def test_each_direction_spills_at_its_own_thresholds() -> None:
+    policy = replace(POLICY, small_spill_queue_ms=1000.0, small_return_queue_ms=900.0)
+    loads = {SMALL: 500.0, LARGE: 500.0}
+    up, _ = decide(probe("code"), loads, policy, RouterState())
+    down, _ = decide(probe("knowledge_qa"), {SMALL: 0.0, LARGE: 500.0}, policy, RouterState())
+    assert (up.model, up.reason) == (SMALL, "table"), "the small model's own 1,000 ms"
+    assert (down.model, down.reason) == (SMALL, "spill"), "the large model's 200 ms"
+    with pytest.raises(InvalidRequestError, match="small_return_queue_ms"):
+        replace(POLICY, small_return_queue_ms=300.0)
+
+
+def test_demanding_requests_are_downgraded_only_within_the_quality_budget() -> None:
+    loads = {SMALL: 0.0, LARGE: 1000.0}
+    qa, _ = decide(probe("knowledge_qa"), loads, POLICY, RouterState())
+    assert (qa.model, qa.route_key, qa.demanding, qa.downgraded) == (
+        SMALL, "knowledge_qa", True, True
+    )  # fmt: skip
+    kept, _ = decide(probe("knowledge_qa"), loads, POLICY, RouterState(), capped=frozenset(
+        {"knowledge_qa"}))  # fmt: skip
+    assert (kept.model, kept.reason, kept.downgraded) == (LARGE, "quality_budget", False)
+    # A lowered confidence threshold sends an unsure chat prompt to its intent's route: a
+    # downgrade of the configured low-confidence route, refused once that route is capped.
+    low = replace(POLICY, confidence_threshold=0.05)
+    unsure = probe("chat", confidence=0.1)
+    d, _ = decide(unsure, {}, low, RouterState(), base=POLICY)
+    assert (d.model, d.route_key, d.downgraded) == (SMALL, "low_confidence", True)
+    d, _ = decide(unsure, {}, low, RouterState(), base=POLICY, capped=frozenset({"low_confidence"}))
+    assert (d.model, d.reason) == (LARGE, "quality_budget")
+    chat, _ = decide(probe("chat"), {SMALL: 1000.0}, POLICY, RouterState())
+    assert (chat.model, chat.demanding, chat.downgraded) == (LARGE, False, False)  # an upgrade
+    asked, _ = decide(probe("math"), {}, POLICY, RouterState(), model=SMALL)
+    assert asked.demanding and not asked.downgraded, "the caller's own choice is no downgrade"
 
 
 def test_spilled_route_keeps_pld_but_drops_spec_on_small() -> None:

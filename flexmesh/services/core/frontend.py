@@ -32,9 +32,9 @@ from flexmesh.meshcore.errors import (
 from flexmesh.meshcore.messages import RequestOutput, WorkerStatus
 from flexmesh.meshcore.pool import WorkerPool
 from flexmesh.meshcore.route import RouteRules, RouteState
-from flexmesh.meshcore.routing import ProbeResult, Router
+from flexmesh.meshcore.routing import ROUTE_KEYS, ProbeResult, Router
 from flexmesh.meshcore.sampling import SamplingParams
-from flexmesh.meshcore.traffic import TrafficWindow
+from flexmesh.meshcore.traffic import Arrival, TrafficWindow
 from flexmesh.services.core.dispatch import Dispatcher
 from flexmesh.services.core.operations import Operations
 
@@ -70,6 +70,12 @@ class RouteInfo:
     kv_transfer_ms: float = 0.0
     migrations: int = 0
     """Times the request moved to another worker after its stream broke."""
+    route_key: str = ""
+    """The configured route's key: the intent, or "low_confidence" ("" when not routed)."""
+    demanding: bool = False
+    """Its configured route names the large model (`routing.RouteDecision.demanding`)."""
+    downgraded: bool = False
+    """Demanding, and served by another model (`routing.RouteDecision.downgraded`)."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +194,11 @@ class Frontend:
             policy = self.router.policy
             model = req.model if req.model not in ("", "auto") else policy.large_model
             return RouteInfo(model=model, strategy=strategy or "none", reason="probe_unavailable")
-        d = self.router.route(probe, self.loads(), req.model, strategy)
+        ctl = self.config.controller
+        capped = self.traffic.capped(
+            self.clock(), ROUTE_KEYS, ctl.max_downgrade_fraction, ctl.default_max_downgrade_fraction
+        )
+        d = self.router.route(probe, self.loads(), req.model, strategy, capped)
         return RouteInfo(
             model=d.model,
             strategy=d.strategy,
@@ -196,6 +206,9 @@ class Frontend:
             confidence=d.confidence,
             probe_ms=probe.probe_ms,
             reason=d.reason,
+            route_key=d.route_key,
+            demanding=d.demanding,
+            downgraded=d.downgraded,
         )
 
     def snapshot(self) -> Snapshot:
@@ -283,11 +296,17 @@ class Frontend:
                 route = await self.route(req)
             model = route.model
             self._check_overload(model)
-            self.traffic.arrived(self.clock(), route.intent)
-            if self.metrics is not None:
-                self.metrics.routed(route)
             ids = req.prompt_token_ids
             n_prompt = len(ids) if ids else self.count_tokens(model, req.prompt)
+            self.traffic.arrived(
+                self.clock(),
+                Arrival(
+                    route.intent, model, n_prompt, route.route_key, route.demanding,
+                    route.downgraded,
+                ),
+            )  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.routed(route)
             sampling = replace(req.sampling, strategy=route.strategy)
             run = self.dispatcher.start(rid, model, req.prompt, ids, n_prompt, sampling, deadline)
             first_token: float | None = None
@@ -372,6 +391,9 @@ class Frontend:
         tpot_ms = (timings["total_ms"] - timings["ttft_ms"]) / max(1, out.completion_tokens - 1)
         met = timings["ttft_ms"] <= slo.ttft_slo_ms and tpot_ms <= slo.tpot_slo_ms
         self.traffic.ended(now, route.model, met)
+        self.traffic.drafted(
+            now, route.route_key, out.draft_tokens_accepted, out.draft_tokens_proposed
+        )
         log.info(
             "request.done",
             model=route.model,
