@@ -38,9 +38,10 @@ the round that sees it, before the moving averages show it. A signal is *at risk
    requests at once, and back on once the batch is small.
 
 **No flapping.** A knob may move again at once the way it last moved (a growing burst), but
-reverses only after its dwell (`budget_dwell_ms` for budgets, `min_dwell_ms` for roles and
-thresholds); budgets move on a power-of-two grid. Pins win: the controller never touches a
-worker or a policy field the operator set.
+turns back only after its dwell (`min_dwell_ms` for roles, thresholds and drafting;
+`budget_dwell_ms` for a share that is only guarded or relaxed, while a share that breaks an
+objective now is corrected at once); shares move on a power-of-two grid and hold inside their
+band. Pins win: the controller never touches a worker or a policy field the operator set.
 """
 
 from __future__ import annotations
@@ -134,9 +135,11 @@ def decide(
     """Models whose risk neither their budgets nor a role change removed this round."""
     for model in sorted({w.model for w in snap.workers}):
         workers = [w for w in snap.workers if w.model == model and w.alive]
+        prefill = sum(w.role in PREFILL_ROLES and not w.draining for w in workers)
+        arriving = snap.traffic.prompt_tokens_per_s.get(model, 0.0) / max(1, prefill)
         short = False
         for w in workers:
-            action, removed = _budget_action(w, knobs, cfg)
+            action, removed = _budget_action(w, knobs, cfg, arriving)
             short |= not removed
             if action is None:
                 continue
@@ -195,16 +198,21 @@ def tpot_ms(w: WorkerStatus, share: int = 0) -> float:
     return step_ms(w, min(share or share_of(w), w.prefill_tokens_waiting))
 
 
-def budget_band(w: WorkerStatus, cfg: ControllerConfig) -> tuple[int, int]:
+def budget_band(
+    w: WorkerStatus, cfg: ControllerConfig, arriving_per_s: float = 0.0
+) -> tuple[int, int]:
     """(lo, hi): the prefill shares that keep `w`'s predicted TTFT (at least lo) and TPOT (at
-    most hi) under the target line, midway between safe and at risk. lo > hi: none does."""
+    most hi) under the target line, midway between safe and at risk. The prompt tokens to
+    drain in time are those waiting and those arriving meanwhile (`arriving_per_s`, this
+    worker's part of its model's prompt tokens per second). lo > hi: no share does both."""
     target = (cfg.low_fraction + cfg.high_fraction) / 2
     top, per_token = w.max_batched_tokens, w.prefill_ms_per_token
     base = step_ms(w, 0)
     hi = top
     if w.decode_batch > 0 and per_token > 0:
         hi = min(top, math.floor((target * cfg.tpot_slo_ms - base) / per_token))
-    lo, waiting = 1, w.prefill_tokens_waiting
+    lo = 1
+    waiting = w.prefill_tokens_waiting + arriving_per_s * target * cfg.ttft_slo_ms / 1000.0
     if waiting > 0 and per_token > 0:
         room_ms = target * cfg.ttft_slo_ms - waiting * per_token  # what steps' base may take
         lo = math.ceil(waiting * base / room_ms) if room_ms > 0 else top + 1
@@ -234,7 +242,7 @@ def _ratios(ttft: float, tpot: float, cfg: ControllerConfig) -> dict[str, float]
 
 
 def _budget_action(
-    w: WorkerStatus, knobs: _Knobs, cfg: ControllerConfig
+    w: WorkerStatus, knobs: _Knobs, cfg: ControllerConfig, arriving_per_s: float = 0.0
 ) -> tuple[Action | None, bool]:
     """One mixed worker's share for this round (not yet recorded in `knobs`), and whether
     budgets remove its risk."""
@@ -246,7 +254,7 @@ def _budget_action(
     if w.pinned:
         return None, not at_risk
     if w.prefill_ms_per_token:
-        lo, hi = budget_band(w, cfg)
+        lo, hi = budget_band(w, cfg, arriving_per_s)
         removed = lo <= hi or not at_risk
         if lo > hi:
             new = _grid(max(hi, min(lo, top)), 0, cfg, top)
@@ -283,6 +291,7 @@ def _budget_action(
         "band_lo": float(lo),
         "band_hi": float(hi),
         "prefill_tokens_waiting": float(w.prefill_tokens_waiting),
+        "prompt_tokens_arriving_per_s": arriving_per_s,
     }
     return Action("prefill_budget", w.name, old, new, reason, inputs, w.model), removed
 

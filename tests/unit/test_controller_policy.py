@@ -14,6 +14,7 @@ from flexmesh.meshcore.controller_policy import (
     Action,
     ControllerState,
     Snapshot,
+    budget_band,
     decide,
     policy_changes,
     ttft_ms,
@@ -434,3 +435,16 @@ def test_a_lever_switched_off_is_never_moved_and_leaves_its_risk_to_the_others()
     assert budgets == both
     with pytest.raises(InvalidRequestError, match="controller.levers"):
         replace(CFG, levers=("budget", "knob"))
+
+
+def test_prompts_arriving_count_toward_the_share_that_drains_them_in_time() -> None:
+    w = _costed(prefill_tokens_waiting=500)
+    lo, hi = budget_band(w, CFG)
+    lo_busy, hi_busy = budget_band(w, CFG, arriving_per_s=1000.0)
+    assert hi_busy == hi and lo_busy > lo, "650 ms of arrivals more to drain within the target"
+    # Enough arrivals and no share drains them in time: the band is empty, TTFT first.
+    assert budget_band(w, CFG, arriving_per_s=5000.0)[0] > hi
+    flood = Traffic(15.0, prompt_tokens_per_s={"m": 5000.0})
+    small_share = replace(w, prefill_budget_tokens=128)
+    (a,) = decide(Snapshot(0.0, (small_share,), traffic=flood), ControllerState(), CFG)[0]
+    assert (a.new, a.inputs["prompt_tokens_arriving_per_s"]) == (MAX_BUDGET, 5000.0)
