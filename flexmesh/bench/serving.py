@@ -52,7 +52,7 @@ def add_rounds_argument(p: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=3,
-        help="interleaved rounds over all configs (a fresh mesh each); medians and spread",
+        help="interleaved rounds over all configs; medians and spread",
     )
 
 

@@ -12,7 +12,11 @@ from flexmesh.bench.chaos_bench import add_chaos_arguments
 from flexmesh.bench.http_bench import add_http_bench_arguments
 from flexmesh.bench.pd_bench import add_pd_bench_arguments
 from flexmesh.bench.policy_bench import add_policy_bench_arguments
-from flexmesh.bench.serving import ROUTING_PRESET, add_serving_bench_arguments
+from flexmesh.bench.serving import (
+    ROUTING_PRESET,
+    add_rounds_argument,
+    add_serving_bench_arguments,
+)
 from flexmesh.bench.soak_bench import add_soak_arguments
 from flexmesh.cli.output import show
 
@@ -72,7 +76,7 @@ def add_bench_commands(sub: Any) -> None:
     b = bsub.add_parser("strategies", help="plain vs PLD vs draft speculation, identical output")
     b.add_argument("--models-dir", default=None)
     b.add_argument("--new-tokens", type=int, default=128)
-    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians and spread")
+    add_rounds_argument(b)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_strategies)
 

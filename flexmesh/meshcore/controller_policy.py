@@ -148,9 +148,10 @@ def decide(
                 continue
             actions.append(action)
             knobs.moved(w.name, 1 if int(action.new) > int(action.old) else -1)
-        risk = _model_risk(workers, cfg)
+        s = signals(workers)
+        risk = _model_risk(s, cfg)
         if short or (risk and not any(w.role == "mixed" for w in workers)):
-            role = _role_action(workers, knobs, cfg, risk) if "role" in cfg.levers else None
+            role = _role_action(workers, s, knobs, cfg, risk) if "role" in cfg.levers else None
             if role is not None:
                 actions.append(role)
             else:
@@ -311,9 +312,9 @@ def signals(workers: list[WorkerStatus]) -> dict[str, float]:
     }
 
 
-def _model_risk(workers: list[WorkerStatus], cfg: ControllerConfig) -> str:
-    """ "ttft", "tpot" or "" (TTFT first: a prompt that waits misses its SLO for sure)."""
-    s = signals(workers)
+def _model_risk(s: Mapping[str, float], cfg: ControllerConfig) -> str:
+    """ "ttft", "tpot" or "" from a model's `signals` (TTFT first: a prompt that waits misses
+    its SLO for sure)."""
     if s["queue_delay_ms"] >= cfg.high_fraction * cfg.ttft_slo_ms:
         return "ttft"
     if s["tpot_ms"] >= cfg.high_fraction * cfg.tpot_slo_ms:
@@ -322,14 +323,17 @@ def _model_risk(workers: list[WorkerStatus], cfg: ControllerConfig) -> str:
 
 
 def _role_action(
-    workers: list[WorkerStatus], knobs: _Knobs, cfg: ControllerConfig, risk: str
+    workers: list[WorkerStatus],
+    s: Mapping[str, float],
+    knobs: _Knobs,
+    cfg: ControllerConfig,
+    risk: str,
 ) -> Action | None:
     if len(workers) < 2 or not risk:
         return None
     model = workers[0].model
     if knobs.now - knobs.last.get(model, -math.inf) < cfg.min_dwell_ms / 1000.0:
         return None
-    s = signals(workers)
     r = _ratios(s["queue_delay_ms"], s["tpot_ms"], cfg)
     inputs = {**r, "queue_delay_ms": s["queue_delay_ms"]}
     action = None

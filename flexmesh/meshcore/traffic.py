@@ -35,10 +35,9 @@ class Traffic:
     """Requests per second routed to each model."""
     prompt_tokens_per_s: dict[str, float] = field(default_factory=dict)
     """Prompt tokens per second routed to each model."""
-    demanding: dict[str, int] = field(default_factory=dict)
-    """Per route key (intent or "low_confidence"), demanding requests routed in the window."""
     downgrade_fraction: dict[str, float] = field(default_factory=dict)
-    """Per route key, the share of those that were downgraded."""
+    """Per route key (intent or "low_confidence"), the share of its demanding requests routed
+    in the window that were downgraded."""
     acceptance: dict[str, float] = field(default_factory=dict)
     """Per route key, draft tokens accepted / proposed by its requests that ended drafting."""
 
@@ -124,7 +123,6 @@ class TrafficWindow:
             models,
             model_rates,
             tokens,
-            demanding={k: n for k, (n, _) in self._routes.items() if n},
             downgrade_fraction={k: down / n for k, (n, down) in self._routes.items() if n},
             acceptance={k: acc / prop for k, (acc, prop) in drafts.items()},
         )
