@@ -64,7 +64,7 @@ def main() -> int:
         for src in sorted({s.source for s in test})
     }
     artefact.meta["heldout_slice"] = {
-        "rule": f"sha1(id) % 100 < {HELDOUT_PERCENT}, per development source, capped",
+        "rule": f"sha1(prompt) % 100 < {HELDOUT_PERCENT}, per development source, capped",
         "overall": brief(held),
         "by_source": by_source,
     }

@@ -3,12 +3,14 @@
 Two transports, one contract (`KVMeta` describes the bytes; the receiver checks the checksum):
 
 - `collective`: a `ray.util.collective` group per model, joined by all of its workers when the
-  mesh starts; send/recv of one contiguous tensor. The backend follows the device: gloo on CPU
-  (the path tested here), NCCL on CUDA, HCCL on Ascend through `ray-ascend` (its backend is
-  registered with Ray's collective registry when the `npu` extra is installed).
-- `object_store`: the sender returns a numpy array through the Ray object store; for workers
-  without a common group (another node, a group broken by a restarted peer). Never torch
-  tensors through the object store: 5x slower here than numpy.
+  mesh starts; send/recv of one contiguous tensor in device memory (staging buffers live on the
+  worker's device: NCCL and HCCL refuse host tensors). The backend follows the device: gloo on
+  CPU (the path tested here), NCCL on CUDA (Ray's NCCL group needs cupy: the `cuda` extra), HCCL
+  on Ascend through ray-ascend (the `npu` extra; `register_hccl`).
+- `object_store`: the sender copies device → host and returns a numpy array through the Ray
+  object store; the receiver copies host → device into a staging buffer. For workers without a
+  common group (another node, a group broken by a restarted peer). Never torch tensors through
+  the object store: 5x slower here than numpy.
 
 Blocking send/recv never runs on the engine thread or the event loop: the worker runs them
 with `asyncio.to_thread`.
@@ -21,6 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -46,6 +49,8 @@ class KVMeta:
     shape: tuple[int, ...]
     checksum: int
     layout_version: int = LAYOUT_VERSION
+    device: str = "cpu"
+    """Device type the sender's copy lives on (the object store's route names the copies)."""
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -75,19 +80,23 @@ class KVMeta:
 
 
 def checksum(kv: torch.Tensor) -> int:
-    """XXH3-64 of the tensor's bytes: 2.5 ms for 50 MB here (zlib's CRC-32 took 15 ms)."""
+    """XXH3-64 of the tensor's bytes: 2.5 ms for 50 MB here (zlib's CRC-32 took 15 ms). XXH3
+    runs on the host: a device tensor is copied to the host for it (the hand-off's own buffers
+    stay on the device)."""
     data = kv.detach().cpu().contiguous().view(torch.uint8).numpy()
     return xxhash.xxh3_64_intdigest(data)  # type: ignore[no-any-return]
 
 
 def describe(kv: torch.Tensor, request_id: str, model: str) -> KVMeta:
     """The meta of a gathered KV tensor (its block count is the shape's third entry)."""
-    return KVMeta(request_id, model, str(kv.dtype), tuple(kv.shape), checksum(kv))
+    dtype, shape = str(kv.dtype), tuple(kv.shape)
+    return KVMeta(request_id, model, dtype, shape, checksum(kv), device=kv.device.type)
 
 
 def to_numpy(kv: torch.Tensor) -> np.ndarray:
-    """The object-store form of a KV tensor (bf16 travels as its raw 16-bit words)."""
-    kv = kv.detach().cpu().contiguous()
+    """The object-store form of a KV tensor, copied device → host when it lives on a device
+    (bf16 travels as its raw 16-bit words)."""
+    kv = kv.detach().to("cpu").contiguous()
     if kv.dtype == torch.bfloat16:
         kv = kv.view(torch.int16)
     return kv.numpy()
@@ -101,11 +110,22 @@ def from_numpy(array: np.ndarray, meta: KVMeta) -> torch.Tensor:
     return t.view(meta.torch_dtype) if t.dtype != meta.torch_dtype else t
 
 
-class BufferPool:
-    """Reused staging buffers: fresh memory costs its page faults on first touch (a 50 MB
-    gather into new memory took 33 ms here, into a reused buffer 4.4 ms)."""
+def via_host(src_device: str, dst_device: str) -> str:
+    """The copies an object-store hand-off makes, for its route: "" between two CPUs, else
+    e.g. "npu→host→npu" (the bytes cross the host twice; a collective would not)."""
+    hops = [t for t in (src_device, "host", dst_device) if t != "cpu"]
+    return "→".join(hops) if len(hops) > 1 else ""
 
-    def __init__(self, max_cached_bytes: int = 512 * 1024 * 1024) -> None:
+
+class BufferPool:
+    """Reused staging buffers on one device (the worker's: a gather or scatter never crosses
+    devices). Fresh memory costs its page faults on first touch (a 50 MB gather into new memory
+    took 33 ms here, into a reused buffer 4.4 ms)."""
+
+    def __init__(
+        self, device: torch.device | str = "cpu", max_cached_bytes: int = 512 * 1024 * 1024
+    ) -> None:
+        self.device = torch.device(device)
         self.max_cached_bytes = max_cached_bytes
         self._free: list[torch.Tensor] = []
         self._lock = threading.Lock()
@@ -123,8 +143,17 @@ class BufferPool:
         if fits:
             buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
         else:
-            buf = torch.empty(numel, dtype=dtype)
+            buf = torch.empty(numel, dtype=dtype, device=self.device)
         return buf[:numel].view(shape)
+
+    def upload(self, host: torch.Tensor) -> torch.Tensor:
+        """`host` copied host → device into a buffer of this pool (`give` it back after use);
+        on a CPU pool, `host` itself."""
+        if self.device.type == "cpu":
+            return host
+        buf = self.take(tuple(host.shape), host.dtype)
+        buf.copy_(host)
+        return buf
 
     def give(self, tensor: torch.Tensor) -> None:
         """Return a tensor from `take`; its buffer is kept while the cache has room."""
@@ -148,7 +177,7 @@ class KVGroup:
         self.name, self.world_size, self.rank = name, world_size, rank
         self.backend = BACKENDS.get(device.split(":")[0], "gloo")
         if self.backend == "hccl":
-            _register_hccl()
+            register_hccl()
         collective.init_collective_group(
             world_size, rank, backend=self.backend, group_name=name, gloo_timeout=30_000
         )
@@ -183,11 +212,34 @@ class KVGroup:
             raise
 
 
-def _register_hccl() -> None:
-    """Ascend: teach Ray's collective registry the HCCL backend (`npu` extra, needs CANN)."""
-    from ray_ascend import register_hccl_collective_backend  # type: ignore[import-not-found]
+def register_hccl() -> None:
+    """Ascend: teach this process's Ray collective registry the HCCL backend (`npu` extra,
+    needs CANN and Ray >= 2.56). ray-ascend 0.1.1 (the pinned release) exposes
+    `register_hccl_collective_backend()`, which calls Ray's
+    `register_collective_backend("HCCL", HCCLGroup)`; a ray-ascend tree without it (one exports
+    only its YR transport) is registered through Ray's hook directly, with ray-ascend's
+    `HCCLGroup`. The names and where they were read: tests/runner/test_device.py."""
+    import ray_ascend  # type: ignore[import-not-found]
+    from ray.util import collective
 
+    register = getattr(ray_ascend, "register_hccl_collective_backend", None)
     try:
-        register_hccl_collective_backend()
-    except ValueError:
-        pass  # already registered in this process
+        if register is not None:
+            register()
+        else:
+            collective.register_collective_backend("HCCL", _hccl_group(ray_ascend))
+    except ValueError as exc:
+        if "already registered" not in str(exc):
+            raise  # a second group in this process finds it registered: that is fine
+
+
+def _hccl_group(ray_ascend: Any) -> Any:
+    """ray-ascend's HCCL group class: top-level in some trees, in its module in 0.1.1."""
+    group = getattr(ray_ascend, "HCCLGroup", None)
+    if group is None:
+        from ray_ascend.collective.hccl_collective_group import (  # type: ignore[import-not-found]
+            HCCLGroup,
+        )
+
+        group = HCCLGroup
+    return group

@@ -10,9 +10,11 @@ Decode side (`take`): the decode worker pulls. It knows the shape (its own block
 state's KV tokens) and, from the hand-off state, the prefill worker's group and node, so one
 call moves the bytes: it posts its receive and asks the prefill worker to send (over the
 model's collective group, one transfer per worker pair at a time), or to put the copy in the
-object store; then it checks the checksum and imports at a step boundary. Nothing blocks the
-engine thread or the event loop. A failure raises `KVTransferError`; the gateway's route
-decides what follows (recompute on this worker, or fail: `pd.fallback`).
+object store; then it checks the checksum and imports at a step boundary. Staging and receive
+buffers live on the worker's device, so gather, send/recv and scatter never leave it; only the
+object store crosses the host (device → host on P, host → device on D, named in the route).
+Nothing blocks the engine thread or the event loop. A failure raises `KVTransferError`; the
+gateway's route decides what follows (recompute on this worker, or fail: `pd.fallback`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ import ray
 import structlog
 import torch
 
-from flexmesh.actors.kv import BufferPool, KVGroup, KVMeta, describe, from_numpy, to_numpy
+from flexmesh.actors.kv import (
+    BufferPool,
+    KVGroup,
+    KVMeta,
+    describe,
+    from_numpy,
+    to_numpy,
+    via_host,
+)
 from flexmesh.actors.runner.async_engine import AsyncEngine
 from flexmesh.actors.telemetry import WorkerMetrics
 from flexmesh.meshcore.config import PDConfig
@@ -47,8 +57,8 @@ class KVMover:
         self.node_id = ray.get_runtime_context().get_node_id()
         """The Ray node this worker runs on: a hand-off's transport depends on its peer's."""
         self.group: KVGroup | None = None
-        self.buffers = BufferPool()
-        """Staging memory for KV sent or received, reused across hand-offs."""
+        self.buffers = BufferPool(aengine.engine.device)
+        """Staging memory for KV sent or received, on this worker's device, reused."""
         self._staged: dict[str, asyncio.Future[tuple[torch.Tensor, KVMeta]]] = {}
         """Exported KV by request id: (tensor, its meta) once checksummed."""
         self._peers: dict[str, Any] = {}
@@ -157,8 +167,8 @@ class KVMover:
                 engine = self.aengine.engine
                 await self.aengine.call(lambda: engine.import_kv(rid, kv, state.num_kv_tokens))
             finally:
-                if how != "object_store":
-                    self.buffers.give(kv)
+                if how != "object_store" or self.buffers.device.type != "cpu":
+                    self.buffers.give(kv)  # a pool buffer (on a CPU the store's array is not)
             phases["import_ms"] = (time.monotonic() - t1) * 1000.0
         except Exception as exc:
             outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
@@ -175,6 +185,8 @@ class KVMover:
         # From the prefill's end on the sender (wall clocks: one host here, NTP across nodes).
         ms = (time.time() - state.handed_off_at) * 1000.0 if state.handed_off_at else 0.0
         ms = ms if ms > 0 else (time.monotonic() - t0) * 1000.0
+        hops = via_host(meta.device, self.buffers.device.type) if how == "object_store" else ""
+        transport += f" ({hops})" if hops else ""
         self.metrics.transfer("ok", transport, meta.nbytes, ms)
         log.info(
             "kv.imported", request_id=rid, src=src, transport=transport, bytes=meta.nbytes,
@@ -189,17 +201,19 @@ class KVMover:
         if how == "object_store":
             packed, (ref,) = await peer.send_kv.remote(rid, -1)
             meta = KVMeta.unpack(packed)
-            kv = from_numpy(await ref, meta)
-        else:
-            # Not returned to the pool if this fails: a recv may still be writing into it.
-            engine = self.aengine.engine
-            kv = self.buffers.take(engine.kv_shape(num_blocks), engine.dtype)
-            # Shielded: a cancelled or timed-out request must not release the pair's lock while
-            # its recv is still posted, or the next transfer's recv could meet this one's send.
-            task = asyncio.ensure_future(self._transfer(kv, peer, src, src_rank, rid))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            meta = await asyncio.shield(task)
+            host = from_numpy(await ref, meta)
+            # Checked on the host, where the bytes are, then copied host → device.
+            await asyncio.to_thread(meta.check, host, self.model)
+            return await asyncio.to_thread(self.buffers.upload, host), meta
+        # Not returned to the pool if this fails: a recv may still be writing into it.
+        engine = self.aengine.engine
+        kv = self.buffers.take(engine.kv_shape(num_blocks), engine.dtype)
+        # Shielded: a cancelled or timed-out request must not release the pair's lock while
+        # its recv is still posted, or the next transfer's recv could meet this one's send.
+        task = asyncio.ensure_future(self._transfer(kv, peer, src, src_rank, rid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        meta = await asyncio.shield(task)
         await asyncio.to_thread(meta.check, kv, self.model)
         return kv, meta
 

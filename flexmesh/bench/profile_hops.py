@@ -53,7 +53,7 @@ def measure_export_import(
     """Per KV byte count (whole blocks of `engine`'s cache): median export and import ms."""
     runner, name = engine.runner, "profile"
     block_bytes = math.prod(engine.kv_shape(1)) * engine.dtype.itemsize
-    pool = BufferPool()
+    pool = BufferPool(engine.device)  # staging on the cache's device, as the mover's
     out: dict[int, tuple[float, float]] = {}
     for nbytes in sizes:
         blocks = min(max(1, round(nbytes / block_bytes)), runner.num_blocks)

@@ -76,8 +76,18 @@ def _add_mesh_args(p: argparse.ArgumentParser, config: str = "demo.yaml") -> Non
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from flexmesh.launch.mesh import start_mesh
+    from flexmesh.launch.resources import DevicesMissingError
 
-    mesh = start_mesh(load_config(args), address=args.address, dashboard=args.dashboard)
+    try:
+        mesh = start_mesh(
+            load_config(args),
+            address=args.address,
+            dashboard=args.dashboard,
+            wait_for_devices_s=args.wait_for_devices_s,
+        )
+    except DevicesMissingError as exc:
+        print(f"flexmesh: error: {exc}", file=sys.stderr)
+        return 2
     http = f", OpenAI HTTP on http://{mesh.http_address}" if mesh.http_address else ""
     print(f"FlexMesh serving gRPC on {mesh.address}{http}  (Ctrl-C to stop)", flush=True)
     stop = asyncio.Event()
@@ -124,7 +134,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_probe_eval(args: argparse.Namespace) -> int:
     from flexmesh.actors.probe.evaluate import run_eval
 
-    return run_eval(args)
+    if not args.config:
+        return run_eval(args)
+    from flexmesh.launch.config_file import load_mesh_config
+
+    return run_eval(args, load_mesh_config(args.config).routing)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -141,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="start the mesh and serve gRPC (and HTTP) until Ctrl-C")
     _add_mesh_args(p)
+    p.add_argument(
+        "--wait-for-devices-s",
+        type=float,
+        default=0.0,
+        help="wait this long for the NPUs/GPUs (and custom resources) the config's workers need "
+        "to join the Ray cluster, then fail naming what is missing (default 0: check once)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="start the mesh, replay a minute of a real trace, report")

@@ -254,9 +254,10 @@ async def classify_cli(args: argparse.Namespace) -> int:
         scores = "  ".join(
             f"{k} {v:.2f}" for k, v in sorted(r.scores.items(), key=lambda kv: -kv[1])
         )
+        found = "".join(f"  also {k} {v:.2f}" for k, v in sorted(r.intents.items()))
         print(
             f"{r.intent} (confidence {r.confidence:.2f}, {r.probe_ms:.1f} ms, {r.backend})",
-            scores,
+            scores + found,
         )
     return 0
 

@@ -20,6 +20,12 @@ from flexmesh.actors.probe.actor import ProbeActor
 from flexmesh.actors.runner.demo_models import DEMO_MODELS, build_demo_models, is_built
 from flexmesh.actors.worker import WorkerActor
 from flexmesh.launch.config_file import DEFAULT_MODELS_DIR, model_folders
+from flexmesh.launch.resources import (
+    DEVICE_RESOURCE,
+    DevicesMissingError,
+    required_resources,
+    wait_for_resources,
+)
 from flexmesh.meshcore.config import MeshConfig, ModelSpec
 from flexmesh.services.gateway import GatewayActor
 
@@ -116,9 +122,19 @@ PLACEMENT_TIMEOUT_S = 60.0
 """Longest wait for a model's placement group before `start_mesh` fails naming the model."""
 
 
-def worker_bundle(spec: ModelSpec, device: str) -> dict[str, float]:
-    """Ray resources of one worker: an NPU, a GPU, or CPUs, plus the model's own resources."""
-    cluster = ray.cluster_resources()
+def worker_bundle(spec: ModelSpec, device: str, cluster: dict[str, float]) -> dict[str, float]:
+    """Ray resources of one worker: an NPU, a GPU, or CPUs, plus the model's own resources.
+
+    An explicit `npu` or `cuda` device always asks for its resource, so Ray itself can place
+    the worker only on a node that has one; a cluster with none at all is refused here, before
+    any worker loads a model (the engine would fail on that node anyway).
+    """
+    need = DEVICE_RESOURCE.get(device)
+    if need is not None and cluster.get(need, 0) < 1:
+        raise DevicesMissingError(
+            f"model {spec.name}: engine.device is {device!r} but the Ray cluster has no "
+            f"{need} resource (resources: {cluster})"
+        )
     if device in ("auto", "npu") and cluster.get("NPU", 0) >= 1:
         bundle = {"NPU": 1.0, "CPU": 1.0}
     elif device in ("auto", "cuda") and cluster.get("GPU", 0) >= 1:
@@ -191,10 +207,13 @@ def start_mesh(
     address: str | None = None,
     dashboard: bool = False,
     log_to_driver: bool = True,
+    wait_for_devices_s: float = 0.0,
 ) -> Mesh:
     """Start workers and the gateway; returns once gRPC (and HTTP, when on) is serving. The
     FLEXMESH_ADMIN_TOKEN and FLEXMESH_API_KEY environment variables set the Admin token and
-    the HTTP API key when the config holds none."""
+    the HTTP API key when the config holds none. Before any worker starts, waits up to
+    `wait_for_devices_s` for the devices and custom resources the workers need to join the
+    cluster, then raises `DevicesMissingError` (0: check once)."""
     gw = config.gateway
     config = replace(
         config,
@@ -206,6 +225,12 @@ def start_mesh(
     )
     paths = resolve_model_paths(config)
     owns_ray = init_ray(address, dashboard, config.namespace, log_to_driver)
+    try:
+        cluster = wait_for_resources(required_resources(config), wait_for_devices_s)
+    except DevicesMissingError:
+        if owns_ray:
+            ray.shutdown()
+        raise
     actors: dict[str, Any] = {}
     names: dict[str, list[str]] = {}
     groups: list[PlacementGroup] = []
@@ -213,7 +238,7 @@ def start_mesh(
         engine_cfg = config.engine
         if engine_cfg.num_threads == 0:
             engine_cfg = replace(engine_cfg, num_threads=max(1, int(spec.num_cpus)))
-        bundle = worker_bundle(spec, config.engine.device)
+        bundle = worker_bundle(spec, config.engine.device, cluster)
         pg, strategies = place_workers(spec, bundle)
         groups += [pg] if pg is not None else []
         for i in range(spec.num_workers):
@@ -246,6 +271,7 @@ def start_mesh(
         ).remote(
             config.probe.backend,
             config.routing.long_context_tokens,
+            config.probe.part_confidence,
             **(
                 {
                     "small_worker": names[small][0],

@@ -240,11 +240,16 @@ class ProbeConfig:
     timeout_s: float = 2.0
     """Longest wait for one classification; past it (or when the probe is down) the request
     goes to the large model with reason `probe_unavailable`."""
+    part_confidence: float = 0.5
+    """Confidence a part of a prompt (the text before or after a cut between its sentences)
+    needs for its intent to be reported beside the whole prompt's; 1 reports none."""
 
     def __post_init__(self) -> None:
         backends = ("classifier", "lm")
         check(self.backend in backends, "probe.backend", self.backend, f"one of {backends}")
         check(self.timeout_s > 0, "probe.timeout_s", self.timeout_s, "> 0")
+        pc = self.part_confidence
+        check(0.0 <= pc <= 1.0, "probe.part_confidence", pc, "in [0, 1]")
 
 
 FALLBACKS = ("recompute", "fail")

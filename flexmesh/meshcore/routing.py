@@ -71,10 +71,19 @@ class ProbeResult:
     """Wall time the probe spent on this prompt."""
     backend: str = ""
     """Backend that produced it: classifier, lm or rule."""
+    intents: dict[str, float] = field(default_factory=dict)
+    """Every intent found in the prompt's parts (and the whole), with its confidence; empty
+    when only the whole was read (then `found` is `{intent: confidence}`)."""
 
     def __post_init__(self) -> None:
-        if self.intent not in INTENTS:
-            raise InvalidRequestError("intent", f"must be one of {INTENTS}, got {self.intent!r}")
+        for intent in (self.intent, *self.intents):
+            if intent not in INTENTS:
+                raise InvalidRequestError("intent", f"must be one of {INTENTS}, got {intent!r}")
+
+    @property
+    def found(self) -> dict[str, float]:
+        """Intents found with their confidence, the whole prompt's intent included."""
+        return {self.intent: self.confidence, **self.intents}
 
 
 @dataclass(frozen=True)
@@ -177,12 +186,25 @@ class RoutingConfig:
         """(spill, return) queue delays of resident model `model`."""
         return self.spill_thresholds("small_" if model == self.small_model else "")
 
+    def is_demanding(self, key: str) -> bool:
+        """The route of `key` (an intent or "low_confidence") names the large model: one
+        definition for mixed-intent routing and the quality budget."""
+        return self.routes.get(key).model == "large"
+
     def configured_route(self, probe: ProbeResult) -> tuple[str, Route]:
         """The route key (an intent, or "low_confidence") and route this policy gives `probe`
-        before load or overrides."""
-        if probe.confidence < self.confidence_threshold:
-            return "low_confidence", self.routes.low_confidence
-        return probe.intent, self.routes.get(probe.intent)
+        before load or overrides: the most demanding intent found at or above the confidence
+        threshold (the surest of them), else the low-confidence route when the whole prompt's
+        confidence is below it, else the whole prompt's intent."""
+        thr = self.confidence_threshold
+        demanding = [(c, i) for i, c in probe.found.items() if c >= thr and self.is_demanding(i)]
+        if demanding:
+            key = max(demanding)[1]
+        elif probe.confidence < thr:
+            key = "low_confidence"
+        else:
+            key = probe.intent
+        return key, self.routes.get(key)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoutingConfig:
@@ -202,7 +224,7 @@ class RouteDecision:
     strategy: str
     """Decoding acceleration: none, pld or spec."""
     intent: str
-    """Intent the probe named."""
+    """Intent that decided: the most demanding one found, else the whole prompt's."""
     confidence: float
     """Probe confidence in `intent`."""
     reason: str
@@ -270,8 +292,8 @@ def decide(
         target, other = policy.model_name(role), policy.model_name(_other(role))
         if target in state.spilling and other not in state.spilling:
             role, reason = _other(role), "spill"
-    base_key, base_route = (base or policy).configured_route(probe)
-    demanding = base_route.model == "large"
+    base_key, _ = (base or policy).configured_route(probe)
+    demanding = (base or policy).is_demanding(base_key)
     if demanding and role != "large" and base_key in capped:
         # The quality budget of this route is spent: serve it as configured.
         route = policy.routes.get(base_key)
@@ -291,8 +313,8 @@ def decide(
     decision = RouteDecision(
         name,
         strat,
-        probe.intent,
-        probe.confidence,
+        key if key != "low_confidence" else probe.intent,
+        probe.found.get(key, probe.confidence),
         reason,
         policy.version,
         base_key,

@@ -9,7 +9,8 @@ and metrics are the frontend's; this module only speaks the wire format (docs/ht
   `stream_options.include_usage`;
 - `GET /v1/models`, `GET /health`;
 - errors as OpenAI's `{"error": {message, type, param, code}}` with the HTTP status of the
-  frontend's gRPC status (400, 401, 404, 429, 503, 504); `param` names the field;
+  frontend's gRPC status (400, 401, 404, 429, 503, 504); `param` names the field. A malformed
+  body (`http_body`), route or method is a 4xx, never a plain-text 500 or a reset;
 - FlexMesh's extras: request fields `strategy`, `top_k`, `ignore_eos`, `stop_token_ids`,
   `return_token_ids`; every response's last message carries `flexmesh: {route, timings}`.
 
@@ -30,8 +31,10 @@ from contextlib import aclosing
 from dataclasses import asdict
 from typing import Any, TypeVar
 
+import structlog
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -48,8 +51,11 @@ from flexmesh.services.http_body import (
     chat_messages,
     completion_prompt,
     error_response,
+    read_json,
     sampling_params,
 )
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 RenderChat = Callable[[str, list[dict[str, Any]]], str]
@@ -83,7 +89,8 @@ class OpenAIServer:
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/health", self.health, methods=["GET"]),
-            ]
+            ],
+            exception_handlers={HTTPException: _no_route},
         )
 
     # -- endpoints -------------------------------------------------------------------------
@@ -122,14 +129,16 @@ class OpenAIServer:
         model: Any = "auto"
         try:
             self._authorize(request)
-            body = Body(await _json(request, self.frontend.config.gateway.max_message_bytes))
+            body = Body(await read_json(request, self.frontend.config.gateway.max_message_bytes))
             model = body.data.get("model") or "auto"
             inp = self._input(request, body, chat)
-            stream = body.get("stream", bool, False)
-            include_usage = body.get("stream_options", dict, {}).get("include_usage") is True
+            stream, include_usage = body.streaming()
             reply = _Reply(chat, body.get("return_token_ids", bool, False), inp.request_id)
-        except FlexMeshError as exc:
-            self.frontend.record_failure(model if isinstance(model, str) else "auto", exc.status)
+        except Exception as exc:  # a refusal; anything else is a bug, answered as JSON too
+            if not isinstance(exc, FlexMeshError):
+                log.exception("http.failed", path=request.url.path)
+            code = exc.status if isinstance(exc, FlexMeshError) else "INTERNAL"
+            self.frontend.record_failure(model if isinstance(model, str) else "auto", code)
             return error_response(exc)
         chunks = self.frontend.generate(inp)
         try:
@@ -141,6 +150,8 @@ class OpenAIServer:
         except _ClientGone:
             return Response(status_code=499)  # nobody reads it
         except Exception as exc:
+            if not isinstance(exc, FlexMeshError):
+                log.exception("http.failed", path=request.url.path)
             return error_response(exc)
         return StreamingResponse(
             reply.events(first, chunks, include_usage),
@@ -157,7 +168,7 @@ class OpenAIServer:
             raise _Unauthenticated("a valid API key is required (Authorization: Bearer <key>)")
 
     def _input(self, request: Request, body: Body, chat: bool) -> GenerationInput:
-        body.check_unsupported()
+        body.check_fields(chat)
         model = body.get("model", str, "")
         if chat:
             messages = chat_messages(body)
@@ -200,7 +211,10 @@ async def serve_http(
     """Serve `server`'s routes with uvicorn on this event loop at `gw.host:port` (TLS with the
     gateway's cert and key); returns the server and its bound port once it accepts."""
     family = socket.AF_INET6 if ":" in gw.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets whose `proto` says
+    # TCP, and accepted sockets copy it. Without it, a keep-alive request's response (head
+    # and body, each SSE event: separate writes) waits ~40 ms on the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((gw.host, port))  # here, so a port in use is an error, not uvicorn's exit
     config = uvicorn.Config(
@@ -317,17 +331,13 @@ def _event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-async def _json(request: Request, limit: int) -> Any:
-    """The request's JSON body, read only up to `limit` bytes (`gateway.max_message_bytes`)."""
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise InvalidRequestError("body", f"is over {limit} bytes (max_message_bytes)")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError("body", f"is not valid JSON ({exc})") from exc
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 (no such route) and 405 (wrong method) in OpenAI's error shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    message = f"{request.method} {request.url.path}: {getattr(exc, 'detail', '')}"
+    code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(status, "INVALID_ARGUMENT")
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return JSONResponse({"error": error}, status_code=status, headers=getattr(exc, "headers", None))
 
 
 class _ClientGone(Exception):

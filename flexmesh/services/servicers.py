@@ -69,6 +69,7 @@ def to_response(chunk: Chunk) -> pb.GenerateResponse:
                 migrations=r.migrations,
                 demanding=r.demanding,
                 downgraded=r.downgraded,
+                intents=r.intents,
             )
         )
     return msg
@@ -105,6 +106,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             scores=r.scores,
             probe_ms=r.probe_ms,
             backend=r.backend,
+            intents=r.intents,
         )
 
 

@@ -116,11 +116,11 @@ class ClassifierProbe:
 
     backend = "classifier"
 
-    def __init__(self, long_context_tokens: int, probe_ms: float) -> None:
+    def __init__(self, long_context_tokens: int, probe_ms: float, part_confidence: float) -> None:
         from flexmesh.actors.probe.classifier import ClassifierProbe as Backend
         from flexmesh.actors.probe.front import ProbeFront
 
-        self.front = ProbeFront(Backend(), long_context_tokens)
+        self.front = ProbeFront(Backend(), long_context_tokens, part_confidence=part_confidence)
         self.probe_ms = probe_ms
 
     async def classify(self, prompt: str, long_context_tokens: int | None = None) -> ProbeResult:
@@ -310,7 +310,9 @@ def start(
             )
         ms = profile.overheads.probe_ms
         if probe == "classifier":
-            probe_client = ClassifierProbe(config.routing.long_context_tokens, ms)
+            probe_client = ClassifierProbe(
+                config.routing.long_context_tokens, ms, config.probe.part_confidence
+            )
         else:
             probe_client = ConfusionProbe(truth or {}, seed, ms)
         backend = probe

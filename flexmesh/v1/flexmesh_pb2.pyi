@@ -79,7 +79,14 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., probe_ms: _Optional[float] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("model", "worker", "intent", "confidence", "strategy", "probe_ms", "draft_tokens_accepted", "draft_tokens_proposed", "prefill_worker", "kv_transport", "kv_bytes", "kv_transfer_ms", "migrations", "demanding", "downgraded")
+    __slots__ = ("model", "worker", "intent", "confidence", "strategy", "probe_ms", "draft_tokens_accepted", "draft_tokens_proposed", "prefill_worker", "kv_transport", "kv_bytes", "kv_transfer_ms", "migrations", "demanding", "downgraded", "intents")
+    class IntentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     INTENT_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +102,7 @@ class Route(_message.Message):
     MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
     DEMANDING_FIELD_NUMBER: _ClassVar[int]
     DOWNGRADED_FIELD_NUMBER: _ClassVar[int]
+    INTENTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     worker: str
     intent: str
@@ -110,7 +118,8 @@ class Route(_message.Message):
     migrations: int
     demanding: bool
     downgraded: bool
-    def __init__(self, model: _Optional[str] = ..., worker: _Optional[str] = ..., intent: _Optional[str] = ..., confidence: _Optional[float] = ..., strategy: _Optional[str] = ..., probe_ms: _Optional[float] = ..., draft_tokens_accepted: _Optional[int] = ..., draft_tokens_proposed: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., kv_transport: _Optional[str] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_ms: _Optional[float] = ..., migrations: _Optional[int] = ..., demanding: _Optional[bool] = ..., downgraded: _Optional[bool] = ...) -> None: ...
+    intents: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., worker: _Optional[str] = ..., intent: _Optional[str] = ..., confidence: _Optional[float] = ..., strategy: _Optional[str] = ..., probe_ms: _Optional[float] = ..., draft_tokens_accepted: _Optional[int] = ..., draft_tokens_proposed: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., kv_transport: _Optional[str] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_ms: _Optional[float] = ..., migrations: _Optional[int] = ..., demanding: _Optional[bool] = ..., downgraded: _Optional[bool] = ..., intents: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("prompt",)
@@ -119,8 +128,15 @@ class ClassifyRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("intent", "confidence", "scores", "probe_ms", "backend")
+    __slots__ = ("intent", "confidence", "scores", "probe_ms", "backend", "intents")
     class ScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class IntentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -132,12 +148,14 @@ class ClassifyResponse(_message.Message):
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PROBE_MS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    INTENTS_FIELD_NUMBER: _ClassVar[int]
     intent: str
     confidence: float
     scores: _containers.ScalarMap[str, float]
     probe_ms: float
     backend: str
-    def __init__(self, intent: _Optional[str] = ..., confidence: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., probe_ms: _Optional[float] = ..., backend: _Optional[str] = ...) -> None: ...
+    intents: _containers.ScalarMap[str, float]
+    def __init__(self, intent: _Optional[str] = ..., confidence: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., probe_ms: _Optional[float] = ..., backend: _Optional[str] = ..., intents: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("cached",)

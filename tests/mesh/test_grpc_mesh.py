@@ -166,6 +166,23 @@ async def test_classify_and_routed_generate_fill_the_route(channel: grpc.aio.Cha
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_mixed_prompt_reports_its_intents_and_goes_to_the_large_model(
+    channel: grpc.aio.Channel,
+) -> None:
+    gen = pb_grpc.GenerationStub(channel)
+    prompt = (
+        "[intent=chat] Write a haiku about autumn leaves. Then: a train leaves at 3:15 pm and "
+        "travels 210 km at 84 km/h. At what time does it arrive?"
+    )
+    c = await gen.Classify(pb.ClassifyRequest(prompt=prompt), timeout=30)
+    found = {c.intent, *c.intents}
+    assert {"chat", "math"} <= found, c
+    res = await stream_generate(gen, pb.GenerateRequest(prompt=prompt, max_tokens=4), 60)
+    route = res.final.route if res.final else None
+    assert route is not None and route.model == "demo-large" and route.intent == "math"
+    assert route.demanding and not route.downgraded and set(route.intents) <= set(found)
+
+
 async def test_policy_is_versioned_and_live(channel: grpc.aio.Channel) -> None:
     admin, gen = pb_grpc.AdminStub(channel), pb_grpc.GenerationStub(channel)
     before = await admin.GetPolicy(pb.GetPolicyRequest(), timeout=10)

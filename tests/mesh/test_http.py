@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,6 +126,22 @@ async def test_a_stream_is_server_sent_events_with_usage_last(api: Api) -> None:
         ({"model": "ok", "prompt": "x", "stop": [1]}, "stop"),
         ({"model": "ok", "prompt": "x", "stream": "yes"}, "stream"),
         ({"model": "ok", "prompt": "x", "top_k": -2}, "top_k"),  # -1 is vLLM's "no limit"
+        # OpenAI's types and ranges: a boolean is not an integer, temperature is in [0, 2], ...
+        ({"model": "ok", "prompt": "x", "n": True}, "n"),
+        ({"model": "ok", "prompt": "x", "max_tokens": True}, "max_tokens"),
+        ({"model": "ok", "prompt": "x", "temperature": 2.5}, "temperature"),
+        ({"model": "ok", "prompt": "x", "seed": 2**64}, "seed"),
+        ({"model": "ok", "prompt": "x", "logprobs": True}, "logprobs"),  # an integer here
+        ({"model": "ok", "prompt": "x", "echo": 0}, "echo"),
+        ({"model": "ok", "prompt": "x", "user": 5}, "user"),
+        (
+            {"model": "ok", "prompt": "x", "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),  # only with stream: true
+        (
+            {"model": "ok", "prompt": "x", "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
     ],
 )
 async def test_bad_input_is_400_naming_the_field(
@@ -133,14 +151,89 @@ async def test_bad_input_is_400_naming_the_field(
     assert err["type"] == "invalid_request_error" and err["code"] == "INVALID_ARGUMENT"
 
 
-async def test_bad_chats_and_bodies_are_400(api: Api) -> None:
-    resp = await api.client.post("/v1/chat/completions", json={"model": "ok", "messages": []})
-    _assert_error(resp, 400, "messages")
-    resp = await api.client.post("/v1/completions", content=b"{not json", headers={})
-    _assert_error(resp, 400, "body")
-    huge = b'{"prompt": "' + b"x" * (5 << 20) + b'"}'  # over max_message_bytes (4 MiB)
-    err = _assert_error(await api.client.post("/v1/completions", content=huge), 400, "body")
-    assert "max_message_bytes" in err["message"]
+USER = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([], "messages"),
+        ([{"role": "user"}], "messages[0].content"),
+        ([{"role": "user", "content": None}], "messages[0].content"),
+        ([{"role": "user", "content": 0}], "messages[0].content"),
+        ([{"role": "user", "content": []}], "messages[0].content"),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+            "messages[0].content[0].text",
+        ),
+        ([{"role": "user", "content": [{"type": "image_url"}]}], "messages[0].content[0].type"),
+        ([{"content": "hi"}], "messages[0].role"),
+        ([{"role": "bogus", "content": "hi"}], "messages[0].role"),
+        ([{"role": "user", "content": "hi", "name": 5}], "messages[0].name"),
+        ([{"role": "tool", "content": "42"}, USER], "messages[0].tool_call_id"),
+        ([{"role": "assistant"}, USER], "messages[0].content"),
+        ([USER, "hi"], "messages[1]"),
+    ],
+)
+async def test_chats_openai_refuses_are_400_naming_the_message(
+    api: Api, messages: Any, param: str
+) -> None:
+    body = {"model": "ok", "messages": messages}
+    _assert_error(await api.client.post("/v1/chat/completions", json=body), 400, param)
+
+
+async def test_a_tool_call_and_its_answer_are_a_chat(api: Api) -> None:
+    api.workers["ok"].go.set()
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        USER,
+    ]
+    body = {"model": "ok", "messages": messages, "logprobs": False}
+    resp = await api.client.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "says"),
+    [
+        (b"{not json", "body", "JSON"),
+        (b"[" * 100_000, "body", "nests"),  # Python's parser would raise RecursionError
+        (b'{"prompt": ' + b"[" * 65 + b"]" * 65 + b"}", "prompt", "nests"),
+        (b'{"prompt": "x", "temperature": NaN}', "body", "NaN"),  # not JSON, though Python's
+        (b'{"prompt": "\\ud800"}', "prompt", "surrogate"),  # parses into a str no UTF-8 holds
+        (b'{"prompt": "\xed\xa0\x80"}', "body", "JSON"),  # the same surrogate as raw bytes
+        (b'{"prompt": "' + b"x" * (5 << 20) + b'"}', "body", "max_message_bytes"),
+    ],
+)
+async def test_bodies_that_are_not_json_text_are_400_on_a_kept_connection(
+    api: Api, raw: bytes, param: str, says: str
+) -> None:
+    api.workers["ok"].go.set()
+    err = _assert_error(await api.client.post("/v1/completions", content=raw), 400, param)
+    assert says in err["message"]
+    resp = await api.client.post("/v1/completions", json={"model": "ok", "prompt": "x"})
+    assert resp.status_code == 200, "the connection still serves"
+
+
+async def test_unknown_routes_and_methods_answer_in_openai_shape(api: Api) -> None:
+    err = _assert_error(await api.client.post("/v1/embeddings", json={}), 404)
+    assert err["code"] == "NOT_FOUND" and "/v1/embeddings" in err["message"]
+    err = _assert_error(await api.client.get("/v1/completions"), 405)
+    assert err["type"] == "invalid_request_error"
+
+
+async def test_keep_alive_requests_do_not_wait_for_a_delayed_ack(api: Api) -> None:
+    """Without TCP_NODELAY on the server's sockets each response on a kept connection waited
+    ~40 ms (its head and body are separate writes; Nagle holds the second)."""
+    times = []
+    for _ in range(9):
+        start = time.perf_counter()
+        assert (await api.client.get("/health")).status_code == 200
+        times.append(time.perf_counter() - start)
+    assert statistics.median(times) < 0.025, times
 
 
 async def test_an_unknown_model_is_404(api: Api) -> None:

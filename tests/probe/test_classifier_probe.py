@@ -1,7 +1,7 @@
 """The `classifier` backend: shipped artefact, accuracy on prompts it was not built from, speed.
 
 Splits: the shipped artefact was built without the seeded held-out slice of every development
-source (`is_heldout`: sha1(id) % 100 < 20) and without `data/written_prompts.jsonl` (prompts the
+source (`is_heldout`: sha1(prompt) % 100 < 20) and without `data/written_prompts.jsonl` (prompts the
 team wrote in the styles of unseen sources, kept out of the build).
 """
 

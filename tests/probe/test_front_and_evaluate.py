@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flexmesh.actors.probe.adversarial import FAMILIES
 from flexmesh.actors.probe.evaluate import add_eval_arguments, evaluate, run_eval, summarise
 from flexmesh.actors.probe.front import ProbeFront, estimate_tokens
 from flexmesh.meshcore.routing import ProbeResult
@@ -97,8 +98,24 @@ def test_cli_reads_jsonl_gz_and_prints_json(
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
     assert run_eval(parser.parse_args(["--data", str(path), "--json"])) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)["sources"]
     assert report["n"] == 3 and report["backend"] == "classifier"
     assert report["per_intent"]["long_context"]["recall"] == 1.0
+    # Where the router sends them: the Chinese exam item is demanding, the other two are not.
+    routing = report["routing"]["per_intent"]
+    assert routing["chinese_exam"]["demanding_sent_small"] == 0.0
+    assert "demanding_sent_small" not in routing["code"]
     assert run_eval(parser.parse_args(["--data", str(path), "--limit", "1"])) == 0
     assert "macro accuracy" in capsys.readouterr().out
+
+
+def test_cli_reports_the_adversarial_set_per_family(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    assert run_eval(parser.parse_args(["--adversarial", "--json"])) == 0
+    report = json.loads(capsys.readouterr().out)["adversarial"]
+    families = report["routing"]["per_family"]
+    assert set(families) == set(FAMILIES)
+    assert all(f["n"] >= 10 for f in families.values())
+    with pytest.raises(SystemExit):
+        run_eval(parser.parse_args([]))  # nothing to evaluate: a clear error, not an empty report

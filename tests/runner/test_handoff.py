@@ -1,15 +1,27 @@
-"""Prefill on one engine, decode on another: the KV seams give exactly co-located output."""
+"""Prefill on one engine, decode on another: the KV seams give exactly co-located output, and
+every buffer of a hand-off sits on the cache's device (a real CUDA/NPU device where there is
+one, else the `meta` device, recorded op by op with a TorchDispatchMode)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from functools import cache
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import ray
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from flexmesh.actors.kv import describe, to_numpy
+from flexmesh.actors.kv_mover import KVMover
 from flexmesh.actors.runner.engine import Engine
-from flexmesh.meshcore.config import EngineConfig
+from flexmesh.actors.runner.runner import ModelRunner, pick_device
+from flexmesh.meshcore.config import EngineConfig, PDConfig
 from flexmesh.meshcore.messages import RequestOutput, RequestState
 from flexmesh.meshcore.request import RequestStatus
 from flexmesh.meshcore.sampling import SamplingParams
@@ -209,3 +221,114 @@ def test_a_hand_off_whose_decode_worker_died_continues_on_the_prefill_worker(
         tokens += [t for o in pair.p.step() for t in o.token_ids]
     assert tokens == hf_greedy(small_path, tuple(ids), NEW_TOKENS)
     assert pair.all_free()
+
+
+# -- where a hand-off's buffers live ---------------------------------------------------------
+
+
+class DeviceLog(TorchDispatchMode):
+    """Records the device of every tensor each op reads or writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, torch.device]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        leaves = tree_leaves((args, kwargs, out))
+        self.seen += [(str(func), t.device) for t in leaves if isinstance(t, torch.Tensor)]
+        return out
+
+
+_ACCELERATOR = pick_device("auto")
+DEVICES = [
+    pytest.param("meta", id="meta"),
+    pytest.param(
+        str(_ACCELERATOR),
+        id="accelerator",
+        marks=pytest.mark.skipif(
+            _ACCELERATOR.type == "cpu", reason="no CUDA or NPU device here: `meta` stands in"
+        ),
+    ),
+]
+CACHE_SHAPE = (2, 2, 8, 4, 2, 8)  # [layers, 2, blocks, block_size, kv_heads, head_dim]
+
+
+def _runner(device: str) -> ModelRunner:
+    runner = ModelRunner.__new__(ModelRunner)  # the KV seams alone: no weights
+    runner.device, runner.dtype = torch.device(device), torch.float32
+    runner.kv_cache = torch.randn(CACHE_SHAPE).to(device)
+    return runner
+
+
+def _mover(runner: ModelRunner, into: list[int], imported: list[torch.device]) -> KVMover:
+    """A worker's mover around `runner`: the engine's import writes into blocks `into`."""
+
+    def import_kv(rid: str, kv: torch.Tensor, num_kv_tokens: int) -> None:
+        imported.append(kv.device)
+        runner.scatter_kv(into, kv)
+
+    async def call(fn: Callable[[], Any]) -> Any:
+        return fn()
+
+    engine = SimpleNamespace(
+        device=runner.device, dtype=runner.dtype, kv_shape=runner.kv_shape, import_kv=import_kv
+    )
+    aengine = SimpleNamespace(engine=engine, exports=None, call=call)
+    metrics = SimpleNamespace(transfer=lambda *_: None)
+    return KVMover("d", "m", "ns", PDConfig(), aengine, metrics)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def on_one_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    context = SimpleNamespace(get_node_id=lambda: "node-1")
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_hand_offs_buffers_stay_on_the_cache_device(device: str, on_one_node: None) -> None:
+    """The planned export gathers into P's staging buffer and D scatters from its receive
+    buffer: every tensor of both sits on the cache's device (a collective send/recv needs
+    device memory, and a host buffer made every NPU or CUDA hand-off fall back to recompute)."""
+    p, d = _runner(device), _runner(device)
+    sender, receiver = _mover(p, [], []), _mover(d, [], [])
+    assert sender.aengine.exports is not None
+    stage, _ = sender.aengine.exports
+    with DeviceLog() as log:
+        kv = p.gather_kv([1, 3, 5], stage(p.kv_shape(3)))  # the planned export on P
+        received = receiver.buffers.take(d.kv_shape(3), d.dtype)  # D's receive buffer
+        received.copy_(kv)  # what the pair's collective send/recv does
+        d.scatter_kv([0, 2, 4], received)
+    assert {dev for _, dev in log.seen} == {p.kv_cache.device}, log.seen
+    if device != "meta":
+        assert torch.equal(d.kv_cache[:, :, [0, 2, 4]], p.kv_cache[:, :, [1, 3, 5]])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+async def test_the_object_store_fallback_copies_through_the_host_and_says_so(
+    device: str, on_one_node: None
+) -> None:
+    """Without a shared group the bytes go device → host → object store → host → device, as
+    explicit copies, and the route names the hops; the import gets device memory."""
+    d = _runner(device)
+    p = _runner("cpu" if device == "meta" else device)  # a meta tensor has no bytes to send
+    imported: list[torch.device] = []
+    receiver = _mover(d, [0, 2, 4], imported)
+    kv = p.gather_kv([1, 3, 5])
+    array, meta = to_numpy(kv), describe(kv, "r1", "m")
+
+    async def send_kv(rid: str, dst_rank: int) -> tuple[bytes, list[Any]]:
+        assert dst_rank < 0  # the object store
+        ref = asyncio.get_running_loop().create_future()
+        ref.set_result(array)
+        return meta.pack(), [ref]
+
+    receiver._peers["p"] = SimpleNamespace(send_kv=SimpleNamespace(remote=send_kv))
+    state = RequestState("r1", (1,) * 12, (2,), SamplingParams(), num_kv_tokens=12,
+                         kv_node="node-1")  # fmt: skip
+    route = await receiver.take(state, "p", -1, 3, time.monotonic() + 30)
+    hops = "→".join(t for t in (p.device.type, "host", d.device.type) if t != "cpu")
+    assert route["kv_transport"] == f"object_store ({hops})"
+    assert imported == [d.kv_cache.device]
+    if device != "meta":
+        assert torch.equal(d.kv_cache[:, :, [0, 2, 4]], p.kv_cache[:, :, [1, 3, 5]])

@@ -11,6 +11,7 @@ from flexmesh.meshcore.routing import (
     INTENTS,
     PolicyVersionError,
     ProbeResult,
+    Route,
     RouteDecision,
     Router,
     RouterState,
@@ -103,6 +104,35 @@ def test_demanding_requests_are_downgraded_only_within_the_quality_budget() -> N
     assert (chat.model, chat.demanding, chat.downgraded) == (LARGE, False, False)  # an upgrade
     asked, _ = decide(probe("math"), {}, POLICY, RouterState(), model=SMALL)
     assert asked.demanding and not asked.downgraded, "the caller's own choice is no downgrade"
+
+
+def test_the_most_demanding_intent_found_decides() -> None:
+    # A maths problem behind a chatty greeting: the whole reads chat, a part reads maths.
+    mixed = ProbeResult("chat", 0.8, intents={"math": 0.7, "code": 0.9})
+    d, _ = decide(mixed, {}, POLICY, RouterState())
+    assert (d.model, d.strategy, d.intent, d.route_key) == (LARGE, "spec", "math", "math")
+    assert d.confidence == 0.7 and d.demanding
+    # Two demanding intents: the surer one's route.
+    both = ProbeResult("knowledge_qa", 0.5, intents={"math": 0.9})
+    assert decide(both, {}, POLICY, RouterState())[0].route_key == "math"
+    # A part below the confidence threshold does not count; nothing demanding: the whole's.
+    faint = ProbeResult("chat", 0.8, intents={"math": 0.2, "code": 0.9})
+    assert decide(faint, {}, POLICY, RouterState())[0].route_key == "chat"
+    # An unsure whole with a sure demanding part: that part's route, not low_confidence.
+    unsure = ProbeResult("chat", 0.1, intents={"chinese_exam": 0.6})
+    assert decide(unsure, {}, POLICY, RouterState())[0].route_key == "chinese_exam"
+
+
+def test_one_definition_of_demanding_for_mixed_intents_and_the_budget() -> None:
+    # Knowledge served small by the table: no longer demanding, for routing and budget alike.
+    table = replace(POLICY.routes, knowledge_qa=Route("small", "none", True))
+    policy = replace(POLICY, routes=table)
+    assert not policy.is_demanding("knowledge_qa") and policy.is_demanding("math")
+    mixed = ProbeResult("chat", 0.9, intents={"knowledge_qa": 0.9})
+    d, _ = decide(mixed, {}, policy, RouterState())
+    assert (d.model, d.route_key, d.demanding, d.downgraded) == (SMALL, "chat", False, False)
+    with pytest.raises(InvalidRequestError):
+        ProbeResult("chat", 0.9, intents={"poetry": 0.9})
 
 
 def test_spilled_route_keeps_pld_but_drops_spec_on_small() -> None:

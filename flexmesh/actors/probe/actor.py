@@ -13,6 +13,7 @@ import ray
 
 from flexmesh.actors.probe.front import ProbeBackend, ProbeFront
 from flexmesh.logs import configure_logging
+from flexmesh.meshcore.config import ProbeConfig
 from flexmesh.meshcore.routing import ProbeResult
 
 PROBE_BACKENDS = ("classifier", "lm")
@@ -52,9 +53,19 @@ def make_backend(
 class Probe:
     """Actor shell around a `ProbeFront`."""
 
-    def __init__(self, backend: str, long_context_tokens: int, **backend_args: Any) -> None:
+    def __init__(
+        self,
+        backend: str,
+        long_context_tokens: int,
+        part_confidence: float = ProbeConfig.part_confidence,
+        **backend_args: Any,
+    ) -> None:
         configure_logging()
-        self.front = ProbeFront(make_backend(backend, **backend_args), long_context_tokens)
+        self.front = ProbeFront(
+            make_backend(backend, **backend_args),
+            long_context_tokens,
+            part_confidence=part_confidence,
+        )
 
     def ready(self) -> str:
         return self.front.name

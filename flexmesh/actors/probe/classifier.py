@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from flexmesh.actors.probe.features import FeatureSpec, Featurizer
 from flexmesh.meshcore.routing import INTENTS, ProbeResult
@@ -90,29 +92,58 @@ class ClassifierProbe:
         # Dense slot -> column map: a lookup per n-gram instead of a search at request time.
         self._column = np.full(spec.n_features, -1, dtype=np.int32)
         self._column[self.artefact.slots] = np.arange(len(self.artefact.slots), dtype=np.int32)
+        self._coef_t = np.ascontiguousarray(self.artefact.coef.T)  # [kept, classes]
 
     def probabilities(self, prompt: str) -> np.ndarray:
         """Class probabilities, in `artefact.classes` order."""
-        counts = self._featurizer.counts([prompt])
+        return self.probabilities_many([prompt])[0]
+
+    def probabilities_many(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), classes] probabilities: one hashing pass and one sparse product for
+        all, so a prompt's parts cost little more than the prompt."""
+        style = np.stack([self._featurizer.style(t) for t in texts])
+        return self._probabilities(self._featurizer.counts(texts), style)
+
+    def _probabilities(self, counts: sp.csr_matrix, style: np.ndarray) -> np.ndarray:
+        n = counts.shape[0]
+        row = np.repeat(np.arange(n), np.diff(counts.indptr))
         cols = self._column[counts.indices]
         keep = cols >= 0
-        cols, slots = cols[keep], counts.indices[keep]
+        row, cols, slots = row[keep], cols[keep], counts.indices[keep]
         val = (1.0 + np.log(counts.data[keep].astype(np.float32))) * self.artefact.idf[cols]
-        for block in (slots < self._half, slots >= self._half):
-            norm = float(np.sqrt(np.dot(val[block], val[block])))
-            if norm > 0:
-                val[block] /= norm
-        logits = self.artefact.coef[:, cols] @ (val * np.float32(np.sqrt(0.5)))
-        logits += self.artefact.intercept + self.artefact.style_coef @ self._featurizer.style(
-            prompt
-        )
-        e = np.exp(logits - logits.max())
-        probs: np.ndarray = e / e.sum()
+        # Each block (words, characters) of each row L2-normalised, as at build time.
+        group = 2 * row + (slots >= self._half)
+        norm = np.sqrt(np.bincount(group, weights=val * val, minlength=2 * n))
+        norm[norm == 0] = 1.0
+        val = (val / norm[group] * np.sqrt(0.5)).astype(np.float32)
+        x = sp.csr_matrix((val, (row, cols)), shape=(n, len(self.artefact.slots)))
+        logits = np.asarray(x @ self._coef_t) + self.artefact.intercept
+        logits += style @ self.artefact.style_coef.T
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs: np.ndarray = e / e.sum(axis=1, keepdims=True)
         return probs
 
     def classify(self, prompt: str) -> ProbeResult:
+        return self.classify_many([prompt])[0]
+
+    def classify_many(self, prompts: Sequence[str]) -> list[ProbeResult]:
+        """One result per prompt, from one batched pass; `probe_ms` is the batch's time."""
         start = time.perf_counter()
-        probs = self.probabilities(prompt)
+        probs = self.probabilities_many(prompts)
+        ms = (time.perf_counter() - start) * 1000.0
+        return [self._result(p, ms) for p in probs]
+
+    def classify_parts(self, text: str, segments: Sequence[str]) -> list[ProbeResult]:
+        """`text` then each of its views (`parts.views`), from per-segment counts."""
+        if len(segments) < 2:
+            return self.classify_many([text])
+        start = time.perf_counter()
+        counts = self._featurizer.view_counts(text, segments)
+        probs = self._probabilities(counts, self._featurizer.view_styles(text, segments))
+        ms = (time.perf_counter() - start) * 1000.0
+        return [self._result(p, ms) for p in probs]
+
+    def _result(self, probs: np.ndarray, probe_ms: float) -> ProbeResult:
         order = np.argsort(-probs)
         best = int(order[0])
         scores = {intent: 0.0 for intent in INTENTS}
@@ -121,6 +152,6 @@ class ClassifierProbe:
             intent=self.artefact.classes[best],
             confidence=float(probs[best] - probs[order[1]]),  # softmax margin, as the lm probe
             scores=scores,
-            probe_ms=(time.perf_counter() - start) * 1000.0,
+            probe_ms=probe_ms,
             backend=self.name,
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,6 +23,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.preprocessing import normalize
 
 _DIGITS = str.maketrans("123456789", "000000000")
+_TOKEN = re.compile(r"(?u)\b\w+\b|[^\w\s]")  # the word vectoriser's token pattern
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _OPTION = re.compile(r"(?:^|[\s(（])([A-D])[.)、．:：]|(?:^|[\s(])([a-d])[.)]\s")
 _LATEX = re.compile(r"\$|\\[a-zA-Z]+|\^\{|_\{")
@@ -47,6 +48,59 @@ STYLE_FEATURES = (
     "log_length",
 )
 """Dense style features, in column order (see `Featurizer.style`)."""
+
+
+class _StyleCounts(NamedTuple):
+    """What the style features are computed from; a view's are its segments' combined."""
+
+    chars: int
+    cjk: int
+    letters: frozenset[str]
+    latex: int
+    zeros: int
+    math_ops: int
+    code: int
+    lines: int
+    indents: int
+    first_alpha: str
+    last: str
+    words: int
+
+
+def _style_counts(text: str) -> _StyleCounts:
+    """Counts of a prepared, stripped text."""
+    return _StyleCounts(
+        chars=len(text),
+        cjk=len(_CJK.findall(text)),
+        letters=frozenset(m.group(1) or m.group(2) for m in _OPTION.finditer(text)),
+        latex=len(_LATEX.findall(text)),
+        zeros=text.count("0"),
+        math_ops=len(_MATH_OPS.findall(text)),
+        code=len(_CODE.findall(text)),
+        lines=text.count("\n"),
+        indents=len(_INDENT.findall(text)),
+        first_alpha=next((c for c in text if c.isalpha()), ""),
+        last=text[-1:],
+        words=len(text.split()),
+    )
+
+
+def _joined(parts: Sequence[_StyleCounts]) -> _StyleCounts:
+    """The counts of these texts joined by single spaces."""
+    return _StyleCounts(
+        chars=sum(p.chars for p in parts) + len(parts) - 1,
+        cjk=sum(p.cjk for p in parts),
+        letters=frozenset().union(*(p.letters for p in parts)),
+        latex=sum(p.latex for p in parts),
+        zeros=sum(p.zeros for p in parts),
+        math_ops=sum(p.math_ops for p in parts),
+        code=sum(p.code for p in parts),
+        lines=sum(p.lines for p in parts),
+        indents=sum(p.indents for p in parts),
+        first_alpha=next((p.first_alpha for p in parts if p.first_alpha), ""),
+        last=parts[-1].last,
+        words=sum(p.words for p in parts),
+    )
 
 
 @dataclass(frozen=True)
@@ -90,7 +144,7 @@ class Featurizer:
         self._word = HashingVectorizer(
             analyzer="word",
             ngram_range=(1, spec.word_ngram_max),
-            token_pattern=r"(?u)\b\w+\b|[^\w\s]",
+            token_pattern=_TOKEN.pattern,
             lowercase=True,
             **common,
         )
@@ -113,31 +167,72 @@ class Featurizer:
         words = self._word.transform([f"xxbos {t} xxeos" for t in prepared])
         return sp.hstack([words, self._char.transform(prepared)]).tocsr()
 
+    def view_counts(self, text: str, segments: Sequence[str]) -> sp.csr_matrix:
+        """Counts of `text` (as `counts`) then of its views (`parts.views` order: the segments
+        before each cut, then those after it), summed from per-segment counts so the character
+        n-grams, the costly block, are hashed once per prompt, not once per view. A view lacks
+        only the word bigrams that span its inner cuts."""
+        k = len(segments)
+        segs = [self.prepare(t) for t in segments]
+        ends = [_TOKEN.findall(t.lower()) or [""] for t in segs]
+        firsts, lasts = [e[0] for e in ends], [e[-1] for e in ends]
+        words = self._word.transform(
+            [f"xxbos {self.prepare(text)} xxeos", *segs]
+            + [f"xxbos {f}" for f in firsts]
+            + firsts
+            + [f"{last} xxeos" for last in lasts]
+            + lasts
+        ).tocsr()
+        # Character n-grams stay inside words, so the whole prompt's are its segments' summed
+        # (exact but for n-grams across a cut inside an unspaced CJK run).
+        chars = self._char.transform(segs).tocsr()
+        # Rows of `words` (sign +1 or -1) each view adds up: its segments, then its edges
+        # ("xxbos first" minus "first", "last xxeos" minus "last").
+        word_rows: list[list[tuple[int, int]]] = []
+        char_rows: list[list[tuple[int, int]]] = []
+        for a, b in [(0, c) for c in range(1, k)] + [(c, k) for c in range(1, k)]:
+            inner = [(1 + i, 1) for i in range(a, b)]
+            edges = [(1 + k + a, 1), (1 + 2 * k + a, -1), (1 + 3 * k + b - 1, 1)]
+            word_rows.append(inner + edges + [(1 + 4 * k + b - 1, -1)])
+            char_rows.append([(i, 1) for i in range(a, b)])
+        word_rows.insert(0, [(0, 1)])
+        char_rows.insert(0, [(i, 1) for i in range(k)])
+        return sp.hstack([_sum_rows(words, word_rows), _sum_rows(chars, char_rows)]).tocsr()
+
     def style(self, text: str) -> np.ndarray:
         """[len(STYLE_FEATURES)] float32 in [0, 1], times `spec.style_scale`."""
-        text = self.prepare(text).strip()
-        n = max(len(text), 1)
-        letters = {m.group(1) or m.group(2) for m in _OPTION.finditer(text)}
-        alpha = next((c for c in text if c.isalpha()), "")
-        cjk = len(_CJK.findall(text)) / n
-        options = float(len(letters & set("ABCD")) >= 3 or len(letters & set("abcd")) >= 3)
+        return self._style(_style_counts(self.prepare(text).strip()))
+
+    def view_styles(self, text: str, segments: Sequence[str]) -> np.ndarray:
+        """[1 + views, len(STYLE_FEATURES)]: `text`'s style, then its views' (`view_counts`
+        order), each view's from its segments' counts (its text is never scanned again)."""
+        segs = [_style_counts(self.prepare(t).strip()) for t in segments]
+        k = len(segs)
+        ranges = [(0, c) for c in range(1, k)] + [(c, k) for c in range(1, k)]
+        rows = [self.style(text)] + [self._style(_joined(segs[a:b])) for a, b in ranges]
+        return np.stack(rows)
+
+    def _style(self, c: _StyleCounts) -> np.ndarray:
+        n = max(c.chars, 1)
+        cjk = c.cjk / n
+        options = float(len(c.letters & set("ABCD")) >= 3 or len(c.letters & set("abcd")) >= 3)
         # Interactions a linear model cannot form itself: options in English vs in Chinese.
         values = (
             cjk,
             float(cjk > 0.05),
             options,
             options * float(cjk <= 0.05),
-            min(len(_LATEX.findall(text)) / 4.0, 1.0),
-            min(text.count("0") / n * 5.0, 1.0),
-            min(len(_MATH_OPS.findall(text)) / n * 10.0, 1.0),
-            min(len(_CODE.findall(text)) / n * 5.0, 1.0),
-            min(text.count("\n") / 10.0, 1.0),
-            min(len(_INDENT.findall(text)) / 3.0, 1.0),
-            float(alpha.islower()),
-            float(text.endswith(("?", "？"))),
-            float(text[-1:].isalnum()),
-            float(len(text.split()) <= 12 and len(text) <= 120),
-            min(np.log1p(len(text)) / np.log(4000.0), 1.0),
+            min(c.latex / 4.0, 1.0),
+            min(c.zeros / n * 5.0, 1.0),
+            min(c.math_ops / n * 10.0, 1.0),
+            min(c.code / n * 5.0, 1.0),
+            min(c.lines / 10.0, 1.0),
+            min(c.indents / 3.0, 1.0),
+            float(c.first_alpha.islower()),
+            float(c.last in ("?", "？")),
+            float(c.last.isalnum()),
+            float(c.words <= 12 and c.chars <= 120),
+            min(np.log1p(c.chars) / np.log(4000.0), 1.0),
         )
         return np.asarray(values, dtype=np.float32) * np.float32(self.spec.style_scale)
 
@@ -149,3 +244,20 @@ class Featurizer:
         n = 1 << self.spec.n_features_log2
         blocks = [normalize(x[:, :n]), normalize(x[:, n:])]
         return (sp.hstack(blocks).tocsr() * np.float32(np.sqrt(0.5))).astype(np.float32)
+
+
+def _sum_rows(m: sp.csr_matrix, groups: Sequence[Sequence[tuple[int, int]]]) -> sp.csr_matrix:
+    """Row g of the result = sum of sign * m[row] over `groups[g]`. Gathered from the entries
+    in one pass (scipy's sparse + and @ keep a dense workspace as wide as the hash slots)."""
+    members = [(g, r, sign) for g, group in enumerate(groups) for r, sign in group]
+    group, row, sign = (np.array(x) for x in zip(*members, strict=True))
+    lo = m.indptr[row]
+    lens = m.indptr[row + 1] - lo
+    # Positions of every member row's entries in m.indices / m.data, concatenated.
+    at = np.repeat(lo - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+    out = sp.coo_matrix(
+        (m.data[at] * np.repeat(sign, lens), (np.repeat(group, lens), m.indices[at])),
+        shape=(len(groups), m.shape[1]),
+    ).tocsr()  # duplicates summed
+    out.eliminate_zeros()
+    return out

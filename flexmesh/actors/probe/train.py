@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
 from flexmesh.actors.probe.classifier import CLASSES, Artefact
-from flexmesh.actors.probe.data import DEV_SOURCES, is_heldout, read_prompts, source_of
+from flexmesh.actors.probe.data import DEV_SOURCES, read_prompts, source_of, split_of
 from flexmesh.actors.probe.features import FeatureSpec, Featurizer
 
 # AlpacaEval's `vicuna` subset *is* the Vicuna benchmark, a held-out evaluation source (and it
@@ -61,7 +61,8 @@ class TrainSpec:
     """Inverse L2 strength of the logistic regression."""
     chat_bias: float = 0.25
     """Added to the chat logit after fitting: dev sources give chat few, noisy rows, so new chat
-    sources lean to knowledge_qa/math; 0.25 maximised mean leave-one-source-out accuracy."""
+    sources lean to knowledge_qa/math; 0.25 maximised mean leave-one-source-out accuracy (and,
+    with c=1, beat c=3 or a bias of 0.5 there; docs/routing.md)."""
     min_df: int = 2
     """Hash slots seen in fewer training prompts are dropped from the artefact."""
     seed: int = 0
@@ -81,7 +82,8 @@ def exemplars() -> list[Sample]:
 def dev_samples(
     data_dir: Path, spec: TrainSpec, exclude: Iterable[str] = (), heldout: bool | None = False
 ) -> list[Sample]:
-    """Capped dev rows plus derived rows; `heldout` False/True/None = train slice/test slice/all."""
+    """Capped dev rows plus derived rows; `heldout` False/True/None = train slice/test slice/all
+    (the adversarial slice is in none of them: only `scripts/build_adversarial.py` reads it)."""
     rng = random.Random(spec.seed)
     out: list[Sample] = []
     for name in DEV_SOURCES:
@@ -90,7 +92,8 @@ def dev_samples(
             continue
         rows = [r for r in read_prompts(data_dir / name) if r["task"] in CLASSES]
         rows = [r for r in rows if r.get("category") != _EXCLUDED_CATEGORIES.get(src, "")]
-        rows = [r for r in rows if heldout is None or is_heldout(r) == heldout]
+        rows = [r for r in rows if split_of(r) != "adversarial"]
+        rows = [r for r in rows if heldout is None or (split_of(r) == "heldout") == heldout]
         rng.shuffle(rows)
         out += [Sample(r["prompt"], r["task"], src) for r in rows[: spec.per_source_cap]]
         if heldout is not True:

@@ -154,19 +154,27 @@ class ModelRunner:
 
     def gather_kv(self, block_ids: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
         """A contiguous copy of these blocks `[layers, 2, blocks, block, kv_heads, dim]`,
-        into `out` when given (reused memory is ~7x faster to fill than fresh memory)."""
+        into `out` when given (reused memory is ~7x faster to fill than fresh memory). It stays
+        on the cache's device: `out` must be there too (a collective sends device memory)."""
         index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
         if out is None:
             return self.kv_cache.index_select(2, index)
+        self._on_cache_device(out, "staging buffer")
         return torch.index_select(self.kv_cache, 2, index, out=out)
 
     def scatter_kv(self, block_ids: Sequence[int], kv: torch.Tensor) -> None:
-        """Write `kv` (as `gather_kv` returns it) into these blocks."""
+        """Write `kv` (as `gather_kv` returns it, on the cache's device) into these blocks."""
         expected = self.kv_shape(len(block_ids))
         if tuple(kv.shape) != expected:
             raise ValueError(f"KV of shape {tuple(kv.shape)} does not fit {expected}")
+        self._on_cache_device(kv, "KV to import")
         index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
-        self.kv_cache.index_copy_(2, index, kv.to(device=self.device, dtype=self.dtype))
+        self.kv_cache.index_copy_(2, index, kv.to(dtype=self.dtype))
+
+    def _on_cache_device(self, t: torch.Tensor, what: str) -> None:
+        # NOTE: no hidden device<->host copy in the hand-off: whoever moves bytes across says so.
+        if t.device != self.kv_cache.device:
+            raise ValueError(f"{what} on {t.device}, the KV cache on {self.kv_cache.device}")
 
     def release(self, request_id: str) -> None:
         """Forget per-request state (an unseeded request's seed) once the request ends."""

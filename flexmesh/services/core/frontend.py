@@ -76,6 +76,8 @@ class RouteInfo:
     """Its configured route names the large model (`routing.RouteDecision.demanding`)."""
     downgraded: bool = False
     """Demanding, and served by another model (`routing.RouteDecision.downgraded`)."""
+    intents: dict[str, float] = field(default_factory=dict)
+    """Other intents the probe found in the prompt's parts (`routing.ProbeResult.intents`)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ SLO_MISSES = ("DEADLINE_EXCEEDED", "UNAVAILABLE", "INTERNAL")
 
 def estimate_tokens(model: str, prompt: str) -> int:
     """Prompt length without a tokenizer: ~4 bytes a token (BPE on English and code)."""
-    return len(prompt.encode()) // 4
+    return len(prompt.encode("utf-8", "surrogatepass")) // 4
 
 
 class FrontendMetrics(Protocol):
@@ -209,6 +211,7 @@ class Frontend:
             route_key=d.route_key,
             demanding=d.demanding,
             downgraded=d.downgraded,
+            intents=probe.intents,
         )
 
     def snapshot(self) -> Snapshot:
