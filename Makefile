@@ -9,7 +9,8 @@ STAMP := $(VENV)/.flexmesh-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU wheel of torch first: any looser requirement would pull a multi-GB CUDA build.
+	# torch first, pinned: pip here finds the CPU wheel in a local wheel directory; from the
+	# public index the same pin is the CUDA build (README, Install: the CPU index for that case).
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@

@@ -3,9 +3,11 @@
 Same prompts, same output lengths (EOS ignored on both sides), greedy. Columns: the batch-1
 read roofline (a 1 GiB read on the engine's threads: the step's weight bytes at that speed),
 a chain of the model's own matrix-vector products (the kernels alone), HF batch 1, engine
-batch 1 (one request at a time), engine with 16 concurrent requests, and optionally the same
+batch 1 (one request at a time), HF `generate` on one left-padded batch of the same 16 prompts
+the engine's batched column runs, engine with 16 concurrent requests, and optionally the same
 single and 16-way streams through the gRPC gateway (`extra_columns`, from `engine_grpc.py`).
-Every column is measured once per round, rounds interleaved, medians reported.
+Every column is measured once per round, rounds interleaved, medians reported with their
+spread (min and max over the rounds).
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ def _prompt_ids(tokenizer: Any) -> list[list[int]]:
     return [tokenizer.encode(p, add_special_tokens=False) for p in BENCH_PROMPTS]
 
 
+def concurrent_prompts(prompts: list[list[int]], concurrency: int) -> list[list[int]]:
+    """The prompts of the batched columns: `concurrency` requests cycling through `prompts`."""
+    return [prompts[i % len(prompts)] for i in range(concurrency)]
+
+
 def hf_batch1_tok_s(hf: Any, prompts: list[list[int]], s: BenchSettings) -> float:
     tokens = 0
     t0 = time.perf_counter()
@@ -91,6 +98,31 @@ def hf_batch1_tok_s(hf: Any, prompts: list[list[int]], s: BenchSettings) -> floa
     return tokens / (time.perf_counter() - t0)
 
 
+def hf_batched_tok_s(
+    hf: Any, prompts: list[list[int]], s: BenchSettings, concurrency: int
+) -> float:
+    """HF `generate` on one batch of the batched columns' prompts, left-padded (the padding
+    masked out), so it compares with the engine at the same concurrency."""
+    batch = concurrent_prompts(prompts, concurrency)
+    width = max(map(len, batch))
+    pad = hf.generation_config.pad_token_id
+    pad = 0 if pad is None else pad
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])  # [batch, width]
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = hf.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=s.new_tokens,
+            min_new_tokens=s.new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=pad,
+        )
+    return out[:, width:].numel() / (time.perf_counter() - t0)
+
+
 def engine_tok_s(
     engine: Any, prompts: list[list[int]], s: BenchSettings, concurrency: int
 ) -> float:
@@ -98,7 +130,7 @@ def engine_tok_s(
     if concurrency == 1:
         work = [[p] for p in prompts]
     else:
-        work = [[prompts[i % len(prompts)] for i in range(concurrency)]]
+        work = [concurrent_prompts(prompts, concurrency)]
     t0 = time.perf_counter()
     tokens = sum(len(o) for batch in work for o in engine.generate(batch, sp))
     return tokens / (time.perf_counter() - t0)
@@ -133,6 +165,7 @@ def run_engine_bench(
         "gemv_chain_tok_s": lambda: gemv_chain_tok_s(model),
         "hf_b1_tok_s": lambda: hf_batch1_tok_s(hf, prompts, s),
         "engine_b1_tok_s": lambda: engine_tok_s(engine, prompts, s, 1),
+        f"hf_c{c}_tok_s": lambda: hf_batched_tok_s(hf, prompts, s, c),
         f"engine_c{c}_tok_s": lambda: engine_tok_s(engine, prompts, s, c),
         **(extra_columns or {}),
     }
@@ -149,8 +182,12 @@ def run_engine_bench(
             "concurrency": c,
             "rounds": s.rounds,
             "samples": samples,
+            "spread": {k: [min(v), max(v)] for k, v in samples.items()},
             "ratio_b1": round(report["engine_b1_tok_s"] / hf_b1, 2),
             f"ratio_c{c}": round(report[f"engine_c{c}_tok_s"] / hf_b1, 2),
+            f"ratio_c{c}_vs_hf_c{c}": round(
+                report[f"engine_c{c}_tok_s"] / report[f"hf_c{c}_tok_s"], 2
+            ),
             "step_read_bytes": step_bytes,
             "read_gb_s": round(roofline * step_bytes / 1e9, 1),
             "engine_b1_of_roofline": round(report["engine_b1_tok_s"] / roofline, 3),

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import statistics
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flexmesh.bench.rounds import Rows, rounds_report
+from flexmesh.bench.rounds import Rows, over_ref, rounds_report
 from flexmesh.bench.serving import add_rounds_argument, progress, run_rounds, write_report
 from flexmesh.channel import open_channel
 from flexmesh.loadgen.run import add_replay_arguments, run_replay
@@ -130,8 +129,7 @@ def _ratios(
     results: Mapping[str, Any], ref: dict[str, Any], get: Callable[[dict[str, Any]], float | None]
 ) -> dict[str, float]:
     """Each configuration's figure over `ref`'s (NaN when either is missing)."""
-    den = get(ref) or 0.0
-    return {k: ((get(v) or 0.0) / den if den else math.nan) for k, v in results.items()}
+    return over_ref(results, ref, get)
 
 
 def pd_rows(results: Mapping[str, Any]) -> Rows:

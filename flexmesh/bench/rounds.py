@@ -66,8 +66,20 @@ def span(nums: list[float]) -> list[float]:
 def ratios_to_first(run: Mapping[str, Mapping[str, Any]], figure: str) -> dict[str, float]:
     """Each configuration's `figure` over the first configuration's, within one round (NaN when
     either is missing or the first is zero)."""
-    den = next(iter(run.values())).get(figure) or 0.0
-    return {k: ((v.get(figure) or 0.0) / den if den else math.nan) for k, v in run.items()}
+    return over_ref(run, next(iter(run.values())), lambda summary: summary.get(figure))
+
+
+def over_ref(
+    results: Mapping[str, Any], ref: Any, get: Callable[[Any], float | None]
+) -> dict[str, float]:
+    """Each result's figure over `ref`'s: NaN when either is missing or `ref`'s is zero (a
+    missing figure is no figure, not 0)."""
+    den = get(ref)
+    out = {}
+    for k, v in results.items():
+        num = get(v)
+        out[k] = num / den if num is not None and den else math.nan
+    return out
 
 
 def rounds_report(

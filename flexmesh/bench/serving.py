@@ -6,7 +6,9 @@ the adaptive mesh gives each of its two workers one. The configurations run inte
 `--rounds` rounds (`run_rounds`: round r starts a fresh mesh of each configuration in order and
 replays into `--out/<config>/round-<r>/`); the table gives each figure's median over the rounds
 with its spread (min–max), ratios worked out within each round (`flexmesh.bench.rounds`). The
-Hugging Face reference row is measured once, after the rounds.
+Hugging Face reference row is measured once, after the rounds, on the same requests (every one
+of the workload unless `--hf-requests` says fewer). A figure that is missing (no request
+completed, say) prints as `-`, never as 0, and stays null in the JSON.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ def add_serving_bench_arguments(p: argparse.ArgumentParser, preset: tuple[str, .
     p.add_argument("--rate-rps", type=float, default=0.0, help="0 = one burst; else Poisson rate")
     p.add_argument("--intent-mix", default=DEFAULT_MIX)
     p.add_argument("--max-output-tokens", type=int, default=48)
-    p.add_argument("--hf-requests", type=int, default=6, help="requests for the HF reference row")
+    p.add_argument(
+        "--hf-requests",
+        type=int,
+        default=None,
+        help="requests for the HF reference row (default: every request of the workload, the "
+        "mesh rows' prompts; 0: no reference row)",
+    )
     add_rounds_argument(p)
     p.add_argument("--out", default="bench-out", help="folder for JSON and plots")
     p.add_argument("--json", action="store_true")
@@ -77,8 +85,10 @@ def _replay_args(
     return add_replay_arguments(argparse.ArgumentParser()).parse_args(argv)
 
 
-def _hf_reference(args: argparse.Namespace, model_path: str, tokenizer: str) -> float:
-    """Sequential batch-1 HF generate over the first requests of the same workload (tok/s)."""
+def _hf_reference(args: argparse.Namespace, model_path: str, tokenizer: str) -> tuple[float, int]:
+    """Sequential batch-1 HF generate over the workload's requests, the same prompts and
+    output lengths the meshes were sent (the first `--hf-requests` when given): (tok/s,
+    requests)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,14 +96,15 @@ def _hf_reference(args: argparse.Namespace, model_path: str, tokenizer: str) -> 
     _, requests, _ = prepare(rargs, None)
     tok = AutoTokenizer.from_pretrained(tokenizer)
     hf = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    chosen = requests if args.hf_requests is None else requests[: args.hf_requests]
     tokens, t0 = 0, time.perf_counter()
     with torch.inference_mode():
-        for r in requests[: args.hf_requests]:
+        for r in chosen:
             ids = torch.tensor([tok.encode(r.prompt, add_special_tokens=False)])
             n = r.max_tokens
             out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
             tokens += out.shape[1] - ids.shape[1]
-    return tokens / (time.perf_counter() - t0)
+    return tokens / (time.perf_counter() - t0), len(chosen)
 
 
 def each_mesh(
@@ -179,8 +190,10 @@ def run_serving_bench(args: argparse.Namespace) -> dict[str, Any]:
         run_rounds(args.configs, args.models_dir, args.rounds, Path(args.out), run_one)
     )
     large_path = next((p for p in reversed(large_paths) if p), "")
-    if args.hf_requests > 0 and large_path:
-        report["hf_b1_tok_s"] = round(_hf_reference(args, large_path, large_path), 2)
+    if args.hf_requests != 0 and large_path:
+        progress("Hugging Face reference: batch 1, sequential, the same requests ...")
+        tok_s, report["hf_requests"] = _hf_reference(args, large_path, large_path)
+        report["hf_b1_tok_s"] = round(tok_s, 2)
     report["ratio_tok_s"] = {k: round(v, 2) for k, v in report["ratios"]["output_tok_s"].items()}
     write_report(Path(args.out), report)
     return report
@@ -203,9 +216,10 @@ def print_serving_table(report: dict[str, Any]) -> None:
     def row(label: str, *path: str) -> None:
         cells = []
         for name in configs:
-            text = cell(pick(configs, name, *path), pick(spread, "configs", name, *path))
-            if path[0] in report.get("ratios", {}):
-                ratio = pick(report, "ratios", path[0], name)
+            value = pick(configs, name, *path)
+            text = cell(value, pick(spread, "configs", name, *path))
+            ratio = pick(report, "ratios", path[0], name)
+            if value is not None and ratio is not None:  # no ratio of a missing figure
                 text += f", {cell(ratio, pick(spread, 'ratios', path[0], name))}×"
             cells.append(text)
         table.add_row(label, *cells)
@@ -225,12 +239,13 @@ def print_serving_table(report: dict[str, Any]) -> None:
     Console().print(table)
     if "hf_b1_tok_s" in report:
         print(
-            f"reference: Hugging Face generate, batch 1, sequential: {report['hf_b1_tok_s']} tok/s"
+            "reference: Hugging Face generate, batch 1, sequential, the same "
+            f"{report.get('hf_requests', '-')} requests: {cell(report['hf_b1_tok_s'])} tok/s"
         )
     for name, s in configs.items():
-        mix = s.get("route_mix", {})
+        mix = s.get("route_mix") or {}
         print(
-            f"{name} (medians): failed {s['failed_by_status'] or 'none'}; models "
-            f"{mix.get('by_model', {})}; strategies {mix.get('by_strategy', {})}; probe agrees "
-            f"with the label {mix.get('probe_agreement', '-')}"
+            f"{name} (medians): failed {s.get('failed_by_status') or 'none'}; models "
+            f"{mix.get('by_model') or '-'}; strategies {mix.get('by_strategy') or '-'}; probe "
+            f"agrees with the label {cell(mix.get('probe_agreement'))}"
         )

@@ -4,6 +4,7 @@ worked out from hand-made measurements."""
 from __future__ import annotations
 
 import types
+from typing import Any
 
 import pytest
 
@@ -22,9 +23,40 @@ def test_engine_bench_reports_medians_of_interleaved_rounds(small_path: str) -> 
     assert report["samples"]["extra_tok_s"] == [1.0, 2.0, 3.0]
     assert report["extra_tok_s"] == 2.0  # the median round
     for key in ("read_roofline_b1_tok_s", "gemv_chain_tok_s", "hf_b1_tok_s", "engine_b1_tok_s",
-                "engine_c3_tok_s"):  # fmt: skip
+                "hf_c3_tok_s", "engine_c3_tok_s"):  # fmt: skip
         assert len(report["samples"][key]) == 3
         assert report[key] > 0
+        assert report["spread"][key] == [min(report["samples"][key]), max(report["samples"][key])]
+
+
+def test_hf_batched_reference_generates_every_token_of_the_engine_batch(small_path: str) -> None:
+    """HF's batched column runs the engine's batch (the same prompts, cycled, left-padded) and
+    counts every new token of every row; its greedy rows equal HF's unpadded batch-1 output."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flexmesh.bench import engine_bench
+
+    hf = AutoModelForCausalLM.from_pretrained(small_path, dtype=torch.float32).eval()
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]
+    assert engine_bench.concurrent_prompts(prompts, 4) == [*prompts, prompts[0]]
+    calls: list[Any] = []
+    generate = hf.generate
+
+    def spy(ids: Any, **kw: Any) -> Any:
+        out = generate(ids, **kw)
+        calls.append((ids, kw["attention_mask"], out))
+        return out
+
+    hf.generate = spy
+    s = BenchSettings(small_path, new_tokens=4)
+    assert engine_bench.hf_batched_tok_s(hf, prompts, s, 4) > 0
+    ((ids, mask, out),) = calls
+    assert ids.shape == (4, 5) and mask[1].tolist() == [0, 0, 0, 1, 1]
+    assert out[:, 5:].shape == (4, 4)
+    with torch.inference_mode():
+        alone = generate(torch.tensor([prompts[1]]), max_new_tokens=4, do_sample=False)
+    assert out[1, 5:].tolist() == alone[0, 2:].tolist()
 
 
 STEP_BYTES = 40_000_000
@@ -33,6 +65,7 @@ ROUNDS = {
     "gemv_chain_tok_s": [30.0, 10.0, 20.0],
     "hf_b1_tok_s": [80.0, 100.0, 50.0],
     "engine_b1_tok_s": [200.0, 150.0, 240.0],
+    "hf_c3_tok_s": [300.0, 320.0, 160.0],
     "engine_c3_tok_s": [640.0, 600.0, 700.0],
 }
 """Hand-made measurements, one per round; each column's median differs from its mean."""
@@ -67,6 +100,7 @@ def test_engine_bench_ratios_come_from_the_median_of_each_column(
     monkeypatch.setattr(engine_bench, "read_bandwidth_gbs", lambda buf: measured("read_gb_s"))
     monkeypatch.setattr(engine_bench, "gemv_chain_tok_s", lambda m: measured("gemv_chain_tok_s"))
     monkeypatch.setattr(engine_bench, "hf_batch1_tok_s", lambda *a: measured("hf_b1_tok_s"))
+    monkeypatch.setattr(engine_bench, "hf_batched_tok_s", lambda *a: measured("hf_c3_tok_s"))
     monkeypatch.setattr(engine_bench, "engine_tok_s", engine_tok_s)
 
     report = run_engine_bench(BenchSettings("/models/fake", concurrency=3, rounds=3))
@@ -79,6 +113,8 @@ def test_engine_bench_ratios_come_from_the_median_of_each_column(
         "engine_b1_tok_s": 200.0, "engine_c3_tok_s": 640.0,
     }  # fmt: skip
     assert (report["ratio_b1"], report["ratio_c3"]) == (2.5, 8.0)  # 200 / 80 and 640 / 80
+    assert report["hf_c3_tok_s"] == 300.0 and report["ratio_c3_vs_hf_c3"] == 2.13  # 640 / 300
+    assert report["spread"]["hf_c3_tok_s"] == [160.0, 320.0]
     assert report["engine_b1_of_roofline"] == 4.0  # 200 / 50
     assert report["gemv_chain_of_roofline"] == 0.4  # 20 / 50
     assert (report["step_read_bytes"], report["read_gb_s"]) == (STEP_BYTES, 2.0)

@@ -160,3 +160,33 @@ def test_the_tables_say_median_spread_and_rounds(
     print_strategies_table(report, 16)
     out = " ".join(capsys.readouterr().out.split())  # the title wraps at the table's width
     assert "of 3 interleaved rounds" in out and "2.00 (1.50–3.00)" in out
+
+
+def test_a_missing_figure_prints_as_a_dash_and_stays_null_in_the_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A configuration where nothing completed has no percentiles and no tokens/s: its cells
+    and their ratios print as `-`, never as 0.00, and the report keeps them as null."""
+    import json
+
+    from flexmesh.bench.serving import print_serving_table
+
+    def empty() -> Any:
+        s = summary(0.0, 0.0, 0.0)
+        for m in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            s[m] = dict.fromkeys(s[m])
+        s.update(completed=0, output_tok_s=None, req_s=None, goodput_req_s=None)
+        s["route_mix"] = {"by_model": {}, "probe_agreement": None}
+        return s
+
+    report = rounds_report([{"a": summary(100.0, 900.0, 1.0), "b": empty()} for _ in range(2)])
+    assert report["configs"]["b"]["ttft_ms"]["p99"] is None
+    assert json.loads(json.dumps(report))["configs"]["b"]["output_tok_s"] is None
+    monkeypatch.setenv("COLUMNS", "300")
+    print_serving_table(report)
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in out.splitlines()
+            if line.count("│") == 4}  # fmt: skip
+    for label in ("output tok/s", "req/s", "ttft_ms p50", "ttft_ms p99", "TPOT mean ms"):
+        assert rows[label] == "-", (label, rows[label])
+    assert "probe agrees with the label -" in out and "None" not in out
