@@ -105,7 +105,9 @@ def add_mesh_commands(sub: Any) -> None:
     q.add_argument("--small-spill-queue-ms", type=float, default=None)
     q.add_argument("--small-return-queue-ms", type=float, default=None)
     q.add_argument("--long-context-tokens", type=int, default=None)
-    q.add_argument("--route", action="append", default=[], help="intent=model[:strategy][:spill]")
+    q.add_argument(
+        "--route", action="append", default=[], help="intent=model[@variant][:strategy][:spill]"
+    )
     q.add_argument("--expected-version", type=int, default=0, help="reject unless at this version")
 
 
@@ -263,16 +265,20 @@ async def classify_cli(args: argparse.Namespace) -> int:
 
 
 def _parse_route(spec: str) -> pb.IntentRoute:
-    """`intent=model[:strategy][:spill]`, e.g. `chat=large:none` or `code=small:pld:spill`."""
+    """`intent=model[@variant][:strategy][:spill]`, e.g. `chat=large:none`,
+    `code=small:pld:spill` or `chat=small@demo-small-int8:none` (a resident model serving the
+    route in `model`'s place)."""
     intent, _, rest = spec.partition("=")
     parts = rest.split(":")
-    if not intent or not parts[0]:
-        raise ValueError(f"--route {spec!r}: expected intent=model[:strategy][:spill]")
+    model, _, variant = parts[0].partition("@")
+    if not intent or not model:
+        raise ValueError(f"--route {spec!r}: expected intent=model[@variant][:strategy][:spill]")
     return pb.IntentRoute(
         intent=intent,
-        model=parts[0],
+        model=model,
         strategy=parts[1] if len(parts) > 1 else "none",
         spillable=len(parts) > 2 and parts[2] == "spill",
+        variant=variant,
     )
 
 

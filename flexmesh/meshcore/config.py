@@ -421,6 +421,8 @@ class MeshConfig:
                 m.draft_model,
                 "a resident model",
             )
+        for variant in self.routing.variants():
+            check(variant in names, "routing.routes[].variant", variant, "a resident model")
 
     @property
     def adaptive(self) -> bool:

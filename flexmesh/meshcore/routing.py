@@ -96,6 +96,10 @@ class Route:
     """Decoding acceleration: none, pld or spec (spec drafts with the small model)."""
     spillable: bool = False
     """May move to the other resident model while the target's queue is long."""
+    variant: str = ""
+    """Resident model that serves this route in place of `model`'s (e.g. a quantised copy of
+    it, with its own workers): "" = `model`'s own. It plays `model`'s part everywhere else
+    (spill, the quality budget, the controller); spilled, the route goes to the other model."""
 
     def validate(self, name: str) -> None:
         _check(self.model in ROUTE_MODELS, f"{name}.model", self.model, f"one of {ROUTE_MODELS}")
@@ -171,9 +175,39 @@ class RoutingConfig:
         _check(self.version >= 1, "version", self.version, ">= 1")
         for f in dataclasses.fields(RouteTable):
             self.routes.get(f.name).validate(f"routes.{f.name}")
+        plays: dict[str, str] = {self.small_model: "small", self.large_model: "large"}
+        for f in dataclasses.fields(RouteTable):
+            route = self.routes.get(f.name)
+            if route.variant:
+                # One resident model plays one part: a variant of small is never also large's.
+                part = plays.setdefault(route.variant, route.model)
+                rule = f"a resident model standing in for {part}, not for {route.model}"
+                _check(part == route.model, f"routes.{f.name}.variant", route.variant, rule)
 
     def model_name(self, role: str) -> str:
         return self.small_model if role == "small" else self.large_model
+
+    def served_by(self, route: Route) -> str:
+        """The resident model a route serves on when nothing moves it: its variant, if any."""
+        return route.variant or self.model_name(route.model)
+
+    def variants(self) -> dict[str, str]:
+        """Every route variant's resident model name → the symbolic model it stands in for."""
+        return {
+            r.variant: r.model
+            for f in dataclasses.fields(RouteTable)
+            if (r := self.routes.get(f.name)).variant
+        }
+
+    def role_of(self, model: str) -> str:
+        """ "small" or "large": the symbolic model a resident routing model plays."""
+        if model == self.small_model:
+            return "small"
+        return self.variants().get(model, "large")
+
+    def routing_models(self) -> tuple[str, ...]:
+        """Every resident model a route can be served on: both models and every variant."""
+        return (self.small_model, self.large_model, *sorted(self.variants()))
 
     def spill_thresholds(self, prefix: str) -> tuple[float, float]:
         """(spill, return) queue delays of the large model (prefix "") or the small one
@@ -183,8 +217,8 @@ class RoutingConfig:
         return spill, ret
 
     def thresholds_of(self, model: str) -> tuple[float, float]:
-        """(spill, return) queue delays of resident model `model`."""
-        return self.spill_thresholds("small_" if model == self.small_model else "")
+        """(spill, return) queue delays of resident model `model` (a variant: its model's)."""
+        return self.spill_thresholds("small_" if self.role_of(model) == "small" else "")
 
     def is_demanding(self, key: str) -> bool:
         """The route of `key` (an intent or "low_confidence") names the large model: one
@@ -281,34 +315,36 @@ def decide(
     """
     if strategy not in ("", *ROUTE_STRATEGIES):
         raise InvalidRequestError("strategy", f"must be '', none, pld or spec, got {strategy!r}")
-    if model not in ("", "auto", policy.small_model, policy.large_model):
-        known = (policy.small_model, policy.large_model)
+    known = policy.routing_models()
+    if model not in ("", "auto", *known):
         raise UnknownModelError(f"model {model!r} is not a routing model {known}")
     state = update_state(loads, policy, state)
     key, route = policy.configured_route(probe)
     reason = "low_confidence" if key == "low_confidence" else "table"
     role, strat = route.model, route.strategy
+    name = policy.served_by(route)
     if route.spillable:
-        target, other = policy.model_name(role), policy.model_name(_other(role))
-        if target in state.spilling and other not in state.spilling:
-            role, reason = _other(role), "spill"
+        other = policy.model_name(_other(role))
+        if name in state.spilling and other not in state.spilling:
+            role, reason, name = _other(role), "spill", other
     base_key, _ = (base or policy).configured_route(probe)
     demanding = (base or policy).is_demanding(base_key)
     if demanding and role != "large" and base_key in capped:
         # The quality budget of this route is spent: serve it as configured.
         route = policy.routes.get(base_key)
         role, strat, reason = "large", route.strategy, "quality_budget"
+        name = policy.served_by(route) if route.model == "large" else policy.large_model
     if model not in ("", "auto"):
-        role, reason = ("small" if model == policy.small_model else "large"), "override"
-    elif strategy == "spec":
-        role = "large"  # speculation drafts with the small model, so only the large one can use it
+        role, reason, name = policy.role_of(model), "override", model
+    elif strategy == "spec" and role != "large":
+        # Speculation drafts with the small model, so only the large one can use it.
+        role, name = "large", policy.large_model
     if strategy:
         strat, reason = strategy, "override"
     if strat == "spec" and role == "small":
         if strategy:
             raise InvalidRequestError("strategy", "spec needs the large model (small is the draft)")
         strat = "none"  # a large-model route spilled to the small model loses its draft
-    name = policy.model_name(role)
     downgraded = demanding and role != "large" and reason != "override"
     decision = RouteDecision(
         name,

@@ -117,6 +117,7 @@ def policy_to_proto(p: RoutingConfig, pinned: Iterable[str] = ()) -> pb.Policy:
             model=p.model_name(route.model),
             strategy=route.strategy,
             spillable=route.spillable,
+            variant=route.variant,
         )
         for f in dataclasses.fields(p.routes)
         for route in [p.routes.get(f.name)]
@@ -136,8 +137,11 @@ def policy_to_proto(p: RoutingConfig, pinned: Iterable[str] = ()) -> pb.Policy:
     )
 
 
-def changes_from_request(req: pb.SetPolicyRequest, current: RoutingConfig) -> dict[str, Any]:
-    """The fields a SetPolicyRequest sets, as a nested mapping for `apply_update`."""
+def changes_from_request(
+    req: pb.SetPolicyRequest, current: RoutingConfig, resident: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The fields a SetPolicyRequest sets, as a nested mapping for `apply_update`; a route's
+    variant must be one of the `resident` models."""
     changes: dict[str, Any] = {
         name: getattr(req, name)
         for name in (*THRESHOLDS, "long_context_tokens")
@@ -153,10 +157,13 @@ def changes_from_request(req: pb.SetPolicyRequest, current: RoutingConfig) -> di
     for r in req.routes:
         if r.model not in roles:
             raise InvalidRequestError("routes.model", f"{r.model!r} is not {sorted(roles)}")
+        if r.variant and r.variant not in set(resident):
+            raise InvalidRequestError("routes.variant", f"{r.variant!r} is not a resident model")
         routes[r.intent] = {
             "model": roles[r.model],
             "strategy": r.strategy or "none",
             "spillable": r.spillable,
+            "variant": r.variant,
         }
     if routes:
         changes["routes"] = routes
@@ -193,7 +200,8 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def SetPolicy(
         self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
-        changes = changes_from_request(request, self.frontend.router.policy)
+        policy = self.frontend.router.policy
+        changes = changes_from_request(request, policy, self.frontend.workers)
         policy = self.frontend.ops.set_policy(changes, request.expected_version)
         return policy_to_proto(policy, self.frontend.ops.policy_pins)
 

@@ -285,16 +285,18 @@ class GetPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class IntentRoute(_message.Message):
-    __slots__ = ("intent", "model", "strategy", "spillable")
+    __slots__ = ("intent", "model", "strategy", "spillable", "variant")
     INTENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     SPILLABLE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     intent: str
     model: str
     strategy: str
     spillable: bool
-    def __init__(self, intent: _Optional[str] = ..., model: _Optional[str] = ..., strategy: _Optional[str] = ..., spillable: _Optional[bool] = ...) -> None: ...
+    variant: str
+    def __init__(self, intent: _Optional[str] = ..., model: _Optional[str] = ..., strategy: _Optional[str] = ..., spillable: _Optional[bool] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("version", "routes", "confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "large_model", "small_model", "pinned", "small_spill_queue_ms", "small_return_queue_ms")

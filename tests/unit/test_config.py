@@ -39,6 +39,16 @@ def test_validation_names_field_and_value() -> None:
         MeshConfig.from_dict({"gateway": {"tls_cert_file": "cert.pem"}})
 
 
+def test_a_route_variant_must_be_resident() -> None:
+    models = [{"name": "demo-small"}, {"name": "demo-large"}]
+    chat = {"model": "small", "strategy": "none", "spillable": True, "variant": "demo-small-q8"}
+    routing = {"routes": {"chat": chat}}
+    with pytest.raises(ValueError, match="routing.routes\\[\\].variant: must be a resident"):
+        MeshConfig.from_dict({"models": models, "routing": routing})
+    cfg = MeshConfig.from_dict({"models": [*models, {"name": "demo-small-q8"}], "routing": routing})
+    assert cfg.routing.variants() == {"demo-small-q8": "small"}
+
+
 def test_prompt_lookup_proposes_continuation_of_latest_match() -> None:
     tokens = [1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 1, 2, 3]
     assert propose_prompt_lookup(tokens, 3, 2) == [6, 7]

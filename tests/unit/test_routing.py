@@ -135,6 +135,36 @@ def test_one_definition_of_demanding_for_mixed_intents_and_the_budget() -> None:
         ProbeResult("chat", 0.9, intents={"poetry": 0.9})
 
 
+def test_a_route_variant_serves_in_its_models_place() -> None:
+    q8 = "demo-small-int8"
+    table = replace(
+        POLICY.routes,
+        chat=Route("small", "none", True, variant=q8),
+        code=Route("small", "pld", True),
+    )
+    policy = replace(POLICY, routes=table)
+    assert policy.routing_models() == (SMALL, LARGE, q8) and policy.role_of(q8) == "small"
+    chat = decide(probe("chat"), {}, policy, RouterState())[0]
+    code = decide(probe("code"), {}, policy, RouterState())[0]
+    assert (chat.model, code.model) == (q8, SMALL)
+    # The variant's own queue, at the small model's thresholds, spills it to the large model.
+    spilled, state = decide(probe("chat"), {q8: 300.0}, policy, RouterState())
+    assert (spilled.model, spilled.reason) == (LARGE, "spill") and q8 in state.spilling
+    assert decide(probe("code"), {q8: 300.0}, policy, state)[0].model == SMALL
+    # The caller may name it; it is a small model, so speculation on it is refused.
+    assert decide(probe("math"), {}, policy, RouterState(), model=q8)[0].model == q8
+    with pytest.raises(InvalidRequestError):
+        decide(probe("math"), {}, policy, RouterState(), model=q8, strategy="spec")
+    with pytest.raises(UnknownModelError):
+        decide(probe("chat"), {}, POLICY, RouterState(), model=q8)  # no route names it
+    # A large variant: demanding and served as configured is no downgrade.
+    big = replace(POLICY, routes=replace(POLICY.routes, math=Route("large", "none", variant="l8")))
+    d = decide(probe("math"), {}, big, RouterState())[0]
+    assert (d.model, d.demanding, d.downgraded) == ("l8", True, False)
+    with pytest.raises(InvalidRequestError, match="standing in for"):
+        replace(POLICY, routes=replace(table, math=Route("large", "spec", variant=q8)))
+
+
 def test_spilled_route_keeps_pld_but_drops_spec_on_small() -> None:
     loads = {SMALL: 0.0, LARGE: 1000.0}
     code = route("code", {SMALL: 1000.0})

@@ -19,7 +19,7 @@ from flexmesh.meshcore.routing import ProbeResult, RouterState, RoutingConfig, d
 def routed_kind(probe: ProbeResult, policy: RoutingConfig) -> str:
     """ "large" or "small": the model an idle mesh serves this reading on."""
     decision, _ = decide(probe, {}, policy, RouterState())
-    return "large" if decision.model == policy.large_model else "small"
+    return policy.role_of(decision.model)  # a variant counts as the model it stands in for
 
 
 def expected_kind(row: Mapping[str, Any], policy: RoutingConfig) -> str:
