@@ -79,6 +79,16 @@ def add_bench_commands(sub: Any) -> None:
     add_rounds_argument(b)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_strategies)
+    b = bsub.add_parser("quant", help="int8 weight-only vs fp32 (and bf16): quality and speed")
+    b.add_argument("--model", default=None, help="model folder (default: demo-large)")
+    b.add_argument("--models-dir", default=None)
+    b.add_argument("--data-dir", default=None, help="default: ../shared/data")
+    b.add_argument("--per-source", type=int, default=8, help="quality prompts per source file")
+    b.add_argument("--new-tokens", type=int, default=64)
+    b.add_argument("--concurrency", type=int, default=16)
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_quant)
 
 
 def cmd_bench_engine(args: argparse.Namespace) -> int:
@@ -157,6 +167,13 @@ def cmd_bench_strategies(args: argparse.Namespace) -> int:
     report = run_strategies_bench(args.models_dir, args.new_tokens, args.rounds)
     show(args, report, lambda r: print_strategies_table(r, args.new_tokens))
     return 0 if all(report[f"{s}_identical_to_none"] for s in ("pld", "spec")) else 1
+
+
+def cmd_bench_quant(args: argparse.Namespace) -> int:
+    from flexmesh.bench.quant_bench import print_quant, run_quant_bench
+
+    show(args, run_quant_bench(args), print_quant)
+    return 0
 
 
 def print_profile(r: dict[str, Any]) -> None:

@@ -80,6 +80,11 @@ WORKER_ROLES = ("prefill", "decode", "mixed")
 """What a worker does: prompts only (hands KV over), decoding only (takes KV), or both."""
 PLACEMENTS = ("pack", "spread")
 """How a model's workers are placed on nodes (`ModelSpec.placement`)."""
+QUANTIZATIONS = ("none", "int8")
+"""Weight quantisations a model can ask for (`ModelSpec.quantization`)."""
+QUANTIZATION_DEVICES = {"int8": ("cpu", "npu")}
+"""Devices each quantisation runs on (`actors/runner/quant.py` holds the kernels); "none" runs
+everywhere."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +112,18 @@ class ModelSpec:
     resources: dict[str, float] = field(default_factory=dict)
     """Extra Ray resources every worker needs (custom ones set on the nodes meant for it, e.g.
     `{pool_a: 1}`), beside its device or CPUs."""
+    quantization: str = "none"
+    """Weights as loaded ("none") or "int8": int8 weight-only with one scale per output
+    channel, built at load time from the same checkpoint (cpu and npu; docs/engine.md)."""
 
     def __post_init__(self) -> None:
         check(bool(self.name), "models[].name", self.name, "non-empty")
+        check(
+            self.quantization in QUANTIZATIONS,
+            "models[].quantization",
+            self.quantization,
+            f"one of {QUANTIZATIONS}",
+        )
         check(
             self.placement in PLACEMENTS,
             "models[].placement",
@@ -414,12 +428,30 @@ class MeshConfig:
         check(len(self.models) > 0, "models", self.models, "non-empty")
         names = [m.name for m in self.models]
         check(len(set(names)) == len(names), "models[].name", names, "unique")
+        quantized = {m.name: m.quantization for m in self.models if m.quantization != "none"}
         for m in self.models:
             check(
                 not m.draft_model or m.draft_model in names,
                 "models[].draft_model",
                 m.draft_model,
                 "a resident model",
+            )
+            # A worker loads its draft model itself, in full precision: a quantised draft is
+            # not supported, so naming one would silently load a different model.
+            check(
+                m.draft_model not in quantized,
+                "models[].draft_model",
+                m.draft_model,
+                "a model without quantization (a quantised draft model is not supported)",
+            )
+            devices = QUANTIZATION_DEVICES.get(m.quantization)
+            device = self.engine.device
+            runs_on = " and ".join(devices or ())
+            check(
+                devices is None or device == "auto" or device in devices,
+                "models[].quantization",
+                m.quantization,
+                f"one engine.device {device} runs ({m.quantization} runs on {runs_on})",
             )
         for variant in self.routing.variants():
             check(variant in names, "routing.routes[].variant", variant, "a resident model")

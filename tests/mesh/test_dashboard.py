@@ -22,10 +22,11 @@ probe = ProbeActor.options(name="probe", namespace="flexmesh-dashboard-test").re
     "classifier", 2048
 )
 ray.get(probe.ready.remote())
+gcs = ray.get_runtime_context().gcs_address  # this instance's, not another one on the host
 deadline = time.monotonic() + 60
 while True:  # the dashboard's state API answers once its head agent is up
     try:
-        actors = list_actors(filters=[("state", "=", "ALIVE")], timeout=10)
+        actors = list_actors(address=gcs, filters=[("state", "=", "ALIVE")], timeout=10)
         break
     except Exception:
         if time.monotonic() > deadline:
@@ -38,7 +39,8 @@ ray.shutdown()
 
 def test_the_dashboard_lists_the_named_actors() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=180, check=True
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=180
     )
+    assert out.returncode == 0, out.stderr[-3000:]
     actors = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"name": "probe", "class": "Probe", "ns": "flexmesh-dashboard-test"} in actors

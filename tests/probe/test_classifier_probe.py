@@ -69,17 +69,20 @@ def test_macro_accuracy_on_written_prompts_in_unseen_styles(probe: ClassifierPro
 
 
 def test_latency_p50_within_budget(probe: ClassifierProbe) -> None:
-    # ~512-token prompts (about 2,000 characters), the budget's upper end.
+    # Through the front, as the probe actor runs it: routing-talk rule, parts and classifier.
+    # The written prompts (short, many with parts) plus a ~512-token one, the budget's top;
+    # the benchmark figure on 1,924 held-out prompts is in docs/routing.md (p50 1.5 ms).
+    front = ProbeFront(probe)
     prompts = [("Explain this code and fix the bug: x = [i for i in range(10)] " * 32)[:2000]]
     prompts += [r["prompt"] for r in read_prompts(WRITTEN)][:99]
     for p in prompts[:5]:
-        probe.classify(p)  # warm caches
+        front.classify(p)  # warm caches
     ms = []
     for p in prompts:
         start = time.perf_counter()
-        probe.classify(p)
+        front.classify(p)
         ms.append((time.perf_counter() - start) * 1000.0)
-    assert float(np.percentile(ms, 50)) <= 5.0
+    assert float(np.percentile(ms, 50)) <= 2.0
 
 
 def test_fit_save_load_round_trip(tmp_path: Path) -> None:

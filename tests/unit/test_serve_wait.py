@@ -6,10 +6,12 @@ place a worker only on a node that has one. Fake clocks and cluster readers: no 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from flexmesh.cli.main import main
@@ -24,6 +26,16 @@ ASCEND = load_mesh_config(DEPLOY / "configs" / "ascend-910b.yaml")
 HEAD_ONLY = {"CPU": 8.0, "memory": 32e9}
 """A KubeRay head before its worker pod joined: CPUs, no NPU."""
 HEAD_NODE = {"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": HEAD_ONLY}
+
+
+@pytest.fixture(autouse=True)
+def every_log_level() -> Iterator[None]:
+    """structlog at its defaults: a test run before may have configured a WARNING filter (the
+    CLI's), which would drop the progress lines before `capture_logs` sees them."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)
 
 
 class FakeClock:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,7 +28,8 @@ import torch
 from flexmesh.actors.runner.detok import IncrementalDetokenizer, eos_token_ids
 from flexmesh.actors.runner.draft import DraftProposer
 from flexmesh.actors.runner.model import PagedCausalLM
-from flexmesh.actors.runner.runner import ModelRunner
+from flexmesh.actors.runner.quant import check_quantization
+from flexmesh.actors.runner.runner import ModelRunner, pick_device
 from flexmesh.actors.runner.tracked import Tracked, timings
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
@@ -51,11 +53,24 @@ class Engine:
         config: EngineConfig | None = None,
         draft_model_path: str | Path | None = None,
         kv_hold_timeout_s: float = 30.0,
+        quantization: str = "none",
     ) -> None:
+        """`quantization` is the model's `ModelSpec.quantization`: its weights are quantised
+        after loading (`PagedCausalLM.quantize`); a draft model stays in full precision."""
         self.config = config or EngineConfig()
         self.kv_hold_timeout_s = kv_hold_timeout_s
         self.model_path = str(model_path)
-        self.runner = ModelRunner(model_path, self.config)
+        self.quantization = quantization
+        check_quantization(quantization, pick_device(self.config.device))  # before loading
+        if quantization == "none":
+            self.runner = ModelRunner(model_path, self.config)
+        else:
+            # Quantised from the plain weights, then packed (oneDNN's blocked layout is not
+            # read back); whatever stays unquantised is packed as usual.
+            self.runner = ModelRunner(model_path, replace(self.config, cpu_packed_weights=False))
+            self.runner.model.quantize(quantization)
+            if self.config.cpu_packed_weights:
+                self.runner.model.pack_weights()
         self.draft = (
             DraftProposer(draft_model_path, self.config, self.runner.model.vocab_size)
             if draft_model_path

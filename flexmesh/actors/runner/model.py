@@ -13,6 +13,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from flexmesh.actors.runner.quant import (
+    PROJECTIONS,
+    Int8Weight,
+    UnsupportedQuantizationError,
+    activation_dtype,
+    check_quantization,
+    quantize_int8,
+)
+
+Weight = torch.Tensor | Int8Weight
+"""A projection weight: a tensor (plain or oneDNN-packed) or int8 with its scales (`quant.py`)."""
+
 PACK_BATCH_HINT = 16
 """Batch size oneDNN lays packed weights out for (it serves every other batch size too)."""
 EXACT_ROWS = 16
@@ -43,12 +55,12 @@ class UnsupportedModelError(ValueError):
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor  # [hidden]
-    qkv_w: torch.Tensor  # [(heads + 2 * kv_heads) * head_dim, hidden]
+    qkv_w: Weight  # [(heads + 2 * kv_heads) * head_dim, hidden]
     qkv_b: torch.Tensor | None
-    o_w: torch.Tensor  # [hidden, heads * head_dim]
+    o_w: Weight  # [hidden, heads * head_dim]
     post_norm: torch.Tensor  # [hidden]
-    gate_up_w: torch.Tensor  # [2 * intermediate, hidden]
-    down_w: torch.Tensor  # [hidden, intermediate]
+    gate_up_w: Weight  # [2 * intermediate, hidden]
+    down_w: Weight  # [hidden, intermediate]
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ class PagedCausalLM:
 
         self.embed = w(inner.embed_tokens.weight)  # [vocab, hidden]
         self.final_norm = w(inner.norm.weight)
-        self.lm_head = w(hf_model.lm_head.weight)  # [vocab, hidden]
+        self.lm_head: Weight = w(hf_model.lm_head.weight)  # [vocab, hidden]
         self.tied_embeddings = self.lm_head.data_ptr() == self.embed.data_ptr()
         self.layers: list[LayerWeights] = []
         for layer in inner.layers:
@@ -135,11 +147,32 @@ class PagedCausalLM:
             )
         self.num_layers = len(self.layers)
         self.packed = False
-        if packed_weights and device.type == "cpu" and dtype == torch.float32:
-            self._pack_weights()
+        self.quantization = "none"
+        """Set by `quantize` (which runs before packing)."""
+        if packed_weights:
+            self.pack_weights()
 
-    def _pack_weights(self) -> None:
-        """Replace every projection weight by its oneDNN-blocked layout (same bytes).
+    def quantize(self, quantization: str, lm_head: bool = True) -> None:
+        """Quantise the projections in place from the plain weights ("none": nothing changes).
+        With `lm_head`, the LM head too (a tied one becomes its own int8 copy); the embedding
+        table stays as loaded, since a step reads one row of it."""
+        check_quantization(quantization, self.device)
+        if quantization == "none":
+            return
+        if self.packed:
+            raise UnsupportedQuantizationError(f"{quantization}: quantise before packing")
+        act = activation_dtype(self.dtype)
+        for lw in self.layers:
+            for name in PROJECTIONS:
+                setattr(lw, name, quantize_int8(getattr(lw, name), act))
+        if lm_head and isinstance(self.lm_head, torch.Tensor):
+            self.lm_head = quantize_int8(self.lm_head, act)
+            self.tied_embeddings = False
+        self.quantization = quantization
+
+    def pack_weights(self) -> None:
+        """On CPU in fp32, replace every plain projection weight by its oneDNN-blocked layout
+        (same bytes); int8 weights stay as they are. Elsewhere nothing changes.
 
         NOTE: measured here on demo-large (docs/engine.md): at 1 token a step's matrix-vector
         products stream 20-28 GB/s packed against ~16 through MKL's sgemm, and at 16 tokens
@@ -148,14 +181,16 @@ class PagedCausalLM:
         Hugging Face's (tests/runner).
         """
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        if self.packed or self.device.type != "cpu" or self.dtype != torch.float32:
+            return
+
+        def pack(t: Weight) -> Weight:
+            if isinstance(t, Int8Weight):
+                return t
             return torch.ops.mkldnn._reorder_linear_weight(t, PACK_BATCH_HINT)  # type: ignore[no-any-return]
 
         try:
-            packed = [
-                {f: pack(getattr(lw, f)) for f in ("qkv_w", "o_w", "gate_up_w", "down_w")}
-                for lw in self.layers
-            ]
+            packed = [{f: pack(getattr(lw, f)) for f in PROJECTIONS} for lw in self.layers]
             lm_head = pack(self.lm_head)
         except (RuntimeError, AttributeError):  # a torch build without oneDNN
             return
@@ -165,9 +200,11 @@ class PagedCausalLM:
         self.lm_head = lm_head
         self.packed = True
 
-    def linear(
-        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: Weight, b: torch.Tensor | None = None) -> torch.Tensor:
+        """`x @ w.T + b` for `x` `[rows, in]`: the one seam every projection goes through (an
+        int8 weight brings its device's kernel, `quant.Int8Weight.linear`)."""
+        if isinstance(w, Int8Weight):
+            return w.linear(x, b)
         if not self.packed:
             return F.linear(x, w, b)
         rows = x.shape[0]
@@ -179,12 +216,12 @@ class PagedCausalLM:
 
     @property
     def weight_bytes(self) -> int:
-        tensors = [self.embed, self.final_norm]
+        tensors: list[Weight] = [self.embed, self.final_norm]
         if not self.tied_embeddings:
             tensors.append(self.lm_head)
         for lw in self.layers:
             tensors += [t for t in vars(lw).values() if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.nbytes for t in tensors)
 
     @property
     def step_read_bytes(self) -> int:
@@ -193,7 +230,7 @@ class PagedCausalLM:
         embed = self.embed.numel() * self.embed.element_size()
         return self.weight_bytes - (0 if self.tied_embeddings else embed)
 
-    def decode_matrices(self) -> list[torch.Tensor]:
+    def decode_matrices(self) -> list[Weight]:
         """The matrices a decode step multiplies its hidden state by, in order (in the layout
         `linear` takes)."""
         mats = [w for lw in self.layers for w in (lw.qkv_w, lw.o_w, lw.gate_up_w, lw.down_w)]
