@@ -83,3 +83,26 @@ def test_segments_keep_code_whole_and_views_cut_between_them() -> None:
     assert len(views(prose)) == 2 * (len(parts) - 1)
     long = " ".join(f"Sentence number {i} says something." for i in range(100))
     assert len(segments(long)) <= MAX_SEGMENTS
+
+
+def test_views_read_in_one_pass_match_views_read_one_by_one() -> None:
+    """`classify_parts` sums per-segment counts; reading each view's text gives the same
+    readings but for the word bigrams across a view's inner cuts."""
+    from flexmesh.actors.probe.classifier import ClassifierProbe
+
+    probe = ClassifierProbe()
+    for text in (
+        "Hi there, I hope you are having a lovely day! A farmer packs 12 eggs in every box. "
+        "How many eggs fit in the 35 boxes on his truck? Thanks so much, you are the best!",
+        "Write a haiku about autumn leaves. Then answer this: which planet has the most moons?",
+        "下列属于可再生能源的是哪一项？A. 煤炭 B. 石油 C. 太阳能 D. 天然气 请说明理由。 "
+        "Please answer in English and keep it short, thank you very much!",
+    ):
+        parts = segments(text)
+        assert len(parts) >= 2, parts
+        fast = probe.classify_parts(text, parts)
+        slow = probe.classify_many([text, *views(text)])
+        assert len(fast) == len(slow) == 1 + 2 * (len(parts) - 1)
+        for a, b in zip(fast, slow, strict=True):
+            assert a.intent == b.intent
+            assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 0.1
