@@ -50,6 +50,7 @@ class Worker:
         draft_model_path: str | None = None,
         pd: PDConfig | None = None,
         namespace: str = "flexmesh",
+        quantization: str = "none",
     ) -> None:
         configure_logging()
         # The engine thread and the event loop share the GIL; hand it over within 0.5 ms
@@ -66,7 +67,13 @@ class Worker:
         hold_s = self.pd.hold_timeout_ms / 1000.0
 
         def build() -> Engine:
-            engine = Engine(model_path, engine_config, draft_model_path, kv_hold_timeout_s=hold_s)
+            engine = Engine(
+                model_path,
+                engine_config,
+                draft_model_path,
+                quantization=quantization,
+                kv_hold_timeout_s=hold_s,
+            )
             engine.warm_up()
             return engine
 

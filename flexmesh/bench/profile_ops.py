@@ -177,7 +177,7 @@ def measure_matmuls(
 
 def _weight(model: PagedCausalLM, k: int, n: int) -> torch.Tensor:
     w = torch.randn(n, k, dtype=model.dtype, device=model.device)
-    if model.packed:  # the layout `PagedCausalLM._pack_weights` gives every projection
+    if model.packed:  # the layout `PagedCausalLM.pack_weights` gives every projection
         w = torch.ops.mkldnn._reorder_linear_weight(w, PACK_BATCH_HINT)
     return w
 

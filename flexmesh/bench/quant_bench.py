@@ -89,11 +89,18 @@ def agreement(reference: list[torch.Tensor], other: list[torch.Tensor]) -> dict[
 
 
 def quality_prompts(
-    tokenizer: Any, data_dir: Path, per_source: int, max_tokens: int
+    tokenizer: Any,
+    data_dir: Path,
+    per_source: int,
+    max_tokens: int,
+    tasks: frozenset[str] = frozenset(),
 ) -> list[list[int]]:
-    """Token ids of the first `per_source` prompts of each development source, cut to
-    `max_tokens`."""
-    prompts = [r["prompt"] for f in QUALITY_SOURCES for r in read_prompts(data_dir / f, per_source)]
+    """Token ids of the first `per_source` prompts (of intents `tasks`, when given) of each
+    development source, cut to `max_tokens`."""
+    prompts = []
+    for f in QUALITY_SOURCES:
+        rows = [r for r in read_prompts(data_dir / f) if not tasks or r["task"] in tasks]
+        prompts += [r["prompt"] for r in rows[:per_source]]
     return [tokenizer.encode(p, add_special_tokens=False)[:max_tokens] for p in prompts]
 
 
@@ -121,7 +128,8 @@ def run_quant_bench(args: argparse.Namespace) -> dict[str, Any]:
     bf16 = Engine(path, replace(small_kv, dtype="bfloat16")).model
     tok = engines["fp32"].tokenizer
     data = Path(args.data_dir or DATA) / "prompts"
-    prompts = quality_prompts(tok, data, args.per_source, QUALITY_PROMPT_TOKENS)
+    tasks = frozenset(t for t in getattr(args, "tasks", "").split(",") if t)
+    prompts = quality_prompts(tok, data, args.per_source, QUALITY_PROMPT_TOKENS, tasks)
     models = {"fp32": engines["fp32"].model, "int8": engines["int8"].model}
     q = quality({**models, "int8_fp32_head": plain, "bf16": bf16}, prompts)
     del plain, bf16

@@ -84,6 +84,9 @@ def add_bench_commands(sub: Any) -> None:
     b.add_argument("--models-dir", default=None)
     b.add_argument("--data-dir", default=None, help="default: ../shared/data")
     b.add_argument("--per-source", type=int, default=8, help="quality prompts per source file")
+    b.add_argument(
+        "--tasks", default="", help="quality prompts of these intents only, e.g. chat,code"
+    )
     b.add_argument("--new-tokens", type=int, default=64)
     b.add_argument("--concurrency", type=int, default=16)
     b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported")

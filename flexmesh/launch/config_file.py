@@ -20,6 +20,16 @@ def load_mesh_config(path: str | Path) -> MeshConfig:
 
 
 def model_folders(config: MeshConfig) -> dict[str, Path]:
-    """Each model's local folder: its `path`, else `<models_dir>/<name>` (may not exist)."""
+    """Each model's local folder (may not exist): `<models_dir>/<name>` without a `path`;
+    `<models_dir>/<path>` when `path` is a bare folder name (`demo-small`: a quantised copy
+    loads the same checkpoint as the model it copies); else `path` itself."""
     root = Path(config.models_dir or DEFAULT_MODELS_DIR).expanduser()
-    return {m.name: Path(m.path).expanduser() if m.path else root / m.name for m in config.models}
+
+    def folder(name: str, path: str) -> Path:
+        if not path:
+            return root / name
+        if "/" not in path and "\\" not in path and not path.startswith("~"):
+            return root / path
+        return Path(path).expanduser()
+
+    return {m.name: folder(m.name, m.path) for m in config.models}

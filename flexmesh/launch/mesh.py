@@ -67,7 +67,7 @@ def resolve_model_paths(config: MeshConfig) -> dict[str, str]:
     demo recipe changed since they were built."""
     root = Path(config.models_dir or DEFAULT_MODELS_DIR).expanduser()
     paths = model_folders(config)
-    stale_demo = [n for n, p in paths.items() if n in DEMO_NAMES and p.parent == root
+    stale_demo = [n for n, p in paths.items() if p.name in DEMO_NAMES and p.parent == root
                   and not is_built(p)]  # fmt: skip
     if stale_demo:
         log.info("models.build_demo", into=str(root), models=stale_demo)
@@ -258,6 +258,7 @@ def start_mesh(
                 paths[spec.draft_model] if spec.draft_model else None,
                 config.pd,
                 config.namespace,
+                spec.quantization,
             )
             names.setdefault(spec.name, []).append(name)
     ray.get([w.ready.remote() for w in actors.values()])

@@ -94,7 +94,8 @@ class ModelSpec:
     name: str = "demo-small"
     """Name clients use in `GenerateRequest.model`."""
     path: str = ""
-    """Local Hugging Face folder; empty = `<models_dir>/<name>` (demo models are built there)."""
+    """Local Hugging Face folder; empty = `<models_dir>/<name>` (demo models are built there);
+    a bare folder name = `<models_dir>/<path>` (a quantised copy of `demo-small`: `demo-small`)."""
     num_workers: int = 1
     """Workers (one device each) holding this model."""
     role: str = "mixed"

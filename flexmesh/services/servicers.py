@@ -70,6 +70,7 @@ def to_response(chunk: Chunk) -> pb.GenerateResponse:
                 demanding=r.demanding,
                 downgraded=r.downgraded,
                 intents=r.intents,
+                quantised=r.quantised,
             )
         )
     return msg

@@ -356,3 +356,17 @@ async def test_a_worker_lost_by_a_failed_call_returns_only_by_reporting() -> Non
     worker.slow = False
     (back,) = await frontend.status(0.05)
     assert back.alive and frontend.pool.get("w").alive
+
+
+async def test_a_quantised_models_route_says_so_on_the_wire() -> None:
+    cfg = MeshConfig(
+        models=(ModelSpec(name="q8", quantization="int8"), ModelSpec(name="fp")),
+        gateway=GatewayConfig(port=0),
+    )
+    workers = {"q8": FakeWorker("w-q8", "q8", tokens=2), "fp": FakeWorker("w-fp", "fp", tokens=2)}
+    frontend = Frontend(cfg, {k: [w] for k, w in workers.items()})
+    for model, quantised in (("q8", True), ("fp", False)):
+        req = GenerationInput("hi", (), SamplingParams(max_tokens=2), model=model)
+        final = [c async for c in frontend.generate(req)][-1]
+        assert final.route is not None and final.route.quantised is quantised
+        assert to_response(final).route.quantised is quantised

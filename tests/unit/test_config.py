@@ -54,3 +54,37 @@ def test_prompt_lookup_proposes_continuation_of_latest_match() -> None:
     assert propose_prompt_lookup(tokens, 3, 2) == [6, 7]
     assert propose_prompt_lookup([1, 2, 3], 3, 4) == []
     assert propose_prompt_lookup([5, 1, 5], 2, 3) == [1, 5]
+
+
+def test_quantization_refusals_name_the_field() -> None:
+    with pytest.raises(ValueError, match=r"models\[\].quantization: must be one of .*'int4'"):
+        MeshConfig.from_dict({"models": [{"name": "a", "quantization": "int4"}]})
+    with pytest.raises(ValueError, match=r"models\[\].quantization: .*engine.device cuda runs"):
+        MeshConfig.from_dict(
+            {"engine": {"device": "cuda"}, "models": [{"name": "a", "quantization": "int8"}]}
+        )
+    draft_of_int8 = [{"name": "a", "draft_model": "b"}, {"name": "b", "quantization": "int8"}]
+    with pytest.raises(ValueError, match=r"models\[\].draft_model: .*quantised draft .*got 'b'"):
+        MeshConfig.from_dict({"models": draft_of_int8})
+    # An int8 model may draft from a full-precision one, on cpu (or npu, or auto).
+    ok = [{"name": "a", "quantization": "int8", "draft_model": "b"}, {"name": "b"}]
+    cfg = MeshConfig.from_dict({"models": ok, "engine": {"device": "cpu"}})
+    assert cfg.models[0].quantization == "int8"
+
+
+def test_a_bare_path_names_a_folder_under_models_dir(tmp_path: Path) -> None:
+    from flexmesh.launch.config_file import model_folders
+
+    cfg = MeshConfig.from_dict(
+        {
+            "models_dir": str(tmp_path),
+            "models": [
+                {"name": "demo-small"},
+                {"name": "demo-small-int8", "path": "demo-small", "quantization": "int8"},
+                {"name": "mine", "path": "./models/mine"},
+            ],
+        }
+    )
+    folders = model_folders(cfg)
+    assert folders["demo-small-int8"] == folders["demo-small"] == tmp_path / "demo-small"
+    assert folders["mine"] == Path("./models/mine")

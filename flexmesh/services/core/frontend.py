@@ -78,6 +78,8 @@ class RouteInfo:
     """Demanding, and served by another model (`routing.RouteDecision.downgraded`)."""
     intents: dict[str, float] = field(default_factory=dict)
     """Other intents the probe found in the prompt's parts (`routing.ProbeResult.intents`)."""
+    quantised: bool = False
+    """The model that served it runs quantised weights (`models[].quantization`)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Frontend:
         prompts for conditional disaggregation. `clock` times requests and the controller's
         snapshots, `wall_clock` dates decisions (the simulator passes its virtual clock)."""
         self.config = config
+        self.quantised = {m.name: m.quantization != "none" for m in config.models}
         self.clock = clock
         self.metrics = metrics
         self.workers = dict(workers)
@@ -385,6 +388,7 @@ class Frontend:
             kv_bytes=out.kv_bytes,
             kv_transfer_ms=out.kv_transfer_ms,
             migrations=hop.migrations,
+            quantised=self.quantised.get(route.model, False),
         )
         if self.metrics is not None:
             self.metrics.done(
