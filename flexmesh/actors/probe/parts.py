@@ -9,7 +9,8 @@ Two defences, both before any backend runs:
   `views` reads it on both sides of every cut, so the probe can report every intent it finds:
   a maths problem behind a chatty greeting, or a haiku request followed by a history question.
   The router then serves the most demanding of them.
-Pure and stdlib only, so the rules are cheap (tens of microseconds) and testable alone.
+Pure and stdlib only, so the rules are cheap (~0.1 ms a prompt, ~0.5 ms at 2,000 characters)
+and testable alone.
 """
 
 from __future__ import annotations
