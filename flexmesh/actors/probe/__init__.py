@@ -1,8 +1,11 @@
 """Intent probe: senses a prompt's intent for the router (`flexmesh.meshcore.routing`).
 
-- `front.ProbeFront(backend, long_context_tokens)`: the length rule, then the backend.
+- `front.ProbeFront(backend, long_context_tokens)`: the length rule, routing talk cut and the
+  prompt's parts (`parts`), then the backend.
 - `classifier.ClassifierProbe()`: hashed n-gram TF-IDF + logistic regression from the shipped
-  artefact in `model/` (rebuilt by `scripts/build_probe.py`); ~0.5 ms per prompt on a CPU.
+  artefact in `model/` (rebuilt by `scripts/build_probe.py`); ~1.5 ms p50 a prompt on a CPU,
+  parts included (docs/routing.md).
+- `adversarial`, `quality`: the adversarial set's disguises and what routing costs in quality.
 - `lm.LMProbe(next_token_logits, tokenizer)`: A-IO's zero-shot probe over the small LM.
 - `evaluate`: metrics and the `flexmesh probe eval` command.
 
