@@ -8,6 +8,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from flexmesh.loadgen.prefix import references_line
 from flexmesh.loadgen.run import add_replay_arguments
 
 
@@ -47,6 +48,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"downgrades {summary['downgraded_requests']}/{summary['demanding_requests']} "
             f"demanding requests, fraction {summary['downgrade_fraction']} ({by_intent})"
         )
+    print(references_line(summary.get("prefix_reference")))
     for ph in summary.get("by_phase", []):
         fraction = ph["downgrade_fraction"]
         print(

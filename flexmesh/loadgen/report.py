@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from flexmesh.loadgen.prefix import references_line
 from flexmesh.loadgen.records import NOT_SENT, RequestRecord
 
 PERCENTILES = (50, 90, 99)
@@ -233,6 +234,8 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
     lines += _table(["metric", "value"], [(k, s.get(k)) for k in overview])
     lines += [
         f"SLOs: TTFT ≤ {_fmt(s['slo']['ttft_ms'])} ms, TPOT ≤ {_fmt(s['slo']['tpot_ms'])} ms",
+        "",
+        references_line(s.get("prefix_reference")).capitalize(),
         "",
     ]
     lines += ["## Latency (successful requests, ms)", ""]

@@ -16,6 +16,11 @@ from typing import Any
 
 from flexmesh.loadgen.openai_http import is_http, served_model_path
 from flexmesh.loadgen.plots import write_plots
+from flexmesh.loadgen.prefix import (
+    add_shared_prefix_arguments,
+    prefix_references,
+    shared_prefix_config,
+)
 from flexmesh.loadgen.prompts import (
     DEFAULT_INTENT_MIX,
     Tokenizer,
@@ -57,10 +62,15 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="a segment of a workload that changes character; repeat in replay order "
         "(replaces --trace, --start, --duration and --rate-scale)",
     )
-    src.add_argument("--rate-rps", type=float, default=1.0, help="poisson/gamma: mean rate")
+    src.add_argument(
+        "--rate-rps", type=float, default=1.0, help="poisson/gamma/shared-prefix: mean rate"
+    )
     src.add_argument("--cv", type=float, default=2.0, help="gamma: inter-arrival CV")
     src.add_argument("--input-tokens", type=int, default=256, help="poisson/gamma: prompt length")
-    src.add_argument("--output-tokens", type=int, default=64, help="poisson/gamma: output length")
+    src.add_argument(
+        "--output-tokens", type=int, default=64, help="poisson/gamma/shared-prefix: output length"
+    )
+    add_shared_prefix_arguments(parser)
     sh = parser.add_argument_group("shaping")
     sh.add_argument("--start", type=float, default=0.0, help="trace-time window start (s)")
     sh.add_argument("--duration", type=float, help="trace-time window length (s)")
@@ -187,7 +197,14 @@ def prepare(
     if phases:
         workload = load_phases(phases, config, lengths=args.lengths)
     else:
-        workload = load_workload(fmt, args.trace, config, lengths=args.lengths, synthetic=synthetic)
+        workload = load_workload(
+            fmt,
+            args.trace,
+            config,
+            lengths=args.lengths,
+            synthetic=synthetic,
+            shared_prefix=shared_prefix_config(args),
+        )
     if args.phase_intent_mix and len(args.phase_intent_mix) != len(phases):
         raise ValueError(
             f"phase_intent_mix: {len(args.phase_intent_mix)} given, one per --phase "
@@ -225,6 +242,9 @@ def prepare(
         },
         "max_in_flight": args.max_in_flight,
         "deadline_s": args.deadline_s,
+        "prefix_reference": prefix_references(
+            workload.requests, workload.block_tokens, args.kv_capacity_tokens
+        ),
     }
     return workload, requests, meta
 

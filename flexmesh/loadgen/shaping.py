@@ -79,11 +79,13 @@ class Workload:
     """Factor applied to prompt lengths (1 when clipped or untouched)."""
     output_scale: float = 1.0
     """Factor applied to output lengths."""
+    prefix_block_tokens: int = MOONCAKE_BLOCK_TOKENS
+    """Tokens of one prefix block (one `hash_ids` entry) before length scaling."""
 
     @property
     def block_tokens(self) -> int:
-        """Tokens of one Mooncake prefix block after length scaling."""
-        return max(1, round(MOONCAKE_BLOCK_TOKENS * self.input_scale))
+        """Tokens of one prefix block after length scaling."""
+        return max(1, round(self.prefix_block_tokens * self.input_scale))
 
 
 def window(

@@ -11,6 +11,7 @@ from typing import Literal
 
 import structlog
 
+from flexmesh.loadgen.prefix import SharedPrefixConfig, shared_prefix_trace
 from flexmesh.loadgen.prompts import PromptPool, Tokenizer, VocabularyPool
 from flexmesh.loadgen.records import ReplayRequest
 from flexmesh.loadgen.servegen import synthesize_servegen
@@ -20,8 +21,15 @@ from flexmesh.loadgen.traces import TraceRequest, read_azure, read_mooncake, syn
 
 log = structlog.get_logger(__name__)
 
-TraceFormat = Literal["azure", "mooncake", "servegen", "poisson", "gamma"]
-FORMATS: tuple[TraceFormat, ...] = ("azure", "mooncake", "servegen", "poisson", "gamma")
+TraceFormat = Literal["azure", "mooncake", "servegen", "poisson", "gamma", "shared-prefix"]
+FORMATS: tuple[TraceFormat, ...] = (
+    "azure",
+    "mooncake",
+    "servegen",
+    "poisson",
+    "gamma",
+    "shared-prefix",
+)
 
 
 @dataclass(frozen=True)
@@ -71,10 +79,18 @@ def load_workload(
     *,
     lengths: str | Path | None = None,
     synthetic: SyntheticConfig = SyntheticConfig(),
+    shared_prefix: SharedPrefixConfig | None = None,
 ) -> Workload:
     """Read or synthesise a trace and shape it (`shaping.shape`)."""
     raw: list[TraceRequest]
-    if fmt in ("poisson", "gamma"):
+    shared_prefix = shared_prefix or SharedPrefixConfig()
+    if fmt == "shared-prefix":
+        # Like poisson/gamma, the rate scale applies to the process itself; the window and
+        # max_requests still cut the synthesised requests.
+        rate = shared_prefix.rate_rps * config.rate_scale
+        raw = shared_prefix_trace(dataclasses.replace(shared_prefix, rate_rps=rate), config.seed)
+        config = dataclasses.replace(config, rate_scale=1.0)
+    elif fmt in ("poisson", "gamma"):
         # A stationary process has no interesting window: start is ignored, the duration (60 s
         # when neither bound is given) and max_requests bound the arrivals directly.
         no_bound = config.duration_s is None and config.max_requests is None
@@ -109,6 +125,8 @@ def load_workload(
     else:
         raise ValueError(f"format: must be one of {FORMATS}, got {fmt!r}")
     workload = shape(raw, config)
+    if fmt == "shared-prefix":
+        workload = dataclasses.replace(workload, prefix_block_tokens=shared_prefix.block_tokens)
     log.info(
         "workload_ready",
         format=fmt,
