@@ -176,6 +176,7 @@ def load_phases(
     """Phases one after another: each a shaped window of its trace (its own start, duration and
     rate scale; the rest of `config` shared), arrivals offset by the phases before it."""
     requests: list[TraceRequest] = []
+    hashed: list[Workload] = []
     for ph, (_, offset_s, _) in zip(phases, phase_bounds(phases, config.speedup), strict=True):
         shaped = dataclasses.replace(
             config, start_s=ph.start_s, duration_s=ph.duration_s, rate_scale=ph.rate_scale
@@ -185,7 +186,16 @@ def load_phases(
             TraceRequest(r.arrival_s + offset_s, r.input_tokens, r.output_tokens, r.hash_ids)
             for r in w.requests
         ]
-    return Workload(tuple(requests))
+        if any(r.hash_ids for r in w.requests):
+            hashed.append(w)
+    if not hashed:
+        return Workload(tuple(requests))
+    # Prefix blocks keep the scaled size of the phases that carry them, so a block id still
+    # marks the same (shorter) run of tokens; phases scaled apart cannot share one size.
+    if len({w.block_tokens for w in hashed}) > 1:
+        log.warning("phases.block_sizes_differ", sizes=sorted({w.block_tokens for w in hashed}))
+    ref = hashed[0]
+    return Workload(tuple(requests), ref.input_scale, ref.output_scale, ref.prefix_block_tokens)
 
 
 def phase_bounds(phases: list[Phase], speedup: float = 1.0) -> list[tuple[str, float, float]]:

@@ -100,3 +100,12 @@ def test_phases_follow_one_another_with_their_own_windows_and_rates(data_dir: Pa
     assert [r.input_tokens for r in code_part] == [r.input_tokens for r in alone[1]]
     with pytest.raises(ValueError, match="TRACE:START:DURATION"):
         Phase.parse("conv.csv:zero:20")
+
+
+def test_phases_of_a_scaled_hash_trace_keep_its_block_size(data_dir: Path) -> None:
+    mooncake = str(data_dir / "traces" / "mooncake_fast25_conversation_trace.jsonl")
+    config = ShapeConfig(max_input_tokens=512, length_mode="scale")
+    alone = load_workload("mooncake", mooncake, replace(config, duration_s=30))
+    w = load_phases([Phase(mooncake, 0, 30), Phase(mooncake, 30, 30)], config)
+    assert alone.input_scale < 1 and alone.block_tokens < 512
+    assert w.block_tokens == alone.block_tokens and w.input_scale == alone.input_scale
