@@ -33,6 +33,10 @@ class EngineConfig:
     static co-location split. The controller (or an operator) changes it while serving."""
     chunked_prefill: bool = True
     """Split prompts longer than the step budget across steps."""
+    prefix_cache: bool = False
+    """Keep the KV of computed prompt blocks after their request and start a new request after
+    its longest cached prefix (`meshcore/prefix_cache.py`). Off until the no-reuse benchmark of
+    issue 26 has measured its cost; the hand-off does not reuse cached blocks yet."""
     dtype: str = "auto"
     """Weight dtype: auto (fp32 on CPU, bf16 on NPU/CUDA), float32, float16 or bfloat16."""
     device: str = "auto"

@@ -73,6 +73,10 @@ class Request:
     draft_tokens_accepted: int = 0
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    block_hashes: list[bytes] = field(default_factory=list)
+    """Names of its full prompt blocks (`prefix_cache.chain_hashes`), when a prefix cache runs."""
+    num_cached_blocks: int = 0
+    """Leading blocks of `block_ids` that are in the prefix cache (found there or put there)."""
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -23,6 +23,11 @@ and `expire` ends what outlived it.
 
 The plan is a snapshot: each `ScheduledChunk` copies the tokens and block ids the runner needs,
 so the runner never reads live request state, and only the scheduler mutates requests.
+
+With `engine.prefix_cache`, blocks come and go through a `PrefixCache` over the pool: a request
+starting from scratch is computed up to its longest cached prompt prefix before its first
+chunk (like imported KV), its prompt blocks enter the cache as they are computed, and releasing
+a request leaves cached blocks for the next one until the pool needs them back.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from flexmesh.meshcore.block_pool import BlockPool, blocks_needed
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.meshcore.plan import ScheduledChunk, SchedulerOutput, plan_chunk
+from flexmesh.meshcore.prefix_cache import PrefixCache, chain_hashes
 from flexmesh.meshcore.request import Request, RequestStatus
 
 PREFILL_EWMA_WEIGHT = 0.2
@@ -48,6 +54,10 @@ class Scheduler:
     def __init__(self, config: EngineConfig, num_blocks: int, max_model_len_tokens: int) -> None:
         self.config = config
         self.pool = BlockPool(num_blocks)
+        self.cache = (
+            PrefixCache(self.pool, config.block_size_tokens) if config.prefix_cache else None
+        )
+        """The prefix cache over `pool` (`engine.prefix_cache`); None when off."""
         self.max_model_len_tokens = max_model_len_tokens
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -111,9 +121,9 @@ class Scheduler:
         if not 0 < num_kv_tokens < request.num_tokens:
             raise ValueError(f"num_kv_tokens {num_kv_tokens} outside (0, {request.num_tokens})")
         need = blocks_needed(num_kv_tokens, self.config.block_size_tokens)
-        if not self.pool.can_allocate(need):
+        if not self._can_allocate(need):
             return False
-        request.block_ids = self.pool.allocate(need)
+        request.block_ids = self._allocate(need)
         request.num_computed_tokens = 0
         self.requests[request.request_id] = request
         self._park(request, RequestStatus.WAITING_FOR_KV, deadline)
@@ -241,16 +251,19 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             req = self.waiting[0]
+            self._reuse_prefix(req)
             remaining = req.num_tokens - req.num_computed_tokens
             n = self._room(remaining, budget)
-            if n == 0 or (n < remaining and not self.config.chunked_prefill):
-                break
             extra = blocks_needed(req.num_computed_tokens + n, self.config.block_size_tokens)
             extra = max(extra - len(req.block_ids), 0)
-            if not self.pool.can_allocate(extra):
+            if n == 0 or (n < remaining and not self.config.chunked_prefill):
+                self._forget_prefix(req)
+                break
+            if not self._can_allocate(extra):
+                self._forget_prefix(req)
                 break
             self.waiting.popleft()
-            req.block_ids += self.pool.allocate(extra)
+            req.block_ids += self._allocate(extra)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
@@ -278,13 +291,13 @@ class Scheduler:
         """Give `req` blocks for `n` more tokens, preempting the newest running requests."""
         need = blocks_needed(req.num_computed_tokens + n, self.config.block_size_tokens)
         need = max(need - len(req.block_ids), 0)
-        while not self.pool.can_allocate(need):
+        while not self._can_allocate(need):
             victim = self.running[-1]
             self._preempt(victim)
             preempted.append(victim.request_id)
             if victim is req:
                 return False
-        req.block_ids += self.pool.allocate(need)
+        req.block_ids += self._allocate(need)
         return True
 
     def _preempt(self, req: Request) -> None:
@@ -297,8 +310,53 @@ class Scheduler:
 
     def _release(self, req: Request) -> None:
         if req.block_ids:
-            self.pool.free(req.block_ids)
+            if self.cache is not None:
+                self.cache.release(req.block_ids)  # cached blocks stay, evictable
+            else:
+                self.pool.free(req.block_ids)
             req.block_ids = []
+        req.num_cached_blocks = 0
+
+    # -- the prefix cache ------------------------------------------------------------------
+
+    def _can_allocate(self, n: int) -> bool:
+        """`n` blocks are free, or free once unheld cached blocks are evicted."""
+        return self.cache.can_allocate(n) if self.cache is not None else self.pool.can_allocate(n)
+
+    def _allocate(self, n: int) -> list[int]:
+        return self.cache.allocate(n) if self.cache is not None else self.pool.allocate(n)
+
+    def _reuse_prefix(self, req: Request) -> None:
+        """A request starting from scratch takes the longest cached prefix of its prompt and
+        computes from there (at least its last prompt token is computed: it gives the logits)."""
+        if self.cache is None or req.num_computed_tokens or req.block_ids:
+            return
+        size = self.config.block_size_tokens
+        if not req.block_hashes:
+            req.block_hashes = chain_hashes(req.prompt_token_ids[:-1], size, "")
+        hit = self.cache.match(req.block_hashes)
+        self.cache.hold(hit)
+        req.block_ids = list(hit)
+        req.num_cached_blocks = len(hit)
+        req.num_computed_tokens = len(hit) * size
+
+    def _forget_prefix(self, req: Request) -> None:
+        """Undo `_reuse_prefix` for a request that stays waiting (its hits stay cached)."""
+        if self.cache is not None and req.status == RequestStatus.WAITING and req.block_ids:
+            if req.num_computed_tokens == req.num_cached_blocks * self.config.block_size_tokens:
+                self._release(req)
+                req.num_computed_tokens = 0
+
+    def _cache_computed(self, req: Request) -> None:
+        """Put the prompt blocks `req` has computed since into the cache (prompt blocks only:
+        drafted and sampled tokens never enter it)."""
+        if self.cache is None:
+            return
+        size = self.config.block_size_tokens
+        done = min(req.num_computed_tokens, req.num_prompt_tokens) // size
+        for i in range(req.num_cached_blocks, min(done, len(req.block_hashes))):
+            self.cache.insert(req.block_hashes[i], req.block_ids[i])
+        req.num_cached_blocks = max(req.num_cached_blocks, min(done, len(req.block_hashes)))
 
     # -- applying a step's result ----------------------------------------------------------
 
@@ -321,6 +379,7 @@ class Scheduler:
             if req is None or req.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
             req.num_computed_tokens = chunk.start + chunk.num_tokens - chunk.num_draft
+            self._cache_computed(req)
             if not chunk.samples:
                 continue
             tokens = sampled[req.request_id]

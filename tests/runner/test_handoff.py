@@ -35,9 +35,9 @@ CFG = EngineConfig(block_size_tokens=16, max_batched_tokens=512, max_num_seqs=8)
 class Pair:
     """A prefill engine and a decode engine of one model, KV handed over in process."""
 
-    def __init__(self, model_path: str) -> None:
-        self.p = Engine(model_path, CFG)
-        self.d = Engine(model_path, CFG)
+    def __init__(self, model_path: str, cfg: EngineConfig = CFG) -> None:
+        self.p = Engine(model_path, cfg)
+        self.d = Engine(model_path, cfg)
         self.outputs: dict[str, list[RequestOutput]] = {}
 
     def run(
