@@ -56,6 +56,15 @@ class WorkerMetrics:
             "Recent time one prompt token adds to a step",
             tag_keys=keys,
         )
+        self.prefix = {
+            name: metrics.Gauge(f"flexmesh_worker_prefix_{name}", text, tag_keys=keys)
+            for name, text in (
+                ("hit_tokens", "Prompt tokens found in the prefix cache"),
+                ("hit_rate", "Share of queried prompt blocks found in the prefix cache"),
+                ("evictions", "Cached blocks given back to the pool"),
+                ("cached_blocks", "Blocks in the prefix cache, held or not"),
+            )
+        }
         # NOTE: own names, not a `quantile` tag on the recent-average gauges above: a metric's
         # tag keys are fixed by its first declaration.
         qkeys = (*keys, "quantile")
@@ -132,6 +141,9 @@ class WorkerMetrics:
         self.prefill_budget.set(s.prefill_budget_tokens, self.tags)
         self.decode_step_ms.set(s.decode_step_ms, self.tags)
         self.prefill_ms_per_token.set(s.prefill_ms_per_token, self.tags)
+        for name, gauge in self.prefix.items():
+            if name in s.prefix_cache:  # none while the cache is off
+                gauge.set(s.prefix_cache[name], self.tags)
         for name, gauge in self.quantiles.items():
             for q in QUANTILES:
                 value = s.percentiles.get(f"{name}_p{q}")

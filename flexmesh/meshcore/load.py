@@ -101,6 +101,12 @@ class EngineLoad:
     """KV blocks in the cache."""
     kv_blocks_in_flight: int
     """Blocks held for hand-offs: waiting to be sent from here, or reserved to receive."""
+    kv_blocks_cached: int
+    """Blocks the prefix cache keeps with no request holding them (evictable on demand; not in
+    `kv_blocks_used`)."""
+    prefix_cache: Mapping[str, float]
+    """With `engine.prefix_cache`: hit_tokens, queried_tokens, hit_rate, evictions and
+    cached_blocks since the engine started; empty when it is off."""
     queue_delay_ms: float
     """Expected wait before a new request's prefill starts."""
     prefill_ms: float
@@ -131,12 +137,15 @@ class EngineLoad:
     @classmethod
     def of(cls, s: Scheduler, now: float, stats: StepStats, tokens_generated: int) -> EngineLoad:
         """The load of scheduler `s` at `now`, with the engine's own step figures."""
+        cached = s.cache.num_evictable if s.cache is not None else 0
         return cls(
             queue_length=s.num_waiting,
             running_requests=s.num_running,
-            kv_blocks_used=s.pool.num_used,
+            kv_blocks_used=s.pool.num_used - cached,
             kv_blocks_total=s.pool.num_blocks,
             kv_blocks_in_flight=s.num_blocks_in_flight,
+            kv_blocks_cached=cached,
+            prefix_cache=prefix_figures(s),
             queue_delay_ms=s.queue_delay_ms(now),
             prefill_ms=s.recent_prefill_ms,
             prefill_tokens_waiting=s.num_prefill_tokens_waiting,
@@ -151,3 +160,19 @@ class EngineLoad:
             draft_acceptance=dict(stats.draft_acceptance),
             tokens_generated=tokens_generated,
         )
+
+
+def prefix_figures(s: Scheduler) -> dict[str, float]:
+    """The prefix cache's counters as `EngineLoad.prefix_cache` reports them."""
+    if s.cache is None:
+        return {}
+    st = s.cache.stats()
+    figures = {
+        "hit_tokens": float(st.hit_tokens),
+        "queried_tokens": float(st.queried_blocks * s.config.block_size_tokens),
+        "evictions": float(st.evictions),
+        "cached_blocks": float(st.cached_blocks),
+    }
+    if st.hit_rate is not None:
+        figures["hit_rate"] = st.hit_rate
+    return figures

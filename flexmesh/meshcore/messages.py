@@ -120,6 +120,10 @@ class WorkerStatus:
     """Recent average wall time of a decode-only step (the time per output token)."""
     kv_blocks_in_flight: int = 0
     """KV blocks held for hand-offs: waiting to be sent from here, or reserved to receive."""
+    kv_blocks_cached: int = 0
+    """Blocks the prefix cache keeps with no request holding them (not in `kv_blocks_used`)."""
+    prefix_cache: dict[str, float] = field(default_factory=dict)
+    """The prefix cache's counters (`load.prefix_figures`); empty when it is off."""
     kv_transport: str = ""
     """Backend of this worker's usable KV collective group ("" = object store only)."""
     prefill_budget_tokens: int = 0

@@ -3,6 +3,7 @@ request starts after a cached prefix, and every block ends free or cached with n
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -42,6 +43,9 @@ def _assert_blocks_settled(engine: Engine) -> None:
     assert cache is not None and not engine.request_ids()
     for block in range(pool.num_blocks):
         assert pool.ref_count(block) == (1 if cache.is_cached(block) else 0)
+    load = engine.load(time.monotonic())  # what the worker's status reports
+    assert load.kv_blocks_used == 0 and load.kv_blocks_cached == cache.stats().cached_blocks
+    assert load.prefix_cache["cached_blocks"] == load.kv_blocks_cached
     cache.clear()
     assert pool.num_free == pool.num_blocks
 
