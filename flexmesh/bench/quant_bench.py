@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from flexmesh.actors.probe.data import read_prompts
+from flexmesh.actors.probe.data import DEV_SOURCES, read_prompts
 from flexmesh.actors.runner.model import AttentionGroup, ForwardBatch, PagedCausalLM
 from flexmesh.actors.runner.quant import DEQUANT_ROWS
 from flexmesh.bench.engine_bench import (
@@ -37,15 +37,9 @@ from flexmesh.bench.engine_bench import (
 from flexmesh.bench.rounds import cell, pick, rounds_report
 from flexmesh.meshcore.config import EngineConfig
 
-QUALITY_SOURCES = (
-    "humaneval.jsonl",
-    "gsm8k_test.jsonl",
-    "mmlu_test.jsonl.gz",
-    "ceval_val.jsonl",
-    "alpaca_eval.jsonl",
-    "mt_bench.jsonl",
-)
-"""Development prompt files the quality half reads (never shared/data/holdout)."""
+QUALITY_SOURCES = tuple(f for f in DEV_SOURCES if not f.startswith("leval"))
+"""Development prompt files the quality half reads (never shared/data/holdout): all but the
+long-context one, whose documents the prompt cut would reduce to their first lines."""
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 QUALITY_PROMPT_TOKENS = 120
 """Prompts are cut to this, below `quant.DEQUANT_ROWS`: every position then goes through the int8

@@ -1,17 +1,35 @@
-"""Hypothesis strategies over every field of the requests a gateway takes (test_fuzz.py), and
-the check that ends a fuzz run against the real demo mesh: every KV block free again."""
+"""Hypothesis strategies over every field of the requests a gateway takes (test_fuzz.py), the
+settings every fuzz test shares (test_fuzz.py, test_http_fuzz.py), and the check that ends a
+fuzz run against the real demo mesh: every KV block free again."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import grpc
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from flexmesh.meshcore.config import WORKER_ROLES
 from flexmesh.meshcore.routing import INTENTS
 from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
+
+EXAMPLES = int(os.environ.get("FLEXMESH_FUZZ_EXAMPLES", "300"))
+"""Examples a fuzz test draws against fake workers (the README's figure: 10,000)."""
+MESH_EXAMPLES = int(os.environ.get("FLEXMESH_MESH_FUZZ_EXAMPLES", "300"))
+"""Examples a fuzz test sends to the real demo mesh."""
+fuzz = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 MODELS = ("demo-small", "demo-large")
 WORKERS = ("w-demo-small", "w-demo-large")

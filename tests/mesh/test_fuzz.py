@@ -8,14 +8,13 @@ test_http_fuzz.py does the same for the OpenAI-compatible HTTP API."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flexmesh.launch.mesh import Mesh
@@ -27,9 +26,11 @@ from flexmesh.v1 import flexmesh_pb2 as pb
 from flexmesh.v1 import flexmesh_pb2_grpc as pb_grpc
 from tests.mesh.fake_worker import FakeWorker
 from tests.mesh.fuzz_requests import (
+    MESH_EXAMPLES,
     MODELS,
     WORKERS,
     admin_calls,
+    fuzz,
     generate_requests,
     idle_worker,
     mesh_generate_requests,
@@ -37,8 +38,6 @@ from tests.mesh.fuzz_requests import (
 )
 from tests.mesh.test_frontend import KnowledgeProbe, RecordingMetrics
 
-EXAMPLES = int(os.environ.get("FLEXMESH_FUZZ_EXAMPLES", "300"))
-MESH_EXAMPLES = int(os.environ.get("FLEXMESH_MESH_FUZZ_EXAMPLES", "300"))
 REFUSALS = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
@@ -46,16 +45,6 @@ REFUSALS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 """Clear refusals. INTERNAL or UNKNOWN would be a crash, DEADLINE_EXCEEDED a hang."""
-fuzz = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
 
 
 @pytest.fixture(scope="module")

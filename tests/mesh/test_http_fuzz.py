@@ -10,14 +10,13 @@ then a normal request is served and every KV block is free."""
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
 from flexmesh.launch.mesh import Mesh
 from flexmesh.meshcore.config import GatewayConfig, MeshConfig, ModelSpec
@@ -25,23 +24,11 @@ from flexmesh.services.core.frontend import Frontend
 from flexmesh.services.http import OpenAIServer, serve_http
 from tests.mesh.fake_worker import FakeWorker
 from tests.mesh.fuzz_http import COMPLETIONS, requests
-from tests.mesh.fuzz_requests import MODELS, WORKERS, idle_worker
+from tests.mesh.fuzz_requests import MESH_EXAMPLES, MODELS, WORKERS, fuzz, idle_worker
 from tests.mesh.test_frontend import KnowledgeProbe, RecordingMetrics
 from tests.mesh.test_http import _render
 
-EXAMPLES = int(os.environ.get("FLEXMESH_FUZZ_EXAMPLES", "300"))
-MESH_EXAMPLES = int(os.environ.get("FLEXMESH_MESH_FUZZ_EXAMPLES", "300"))
 JSON = {"content-type": "application/json"}
-fuzz = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
 
 
 def check(resp: httpx.Response) -> None:

@@ -129,11 +129,7 @@ def views(text: str) -> list[str]:
     before it and the text after it. A word problem stays whole in one view however many
     sentences it has, and a greeting, a closing line or a second request falls away in another;
     2 x (segments - 1) views, none for a one-part prompt."""
-    return views_of(segments(text))
-
-
-def views_of(parts: list[str] | tuple[str, ...]) -> list[str]:
-    """The views of these segments: before each cut, then after each cut."""
+    parts = segments(text)
     cuts = range(1, len(parts))
     return [" ".join(parts[:c]) for c in cuts] + [" ".join(parts[c:]) for c in cuts]
 
