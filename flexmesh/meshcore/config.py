@@ -35,8 +35,9 @@ class EngineConfig:
     """Split prompts longer than the step budget across steps."""
     prefix_cache: bool = False
     """Keep the KV of computed prompt blocks after their request and start a new request after
-    its longest cached prefix (`meshcore/prefix_cache.py`). Off until the no-reuse benchmark of
-    issue 26 has measured its cost; the hand-off does not reuse cached blocks yet."""
+    its longest cached prefix (`meshcore/prefix_cache.py`); the gateway then places prompts
+    by cache too (`pd.placement`). Off until the no-reuse benchmark of issue 26 has measured
+    its cost."""
     dtype: str = "auto"
     """Weight dtype: auto (fp32 on CPU, bf16 on NPU/CUDA), float32, float16 or bfloat16."""
     device: str = "auto"
@@ -273,6 +274,8 @@ class ProbeConfig:
 
 FALLBACKS = ("recompute", "fail")
 """What a failed hand-off does: prefill again elsewhere (or on the decode worker), or fail."""
+PD_PLACEMENTS = ("cache_aware", "least_loaded")
+"""How the gateway picks a prompt's worker when engines cache prefixes (`pd.placement`)."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,14 @@ class PDConfig:
     fallback: str = "recompute"
     """When a hand-off fails: recompute (prefill again on the decode worker) or fail
     (UNAVAILABLE)."""
+    placement: str = "cache_aware"
+    """With `engine.prefix_cache`: `cache_aware` sends a prompt to the worker that probably
+    holds its prefix, within `cache_balance_ratio` (`meshcore/affinity.py`); `least_loaded`
+    looks at load alone (as without the cache)."""
+    cache_balance_ratio: float = 2.0
+    """Cache-aware placement: a worker stays eligible for its cached prefix while its load
+    (requests) is within this many times the least loaded worker's, plus one; past it, load
+    wins. The controller's balance lever lowers it while prefill piles up on one worker."""
 
     def __post_init__(self) -> None:
         check(self.min_prompt_tokens >= 0, "pd.min_prompt_tokens", self.min_prompt_tokens, ">= 0")
@@ -306,9 +317,17 @@ class PDConfig:
             "> pd.transfer_timeout_ms",
         )
         check(self.fallback in FALLBACKS, "pd.fallback", self.fallback, f"one of {FALLBACKS}")
+        check(self.placement in PD_PLACEMENTS, "pd.placement", self.placement,
+              f"one of {PD_PLACEMENTS}")  # fmt: skip
+        check(
+            self.cache_balance_ratio >= 1.0,
+            "pd.cache_balance_ratio",
+            self.cache_balance_ratio,
+            ">= 1",
+        )
 
 
-LEVERS = ("budget", "role", "routing")
+LEVERS = ("budget", "role", "routing", "balance")
 """The controller's levers, cheapest first (docs/controller.md)."""
 
 

@@ -37,6 +37,12 @@ the round that sees it, before the moving averages show it. A signal is *at risk
    requests that ended) is below `min_acceptance` or its model decodes `spec_max_batch`
    requests at once, and back on once the batch is small.
 
+**Beside them, the placement balance** of a model whose gateway places prompts by cache
+(`affinity.pick`): affinity sends a prefix's prompts to the worker holding it, which can pile
+prefill onto one worker while another idles. While one prefill-capable worker's first-token wait
+is at risk and another's is safe, the bound halves (down to 1: load nearly alone decides);
+once every one is safe it doubles back toward `pd.cache_balance_ratio`.
+
 **No flapping.** A knob may move again at once the way it last moved (a growing burst), but
 turns back only after its dwell (`min_dwell_ms` for roles, thresholds and drafting;
 `budget_dwell_ms` for a share that is only guarded or relaxed, while a share that breaks an
@@ -76,6 +82,10 @@ class Snapshot:
     policy_pins: frozenset[str] = frozenset()
     """Policy fields the operator set ("spill_queue_ms", "routes.code", ...)."""
     traffic: Traffic = field(default_factory=Traffic)
+    balance: Mapping[str, float] = field(default_factory=dict)
+    """Per model placed by cache, the live placement bound (`WorkerPool.balance`)."""
+    base_balance: float = 2.0
+    """The configured bound the balance lever returns to (`pd.cache_balance_ratio`)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ class Action:
     """One decision: what changes, to what, why, and the signals it was taken on."""
 
     kind: str
-    """"role", "prefill_budget" or "policy"."""
+    """"role", "prefill_budget", "policy" or "balance" (a model's placement bound)."""
     target: str
     """A worker name, or a policy field ("spill_queue_ms", "routes.code.strategy")."""
     old: str | int | float
@@ -156,6 +166,9 @@ def decide(
                 actions.append(role)
             else:
                 unresolved.add(model)
+        if "balance" in cfg.levers and model in snap.balance:
+            balance = _balance_action(model, workers, snap, knobs, cfg)
+            actions += [balance] if balance is not None else []
     routed = snap.policy is not None and snap.base_policy is not None
     if routed and "routing" in cfg.levers:
         actions += _routing_actions(snap, knobs, cfg, unresolved)
@@ -371,6 +384,34 @@ def _switch(
         if any(r in PREFILL_ROLES for r in after) and any(r in DECODE_ROLES for r in after):
             return Action("role", w.name, old, new, reason, inputs, w.model)
     return None
+
+
+# -- the placement balance ------------------------------------------------------------------
+
+
+def _balance_action(
+    model: str, workers: list[WorkerStatus], snap: Snapshot, knobs: _Knobs, cfg: ControllerConfig
+) -> Action | None:
+    """Halve the model's placement bound while prefill piles up on one worker, double it back
+    once all are safe (see the module docstring)."""
+    prefill = [w for w in workers if w.role in PREFILL_ROLES and not w.draining]
+    if len(prefill) < 2:
+        return None
+    waits = [ttft_ms(w) for w in prefill]
+    hi, lo = max(waits), min(waits)
+    old, base = snap.balance[model], snap.base_balance
+    if hi >= cfg.high_fraction * cfg.ttft_slo_ms and lo < cfg.low_fraction * cfg.ttft_slo_ms:
+        new, reason, way = max(1.0, old / 2), "prefill_imbalance", -1
+    elif hi < cfg.low_fraction * cfg.ttft_slo_ms and old < base:
+        new, reason, way = min(base, old * 2), "prefill_balanced", 1
+    else:
+        return None
+    key = f"{model}.balance"
+    if new == old or not knobs.free(key, way, cfg.min_dwell_ms):
+        return None
+    knobs.moved(key, way)
+    inputs = {"ttft_max_ms": hi, "ttft_min_ms": lo}
+    return Action("balance", model, old, new, reason, inputs, model)
 
 
 # -- lever 3: routing ------------------------------------------------------------------------

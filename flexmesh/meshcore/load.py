@@ -47,6 +47,8 @@ class StepStats:
     per prompt token it computes (the controller predicts step times from the two)."""
     draft_acceptance: dict[str, float] = field(default_factory=dict)
     """Per strategy (pld, spec), the fraction of draft tokens accepted."""
+    prompt_tokens: int = 0
+    """Prompt tokens computed by every step so far (cache hits and imported KV are not)."""
     window: deque[tuple[float, bool]] = field(
         default_factory=lambda: deque(maxlen=PERCENTILE_WINDOW)
     )
@@ -63,6 +65,7 @@ class StepStats:
             self.recent_decode_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.recent_decode_step_ms)
         self.window.append((step_ms, bool(decoding)))
         prompt_tokens = plan.num_batched_tokens - sum(c.num_tokens for c in decoding)
+        self.prompt_tokens += prompt_tokens
         if prompt_tokens == 0:
             self.decode_step_ms += STEP_EWMA_WEIGHT * (step_ms - self.decode_step_ms)
         elif prompt_tokens >= MIN_FIT_PROMPT_TOKENS:
@@ -133,6 +136,9 @@ class EngineLoad:
     """Per strategy (pld, spec), recent fraction of draft tokens accepted."""
     tokens_generated: int
     """Output tokens produced since the warm-up."""
+    prompt_tokens_computed: int
+    """Prompt tokens this engine's steps computed since it started (`StepStats.prompt_tokens`):
+    its prefill work, which cache-aware placement spreads."""
 
     @classmethod
     def of(cls, s: Scheduler, now: float, stats: StepStats, tokens_generated: int) -> EngineLoad:
@@ -159,6 +165,7 @@ class EngineLoad:
             max_batched_tokens=s.config.max_batched_tokens,
             draft_acceptance=dict(stats.draft_acceptance),
             tokens_generated=tokens_generated,
+            prompt_tokens_computed=stats.prompt_tokens,
         )
 
 

@@ -124,6 +124,8 @@ class WorkerStatus:
     """Blocks the prefix cache keeps with no request holding them (not in `kv_blocks_used`)."""
     prefix_cache: dict[str, float] = field(default_factory=dict)
     """The prefix cache's counters (`load.prefix_figures`); empty when it is off."""
+    prompt_tokens_computed: int = 0
+    """Prompt tokens this worker's steps computed since it started (cache hits excluded)."""
     kv_transport: str = ""
     """Backend of this worker's usable KV collective group ("" = object store only)."""
     prefill_budget_tokens: int = 0
@@ -153,9 +155,11 @@ class Decision:
     t_unix: float
     kind: str
     """"role" (a worker's role), "prefill_budget" (a mixed worker's prefill share of each
-    step) or "policy" (a routing policy field)."""
+    step), "policy" (a routing policy field) or "balance" (a model's cache-aware placement
+    bound)."""
     target: str
-    """The worker, or the policy field (e.g. "spill_queue_ms", "routes.code.strategy")."""
+    """The worker, the policy field (e.g. "spill_queue_ms", "routes.code.strategy") or the
+    model (balance)."""
     old: str
     new: str
     by: str

@@ -2,8 +2,13 @@
 
 A request needs a prefill-capable worker (role `prefill` or `mixed`, least prefill backlog) and
 a decode-capable one (`decode` or `mixed`, fewest decoding requests). When they are the same
-worker, or the prompt is shorter than `pd.min_prompt_tokens`, the request runs on its decode
-worker alone (conditional disaggregation); otherwise its KV moves from one to the other.
+worker, or the prompt's uncached part is shorter than `pd.min_prompt_tokens`, the request runs
+on one worker alone (conditional disaggregation); otherwise its KV moves from one to the other.
+
+With cache-aware placement (`pd.placement`, an `affinity.PrefixIndex` given) the worker that
+computes the prompt is the one that probably holds its longest prefix, within the model's
+`balance` bound on load (`affinity.pick`); a prompt's uncached part is what that worker is
+expected to miss. Without it, hits count as nothing and load alone decides, as before.
 
 A worker whose actor died or is restarting is not `alive`: it takes nothing new until it
 reports again. While a model has no live worker of one kind, its live workers of the other
@@ -19,9 +24,10 @@ decode-capable worker taking new requests per model, else it is refused.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from flexmesh.meshcore.affinity import PrefixIndex, pick
 from flexmesh.meshcore.config import WORKER_ROLES
 from flexmesh.meshcore.errors import (
     InvalidRequestError,
@@ -64,6 +70,11 @@ class PoolEntry:
     def takes_decode(self) -> bool:
         return self.role in DECODE_ROLES and self.open
 
+    @property
+    def load(self) -> int:
+        """Requests this gateway sent here that are not over."""
+        return self.prefilling + self.decoding
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -71,19 +82,31 @@ class Placement:
 
     decode: PoolEntry
     prefill: PoolEntry | None = None
+    hit_blocks: int = 0
+    """Leading prompt blocks the worker computing the prompt probably holds already."""
 
 
 class WorkerPool:
     """Workers by model, with roles and loads (see module docstring)."""
 
-    def __init__(self, workers: Iterable[tuple[str, str, str]]) -> None:
-        """`workers`: (name, model, role) in rank order per model."""
+    def __init__(
+        self,
+        workers: Iterable[tuple[str, str, str]],
+        index: PrefixIndex | None = None,
+        balance: float = 2.0,
+    ) -> None:
+        """`workers`: (name, model, role) in rank order per model; `index` for cache-aware
+        placement, whose load bound starts at `balance` for every model."""
         self.entries: dict[str, PoolEntry] = {}
         ranks: dict[str, itertools.count[int]] = {}
         for name, model, role in workers:
             rank = next(ranks.setdefault(model, itertools.count()))
             self.entries[name] = PoolEntry(name, model, rank, role)
         self._rr = itertools.count()
+        self.index = index
+        self.balance = {m: balance for m in self.models} if index is not None else {}
+        """Per model, `affinity.pick`'s load bound (the controller's balance lever); empty
+        without cache-aware placement."""
 
     @property
     def models(self) -> list[str]:
@@ -99,8 +122,16 @@ class WorkerPool:
 
     # -- placement -------------------------------------------------------------------------
 
-    def place(self, model: str, prompt_tokens: int, min_prompt_tokens: int) -> Placement:
-        """Choose the workers of one request (ties go round-robin)."""
+    def place(
+        self,
+        model: str,
+        prompt_tokens: int,
+        min_prompt_tokens: int,
+        keys: Sequence[object] = (),
+        block_tokens: int = 1,
+    ) -> Placement:
+        """Choose the workers of one request (ties go round-robin). `keys`: the prompt's
+        `affinity.prompt_keys`, runs of `block_tokens`; the index learns where they went."""
         entries = self.of_model(model)
         if not entries:
             raise UnknownModelError(f"model {model!r} is not served")
@@ -112,10 +143,27 @@ class WorkerPool:
         decoders = [e for e in live if e.takes_decode] or live
         prefillers = [e for e in live if e.takes_prefill] or live
         decode = min(decoders, key=lambda e: (e.decoding, e.prefilling))
-        prefill = min(prefillers, key=lambda e: (e.prefilling, e.decoding))
-        if prefill is decode or prompt_tokens < min_prompt_tokens:
-            return Placement(decode)
-        return Placement(decode, prefill)
+        index, balance = self.index, self.balance.get(model, 0.0)
+        hits = {e.name: index.match(e.name, keys) for e in live} if index and keys else {}
+
+        def uncached(e: PoolEntry) -> int:
+            return prompt_tokens - hits.get(e.name, 0) * block_tokens
+
+        if hits:
+            prefill = pick(prefillers, lambda e: e.load, lambda e: hits[e.name], balance)
+            if uncached(prefill) < min_prompt_tokens:
+                # Little is left to compute: one worker does it, the one holding most of it.
+                decode = pick(decoders, lambda e: e.load, lambda e: hits[e.name], balance)
+        else:
+            prefill = min(prefillers, key=lambda e: (e.prefilling, e.decoding))
+        if prefill is decode or uncached(decode) < min_prompt_tokens:
+            placement = Placement(decode, hit_blocks=hits.get(decode.name, 0))
+        else:
+            placement = Placement(decode, prefill, hits.get(prefill.name, 0))
+        if index is not None:  # after a hand-off the decode worker caches the imported blocks too
+            for entry in {placement.decode.name, (placement.prefill or placement.decode).name}:
+                index.add(entry, keys)
+        return placement
 
     def rescue(self, model: str, exclude: Iterable[str]) -> PoolEntry:
         """The live worker a request that broke on `exclude` resumes on: decode-capable and
@@ -142,12 +190,24 @@ class WorkerPool:
     # -- run-time changes ------------------------------------------------------------------
 
     def set_alive(self, name: str, alive: bool) -> bool:
-        """Record a worker's health; True when it changed."""
+        """Record a worker's health; True when it changed. A worker found dead comes back with
+        an empty cache: the index forgets it."""
         entry = self.entries.get(name)
         if entry is None or entry.alive == alive:
             return False
         entry.alive = alive
+        if not alive and self.index is not None:
+            self.index.forget(name)
         return True
+
+    def set_balance(self, model: str, balance: float) -> float:
+        """Change a model's placement load bound (cache-aware placement only)."""
+        if model not in self.balance:
+            raise PreconditionError(f"model {model!r} has no cache-aware placement")
+        if balance < 1.0:
+            raise InvalidRequestError("balance", f"must be >= 1, got {balance}")
+        self.balance[model] = balance
+        return balance
 
     def set_role(self, name: str, role: str) -> PoolEntry:
         """Change a worker's role (refused if it would leave its model without a prefill- or

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -21,6 +22,7 @@ from typing import Any
 
 from flexmesh.loadgen.records import ReplayError, ReplayRequest, Sender, Stream, server_fields
 from flexmesh.loadgen.status import StatusReader, policy_sample, status_sample
+from flexmesh.meshcore.affinity import CHARS_PER_TOKEN
 from flexmesh.meshcore.config import MeshConfig, ModelSpec
 from flexmesh.meshcore.controller_policy import Action, ControllerState, decide
 from flexmesh.meshcore.errors import FlexMeshError, InvalidRequestError, status_name
@@ -30,6 +32,8 @@ from flexmesh.services.core.frontend import Chunk, Frontend, GenerationInput
 from flexmesh.sim.profile import ModelShape, Profile, TransportFit
 from flexmesh.sim.worker import TOKEN, SimWorker
 
+SIM_VOCAB_MASK = 0xFFFF
+"""Simulated token ids stay below 2**16."""
 LOCAL = TransportFit()
 """A hand-off that moves nothing (costs nothing)."""
 
@@ -188,8 +192,7 @@ class SimMesh:
                 ignore_eos=req.ignore_eos,
                 strategy=strategy,
             )
-            ids = (TOKEN,) * max(1, req.prompt_tokens)
-            inp = GenerationInput(req.prompt, ids, sampling, model, request_id)
+            inp = GenerationInput(req.prompt, sim_token_ids(req), sampling, model, request_id)
             try:
                 async for chunk in frontend.generate(inp, timeout_s):
                     if chunk.output.token_ids:
@@ -216,6 +219,18 @@ class SimMesh:
             return status_sample(frontend.in_flight, gw.max_queue_len, version, workers, policy)
 
         return read
+
+
+def sim_token_ids(req: ReplayRequest) -> tuple[int, ...]:
+    """`req.prompt_tokens` token ids that share a prefix exactly where prompt texts do (one id
+    per `CHARS_PER_TOKEN` characters, then padding), so the engines' prefix caches and the
+    gateway's index hit on the replay's real prefix reuse; nothing else reads their values."""
+    n, text = max(1, req.prompt_tokens), req.prompt.encode("utf-8")
+    ids = [
+        zlib.crc32(text[i : i + CHARS_PER_TOKEN]) & SIM_VOCAB_MASK
+        for i in range(0, min(len(text), n * CHARS_PER_TOKEN), CHARS_PER_TOKEN)
+    ]
+    return (*ids, *(TOKEN,) * (n - len(ids)))
 
 
 def _final_fields(chunk: Chunk) -> dict[str, Any]:

@@ -166,7 +166,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self, cached: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms", "pinned", "prefill_budget_tokens", "max_batched_tokens", "draft_acceptance", "decode_step_ms", "prefill_ms_per_token", "percentiles", "kv_blocks_cached", "prefix_cache")
+    __slots__ = ("name", "model", "model_path", "role", "device", "queue_length", "running_requests", "kv_blocks_used", "kv_blocks_total", "uptime_s", "alive", "tokens_generated", "prefill_tokens_waiting", "decode_batch", "step_ms", "tpot_ms", "kv_blocks_in_flight", "kv_transport", "draining", "queue_delay_ms", "prefill_ms", "pinned", "prefill_budget_tokens", "max_batched_tokens", "draft_acceptance", "decode_step_ms", "prefill_ms_per_token", "percentiles", "kv_blocks_cached", "prefix_cache", "prompt_tokens_computed")
     class DraftAcceptanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +218,7 @@ class WorkerStatus(_message.Message):
     PERCENTILES_FIELD_NUMBER: _ClassVar[int]
     KV_BLOCKS_CACHED_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_COMPUTED_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_path: str
@@ -248,7 +249,8 @@ class WorkerStatus(_message.Message):
     percentiles: _containers.ScalarMap[str, float]
     kv_blocks_cached: int
     prefix_cache: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ..., prefill_tokens_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., step_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., kv_blocks_in_flight: _Optional[int] = ..., kv_transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queue_delay_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., pinned: _Optional[bool] = ..., prefill_budget_tokens: _Optional[int] = ..., max_batched_tokens: _Optional[int] = ..., draft_acceptance: _Optional[_Mapping[str, float]] = ..., decode_step_ms: _Optional[float] = ..., prefill_ms_per_token: _Optional[float] = ..., percentiles: _Optional[_Mapping[str, float]] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_cache: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    prompt_tokens_computed: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., role: _Optional[str] = ..., device: _Optional[str] = ..., queue_length: _Optional[int] = ..., running_requests: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., alive: _Optional[bool] = ..., tokens_generated: _Optional[int] = ..., prefill_tokens_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., step_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., kv_blocks_in_flight: _Optional[int] = ..., kv_transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queue_delay_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., pinned: _Optional[bool] = ..., prefill_budget_tokens: _Optional[int] = ..., max_batched_tokens: _Optional[int] = ..., draft_acceptance: _Optional[_Mapping[str, float]] = ..., decode_step_ms: _Optional[float] = ..., prefill_ms_per_token: _Optional[float] = ..., percentiles: _Optional[_Mapping[str, float]] = ..., kv_blocks_cached: _Optional[int] = ..., prefix_cache: _Optional[_Mapping[str, float]] = ..., prompt_tokens_computed: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("t_unix", "kind", "target", "old", "new", "by", "reason", "inputs")

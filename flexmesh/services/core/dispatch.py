@@ -19,6 +19,7 @@ import structlog
 
 from flexmesh.actors.client import WorkerClientProtocol
 from flexmesh.meshcore import route as rt
+from flexmesh.meshcore.affinity import prompt_keys
 from flexmesh.meshcore.errors import (
     DeadlineExceededError,
     FlexMeshError,
@@ -43,11 +44,14 @@ class Dispatcher:
         rules: rt.RouteRules,
         min_prompt_tokens: int,
         on_move: Callable[[str, str], None] | None = None,
+        block_tokens: int = 16,
     ) -> None:
         """`on_move(worker, kind)` counts a request that left a broken `worker`: kind
-        "prefill_fallback" (before its hand-off) or "migration"."""
+        "prefill_fallback" (before its hand-off) or "migration". `block_tokens`: the engines'
+        KV block size, the run a cache-aware pool's prompt keys cover."""
         self.pool, self.clients, self.rules = pool, dict(clients), rules
         self.min_prompt_tokens, self.on_move = min_prompt_tokens, on_move
+        self.block_tokens = block_tokens
         self.moves = {"prefill_fallback": 0, "migration": 0}
         """Requests that left a broken worker, by kind."""
         self.lost = asyncio.Event()
@@ -77,7 +81,14 @@ class Dispatcher:
         deadline: float,
     ) -> RouteRun:
         """Place the request and return its run; `deadline` is on the event loop's clock."""
-        placement = self.pool.place(model, prompt_tokens, self.min_prompt_tokens)
+        keys = (
+            prompt_keys(prompt, prompt_token_ids, self.block_tokens, model)
+            if self.pool.index is not None
+            else []
+        )
+        placement = self.pool.place(
+            model, prompt_tokens, self.min_prompt_tokens, keys, self.block_tokens
+        )
         state = rt.RouteState(request_id, prompt, prompt_token_ids, sampling, self.rules)
         run = RouteRun(self, model, state, deadline)
         prefill = placement.prefill

@@ -19,6 +19,7 @@ from typing import Protocol
 import structlog
 
 from flexmesh.actors.client import ProbeClientProtocol, WorkerClientProtocol
+from flexmesh.meshcore.affinity import PrefixIndex
 from flexmesh.meshcore.config import MeshConfig
 from flexmesh.meshcore.controller_policy import Snapshot
 from flexmesh.meshcore.errors import (
@@ -143,10 +144,15 @@ class Frontend:
         self.workers = dict(workers)
         self.clients = {w.name: w for ws in self.workers.values() for w in ws}
         roles = {s.name: s for s in config.models}
+        cache_aware = config.engine.prefix_cache and config.pd.placement == "cache_aware"
         self.pool = WorkerPool(
-            (w.name, model, roles[model].role_of(i) if model in roles else "mixed")
-            for model, ws in self.workers.items()
-            for i, w in enumerate(ws)
+            (
+                (w.name, model, roles[model].role_of(i) if model in roles else "mixed")
+                for model, ws in self.workers.items()
+                for i, w in enumerate(ws)
+            ),
+            PrefixIndex() if cache_aware else None,
+            config.pd.cache_balance_ratio,
         )
         self.dispatcher = Dispatcher(
             self.pool,
@@ -154,6 +160,7 @@ class Frontend:
             RouteRules.of(config),
             config.pd.min_prompt_tokens,
             metrics.moved if metrics else None,
+            config.engine.block_size_tokens,
         )
         self.count_tokens = count_tokens
         self.default_model = config.models[0].name
@@ -227,6 +234,8 @@ class Frontend:
             base_policy=self.config.routing if routed else None,
             policy_pins=frozenset(self.ops.policy_pins),
             traffic=self.traffic.summary(self.clock()),
+            balance=dict(self.pool.balance),
+            base_balance=self.config.pd.cache_balance_ratio,
         )
 
     # -- load telemetry --------------------------------------------------------------------
@@ -423,6 +432,8 @@ class Frontend:
         for s in reports:
             if self.dispatcher.set_alive(s.name, s.alive):
                 log.warning("worker.alive" if s.alive else "worker.lost", worker=s.name)
+            if self.pool.index is not None and s.alive:
+                self.pool.index.set_capacity(s.name, s.kv_blocks_total)
         return reports
 
     async def latest_status(self) -> list[WorkerStatus]:

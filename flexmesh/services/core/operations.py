@@ -2,7 +2,8 @@
 
 Two writers change roles and the routing policy: the operator (Admin `SetWorkerRole`,
 `SetPolicy`; `flexmesh workers role`, `flexmesh policy set`) and the controller actor, which
-also sets mixed workers' prefill budgets. An operator's change **pins** the worker or the policy
+also sets mixed workers' prefill budgets and, with cache-aware placement, each model's placement
+balance. An operator's change **pins** the worker or the policy
 fields it set: the controller never changes them until the operator unpins them. Every change is
 a log event and a `Decision` kept for `Admin/GetStatus`. Status reads are bounded per
 worker, so one slow or dead worker cannot stall a snapshot.
@@ -192,6 +193,9 @@ class Operations:
                     await self.set_prefill_budget(
                         a.target, int(a.old), int(a.new), a.reason, a.inputs
                     )
+                elif a.kind == "balance":
+                    self.pool.set_balance(a.target, float(a.new))
+                    self.record("balance", a.target, a.old, a.new, "controller", a.reason, a.inputs)
             except FlexMeshError as exc:
                 errors.append(f"{a.kind} {a.target}: {exc}")
         policy = [a for a in actions if a.kind == "policy"]
