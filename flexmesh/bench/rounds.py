@@ -1,6 +1,6 @@
 """Reducing interleaved benchmark rounds: each figure's median over the rounds and its spread.
 
-The side-by-side benchmarks (`bench routing|serve|pd|policy|strategies`) run every
+The side-by-side benchmarks (`bench routing|serve|pd|policy|strategies|prefix`) run every
 configuration once per round, rounds interleaved, because the machine drifts 10-20% from minute
 to minute: interleaving puts every configuration through the same moments. A round's results
 are `{config: summary}`; `rounds_report` folds them into one summary per configuration whose

@@ -107,8 +107,17 @@ def _hf_reference(args: argparse.Namespace, model_path: str, tokenizer: str) -> 
     return tokens / (time.perf_counter() - t0), len(chosen)
 
 
+LoadConfig = Callable[[str], Any]
+"""A configuration's `MeshConfig` from its name in `--configs` (default: the deploy/configs
+file of that name, or a YAML path); a benchmark of in-code variants passes its own."""
+
+
+def load_named_config(name: str) -> Any:
+    return load_mesh_config(_config_path(name))
+
+
 def each_mesh(
-    configs: str, models_dir: str | None, http: bool = False
+    configs: str, models_dir: str | None, http: bool = False, load: LoadConfig = load_named_config
 ) -> Iterator[tuple[str, Any, dict[str, str], Any]]:
     """Start each named mesh config in turn (gRPC, and HTTP with `http`, on free ports); yield
     (name, config, model paths, mesh) and shut the mesh down when the caller moves on."""
@@ -118,7 +127,7 @@ def each_mesh(
 
     for config in configs.split(","):
         name = Path(config).stem
-        cfg = load_mesh_config(_config_path(config))
+        cfg = load(config)
         http_port = 0 if http else cfg.gateway.http_port
         gateway = replace(cfg.gateway, port=0, http_port=http_port)
         cfg = replace(cfg, models_dir=models_dir or cfg.models_dir, gateway=gateway)
@@ -141,6 +150,9 @@ def progress(message: str) -> None:
 
 
 def report_line(name: str, summary: dict[str, Any]) -> None:
+    if "completed" not in summary:  # a run of several workloads: their own lines said it
+        progress(f"[{name}] done")
+        return
     ok = f"{summary['completed']}/{summary['requests_sent']}"
     progress(f"[{name}] {ok} ok, {summary['output_tok_s']} tok/s")
 
@@ -151,10 +163,16 @@ its summary."""
 
 
 def run_rounds(
-    configs: str, models_dir: str | None, rounds: int, out: Path, run_one: RunOne
+    configs: str,
+    models_dir: str | None,
+    rounds: int,
+    out: Path,
+    run_one: RunOne,
+    load: LoadConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Run every configuration once per round, rounds interleaved (A, B, C, A, B, C, ...), each
-    on a fresh mesh, into `out/<config>/round-<r>/`; returns each round's `{config: summary}`."""
+    on a fresh mesh (`load` turns a name into its config; default `load_named_config`), into
+    `out/<config>/round-<r>/`; returns each round's `{config: summary}`."""
     from tqdm import tqdm
 
     if rounds < 1:
@@ -165,7 +183,12 @@ def run_rounds(
         for r in range(1, rounds + 1):
             bar.set_description(f"round {r}/{rounds}")
             run: dict[str, Any] = {}
-            for name, cfg, paths, mesh in each_mesh(configs, models_dir):
+            meshes = (
+                each_mesh(configs, models_dir)
+                if load is None
+                else each_mesh(configs, models_dir, load=load)
+            )
+            for name, cfg, paths, mesh in meshes:
                 run[name] = summary = run_one(name, cfg, paths, mesh, out / name / f"round-{r}")
                 report_line(f"{name} round {r}/{rounds}", summary)
                 bar.update()

@@ -12,6 +12,7 @@ from flexmesh.bench.chaos_bench import add_chaos_arguments
 from flexmesh.bench.http_bench import add_http_bench_arguments
 from flexmesh.bench.pd_bench import add_pd_bench_arguments
 from flexmesh.bench.policy_bench import add_policy_bench_arguments
+from flexmesh.bench.prefix_bench import add_prefix_bench_arguments
 from flexmesh.bench.serving import (
     ROUTING_PRESET,
     add_rounds_argument,
@@ -51,6 +52,9 @@ def add_bench_commands(sub: Any) -> None:
     b = bsub.add_parser("policy", help="fixed vs controller-tuned routing, shifting intent mix")
     add_policy_bench_arguments(b)
     b.set_defaults(func=cmd_bench_policy)
+    b = bsub.add_parser("prefix", help="prefix cache and cache-aware placement: issue 26's goals")
+    add_prefix_bench_arguments(b)
+    b.set_defaults(func=cmd_bench_prefix)
     b = bsub.add_parser("kv", help="KV hand-off vs raw send/recv of the same bytes, per transport")
     b.add_argument("--model", default="demo-large")
     b.add_argument("--models-dir", default=None)
@@ -134,6 +138,14 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
     from flexmesh.bench.policy_bench import run_policy_bench
 
     return _side_by_side(args, run_policy_bench)
+
+
+def cmd_bench_prefix(args: argparse.Namespace) -> int:
+    from flexmesh.bench.prefix_bench import run_prefix_bench
+    from flexmesh.bench.prefix_goals import print_prefix_report
+
+    show(args, run_prefix_bench(args), print_prefix_report)
+    return 0
 
 
 def cmd_bench_kv(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"downgrades {summary['downgraded_requests']}/{summary['demanding_requests']} "
             f"demanding requests, fraction {summary['downgrade_fraction']} ({by_intent})"
         )
-    print(references_line(summary.get("prefix_reference")))
+    print(references_line(summary.get("prefix_reference"), summary.get("prefix_server")))
     for ph in summary.get("by_phase", []):
         fraction = ph["downgrade_fraction"]
         print(

@@ -12,12 +12,17 @@ arrival order, each request as if it ran alone: the hit rate of an infinite cach
 an LRU cache of the server's own KV capacity. Both run `meshcore.prefix_cache`, the code that
 decides in the engine, so the reference and the server cannot drift. A hit rate is prompt
 tokens found cached over prompt tokens; only a prompt's full blocks can hit.
+
+The server's own figures over a replay (`server_prefix_figures`) are the growth of its workers'
+cumulative counters between the replay's first and last status sample: its hit rate (hit over
+queried tokens, as the workers count them), the same hits over the replay's prompt tokens (the
+references' definition, like against like), and the prompt tokens each worker computed.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -194,15 +199,75 @@ def prefix_references(
     return out
 
 
-def references_line(ref: dict[str, Any] | None) -> str:
-    """One line for the CLI: both references, "-" where there is none."""
+def _growth(first: float, last: float) -> float:
+    # A worker restarted between the samples counts from zero again: its last value is the
+    # growth since (a lower bound).
+    return last - first if last >= first else last
+
+
+def server_prefix_figures(
+    samples: Sequence[Mapping[str, Any]], prompt_tokens: int
+) -> dict[str, Any] | None:
+    """The server's prefix-cache figures over a replay from its status `samples` (in time
+    order; `status.status_sample`'s shape) and the prompt tokens of its completed requests.
+
+    Counters are summed over the workers in both the first and the last sample (by name);
+    `hit_rate` is None while the cache is off (no worker counts queries), `prompt_tokens_computed`
+    is None when no worker reports it. None without two samples.
+    """
+    if len(samples) < 2:
+        return None
+    before = {w["name"]: w for w in samples[0].get("workers", ())}
+    after = {w["name"]: w for w in samples[-1].get("workers", ())}
+    both = [name for name in after if name in before]
+    grew: dict[str, float] = dict.fromkeys(("hit_tokens", "queried_tokens", "evictions"), 0.0)
+    computed: dict[str, int] = {}
+    for name in sorted(both):
+        b, a = before[name], after[name]
+        for key in grew:
+            grew[key] += _growth((b.get("prefix_cache") or {}).get(key, 0.0),
+                                 (a.get("prefix_cache") or {}).get(key, 0.0))  # fmt: skip
+        key = "prompt_tokens_computed"
+        computed[name] = int(_growth(b.get(key, 0), a.get(key, 0)))
+    reported = any(after[name].get("prompt_tokens_computed") for name in both)
+    hit, queried = grew["hit_tokens"], grew["queried_tokens"]
+    on = queried > 0  # a cache that is off counts nothing
+    return {
+        "workers": len(both),
+        "hit_tokens": int(hit),
+        "queried_tokens": int(queried),
+        "hit_rate": round(hit / queried, 4) if on else None,
+        "prompt_tokens": prompt_tokens,
+        "hit_rate_of_prompt_tokens": (
+            round(hit / prompt_tokens, 4) if on and prompt_tokens else None
+        ),
+        "evictions": int(grew["evictions"]),
+        "prompt_tokens_computed": computed if reported else None,
+        "prompt_tokens_computed_total": sum(computed.values()) if reported else None,
+    }
+
+
+def references_line(ref: dict[str, Any] | None, server: dict[str, Any] | None = None) -> str:
+    """One line for the CLI: both references, "-" where there is none; with `server`, the
+    server's own hit rate over the replay (and the prompt tokens each worker computed) after
+    them."""
     ref = ref or {}
 
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     cap = ref.get("lru_capacity_tokens")
-    return (
+    line = (
         f"prefix hit rate references: ideal {fmt(ref.get('ideal_hit_rate'))}, "
         f"LRU of {'-' if cap is None else cap} KV tokens {fmt(ref.get('lru_hit_rate'))}"
     )
+    if server is None:
+        return line
+    line += (
+        f"; server {fmt(server.get('hit_rate_of_prompt_tokens'))} of prompt tokens "
+        f"({fmt(server.get('hit_rate'))} of queried)"
+    )
+    computed = server.get("prompt_tokens_computed")
+    if computed:
+        line += ", prompt tokens computed " + ", ".join(f"{k} {v}" for k, v in computed.items())
+    return line

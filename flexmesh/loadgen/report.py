@@ -232,10 +232,11 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
         "sends_delayed_over_10ms",
     ]
     lines += _table(["metric", "value"], [(k, s.get(k)) for k in overview])
+    prefix = references_line(s.get("prefix_reference"), s.get("prefix_server"))
     lines += [
         f"SLOs: TTFT ≤ {_fmt(s['slo']['ttft_ms'])} ms, TPOT ≤ {_fmt(s['slo']['tpot_ms'])} ms",
         "",
-        references_line(s.get("prefix_reference")).capitalize(),
+        prefix[:1].upper() + prefix[1:],  # not str.capitalize: it lowers "LRU" and names
         "",
     ]
     lines += ["## Latency (successful requests, ms)", ""]

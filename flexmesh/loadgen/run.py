@@ -19,6 +19,7 @@ from flexmesh.loadgen.plots import write_plots
 from flexmesh.loadgen.prefix import (
     add_shared_prefix_arguments,
     prefix_references,
+    server_prefix_figures,
     shared_prefix_config,
 )
 from flexmesh.loadgen.prompts import (
@@ -31,6 +32,7 @@ from flexmesh.loadgen.records import ReplayRequest
 from flexmesh.loadgen.replay import ReplayResult, replay
 from flexmesh.loadgen.report import phase_summaries, summarize, write_reports
 from flexmesh.loadgen.shaping import ShapeConfig, Workload
+from flexmesh.loadgen.status import fresh_status_sample
 from flexmesh.loadgen.synth import placeholders
 from flexmesh.loadgen.workload import (
     FORMATS,
@@ -121,7 +123,16 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     rp.add_argument("--model", default="", help='force a model ("" lets the router choose)')
     rp.add_argument("--strategy", default="", help='force "none", "pld" or "spec"')
     rp.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    rp.add_argument("--status-interval-s", type=float, help="sample Admin/GetStatus this often")
+    rp.add_argument(
+        "--status-interval-s",
+        type=float,
+        help="sample Admin/GetStatus this often (and once more before and after the replay)",
+    )
+    rp.add_argument(
+        "--keep-token-ids",
+        action="store_true",
+        help="keep each completion's token ids in requests.jsonl (to compare outputs)",
+    )
     rp.add_argument("--ttft-slo-ms", type=float, default=2000.0, help="TTFT SLO for goodput")
     rp.add_argument("--tpot-slo-ms", type=float, default=200.0, help="TPOT SLO for goodput")
     rp.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -259,6 +270,8 @@ async def run_replay(
     if tokenizer is None and not args.tokenizer:
         args.tokenizer = await target_model_path(args.target, args.model)
     _, requests, meta = await asyncio.to_thread(prepare, args, tokenizer)
+    bookends = bool(args.status_interval_s) and not is_http(args.target)
+    first = await fresh_status_sample(args.target) if bookends else None
     result = await replay(
         requests,
         args.target,
@@ -270,18 +283,37 @@ async def run_replay(
         temperature=args.temperature,
         progress=not args.no_progress,
         status_interval_s=args.status_interval_s,
+        keep_token_ids=getattr(args, "keep_token_ids", False),
     )
+    if bookends:
+        result = with_bookends(result, first, await fresh_status_sample(args.target))
     meta["started_unix"] = round(result.started_unix, 3)
     summary = summarize_replay(args, result, meta)
     files = await asyncio.to_thread(write_all, Path(args.out), result, summary, args)
     return {**summary, "files": [str(p) for p in files]}
 
 
+def with_bookends(
+    result: ReplayResult, first: dict[str, Any] | None, last: dict[str, Any] | None
+) -> ReplayResult:
+    """`result` with a status sample read just before the replay (at 0 s) and one just after
+    it (at its end), when they could be read: the periodic samples read the gateway's latest
+    poll, which may miss the first and last requests' counters."""
+    samples = [
+        *([{**first, "t_s": 0.0}] if first else []),
+        *result.status_samples,
+        *([{**last, "t_s": round(result.wall_s, 6)}] if last else []),
+    ]
+    return dataclasses.replace(result, status_samples=tuple(samples))
+
+
 def summarize_replay(
     args: argparse.Namespace, result: ReplayResult, meta: dict[str, Any]
 ) -> dict[str, Any]:
-    """The replay's summary, per phase too when it has phases."""
+    """The replay's summary (with the server's prefix-cache figures when it was sampled), per
+    phase too when it has phases."""
     summary = summarize(result.records, result.wall_s, args.ttft_slo_ms, args.tpot_slo_ms, meta)
+    summary["prefix_server"] = server_prefix_figures(result.status_samples, summary["input_tokens"])
     if args.phase:
         bounds = phase_bounds([Phase.parse(p) for p in args.phase], args.speedup)
         slos = (args.ttft_slo_ms, args.tpot_slo_ms)

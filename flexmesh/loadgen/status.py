@@ -50,6 +50,9 @@ def status_sample(
                 "percentiles": {k: round(v, 3) for k, v in sorted(w.percentiles.items())},
                 "prefill_budget_tokens": w.prefill_budget_tokens,
                 "max_batched_tokens": w.max_batched_tokens,
+                "prefix_cache": dict(w.prefix_cache),
+                # A server older than the field reports none (0 reads as "not reported").
+                "prompt_tokens_computed": int(getattr(w, "prompt_tokens_computed", 0)),
             }
             for w in workers
         ],
@@ -66,14 +69,17 @@ def policy_sample(policy: Any, strategies: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def grpc_status_reader(channel: grpc.aio.Channel, timeout_s: float) -> StatusReader:
-    """Samples of a FlexMesh gateway's `Admin/GetStatus` (its cached reports)."""
+def grpc_status_reader(
+    channel: grpc.aio.Channel, timeout_s: float, cached: bool = True
+) -> StatusReader:
+    """Samples of a FlexMesh gateway's `Admin/GetStatus`: its cached reports (the latest poll,
+    no wait on a worker), or with `cached` False each worker asked now."""
     stub = flexmesh_pb2_grpc.AdminStub(channel)
 
     async def read() -> dict[str, Any] | None:
         try:
             resp = await stub.GetStatus(
-                flexmesh_pb2.GetStatusRequest(cached=True), timeout=timeout_s
+                flexmesh_pb2.GetStatusRequest(cached=cached), timeout=timeout_s
             )
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -90,6 +96,20 @@ def grpc_status_reader(channel: grpc.aio.Channel, timeout_s: float) -> StatusRea
         )
 
     return read
+
+
+async def fresh_status_sample(target: str, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    """One `Admin/GetStatus` of a FlexMesh gateway with every worker asked now (not the
+    gateway's latest poll): the bookends of a replay's counters. None when it has no status or
+    cannot be read (logged)."""
+    from flexmesh.channel import open_channel
+
+    try:
+        async with open_channel(target) as channel:
+            return await grpc_status_reader(channel, timeout_s, cached=False)()
+    except Exception as e:  # a replay goes on without its bookends
+        log.warning("status_read_failed", target=target, error=repr(e)[:300])
+        return None
 
 
 class StatusSampler:

@@ -17,11 +17,18 @@ engine's own block names), else the same chaining over runs of `CHARS_PER_TOKEN`
 token, an estimate of the engine's blocks.
 
 **Placement scores hit and load together, with a bounded imbalance** (`pick`): a worker is
-eligible while its load stays within `balance` times the least loaded worker's (plus one
-request); among eligible workers the longest expected hit wins, then the lower load. So
-affinity holds while workers are evenly busy, and load wins once one of them runs ahead (the
-"death spiral" of misses that pure affinity falls into under skewed prefixes). The controller
-turns `balance` like its other thresholds (`controller_policy`, the balance lever).
+eligible while its load stays within `balance × (least load + 1)`; among eligible workers the
+longest expected hit wins, then the lower load. So affinity holds while workers are evenly
+busy, and load wins once one of them runs ahead (the "death spiral" of misses that pure
+affinity falls into under skewed prefixes). A prompt that no worker holds goes by load alone,
+as without the cache. The controller turns `balance` like its other thresholds
+(`controller_policy`, the balance lever).
+
+The load of a prompt's worker is its requests before their first token: TTFT waits on them.
+Counting every request held (decodes too) kept more hits on the shared-prefix workload but
+piled long prompts onto their conversation's worker in the simulated Mooncake replay at scale,
+where few prompts hit at all: goodput fell 8% below least-loaded placement, while counting
+prefills alone gains 2% there (docs/pd.md has the runs).
 """
 
 from __future__ import annotations
@@ -98,9 +105,9 @@ def pick(
     candidates: Sequence[T], load: Callable[[T], int], hit: Callable[[T], int], balance: float
 ) -> T:
     """The candidate with the longest `hit` among those whose `load` is within `balance` times
-    the least load plus one; ties go to the lower load, then to the earlier candidate."""
+    (the least load + 1); ties go to the lower load, then to the earlier candidate."""
     least = min(load(c) for c in candidates)
-    bound = balance * least + 1
+    bound = balance * (least + 1)
     eligible = [c for c in candidates if load(c) <= bound]
     order = {id(c): i for i, c in enumerate(candidates)}
     return min(eligible, key=lambda c: (-hit(c), load(c), order[id(c)]))

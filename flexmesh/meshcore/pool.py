@@ -145,12 +145,13 @@ class WorkerPool:
         decode = min(decoders, key=lambda e: (e.decoding, e.prefilling))
         index, balance = self.index, self.balance.get(model, 0.0)
         hits = {e.name: index.match(e.name, keys) for e in live} if index and keys else {}
+        hits = hits if any(hits.values()) else {}  # nobody holds it: load alone decides
 
         def uncached(e: PoolEntry) -> int:
             return prompt_tokens - hits.get(e.name, 0) * block_tokens
 
         if hits:
-            prefill = pick(prefillers, lambda e: e.load, lambda e: hits[e.name], balance)
+            prefill = pick(prefillers, lambda e: e.prefilling, lambda e: hits[e.name], balance)
             if uncached(prefill) < min_prompt_tokens:
                 # Little is left to compute: one worker does it, the one holding most of it.
                 decode = pick(decoders, lambda e: e.load, lambda e: hits[e.name], balance)

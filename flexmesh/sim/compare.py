@@ -5,7 +5,9 @@ A variant is a change of one config: how one model's workers split between prefi
 (`colocated`, `P:D`, every split `pd`), a static prefill share (`budget=N`), static routing
 thresholds (`spill=MS`, `confidence=X`), the controller on (`dynamic`: starts co-located,
 moves budgets, roles and routing), the config as it is with the controller on and only some
-levers (`levers=budget+role`, `levers=routing`; `levers=` none), or the config `as-is`. The
+levers (`levers=budget+role`, `levers=routing`; `levers=` none), the engines' prefix cache and
+the gateway's placement (`cache=off`, `cache=cache_aware`, `cache=least_loaded`), or the config
+`as-is`. The
 same workload (prepared once) replays on each; the run is deterministic, so one run each.
 """
 
@@ -16,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flexmesh.meshcore.config import LEVERS, MeshConfig, ModelSpec
+from flexmesh.meshcore.config import LEVERS, PD_PLACEMENTS, MeshConfig, ModelSpec
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.sim.profile import ModelShape, Profile
 from flexmesh.sim.run import model_shapes, prepare_requests, simulate_summary, write_sim
@@ -63,6 +65,8 @@ def variant(config: MeshConfig, name: str, model: str = "") -> MeshConfig:
         return replace(config, controller=controller)
     if name.startswith(("spill=", "confidence=")):
         return _routing_variant(config, name)
+    if name.startswith("cache="):
+        return _cache_variant(config, name)
     spec = target_model(config, model)
     n = spec.num_workers
     controller = replace(config.controller, enabled=False)
@@ -84,7 +88,7 @@ def variant(config: MeshConfig, name: str, model: str = "") -> MeshConfig:
         raise InvalidRequestError(
             "variants",
             f"{name!r} is not one of as-is, colocated, dynamic, pd, P:D, budget=TOKENS, "
-            "spill=MS, confidence=X, levers=A+B",
+            "spill=MS, confidence=X, levers=A+B, cache=off|cache_aware|least_loaded",
         )
     models = [replace(m, roles=roles, role="mixed") if m is spec else m for m in config.models]
     return replace(config, models=models, controller=controller, engine=engine)
@@ -105,6 +109,17 @@ def _routing_variant(config: MeshConfig, name: str) -> MeshConfig:
     else:
         routing = replace(r, confidence_threshold=value)
     return replace(config, routing=routing, controller=replace(config.controller, enabled=False))
+
+
+def _cache_variant(config: MeshConfig, name: str) -> MeshConfig:
+    """`cache=off`, or the prefix cache on with `cache=<pd.placement>`."""
+    how = name.removeprefix("cache=")
+    if how == "off":
+        return replace(config, engine=replace(config.engine, prefix_cache=False))
+    if how not in PD_PLACEMENTS:
+        raise InvalidRequestError("variants", f"{name!r}: one of off, {', '.join(PD_PLACEMENTS)}")
+    engine = replace(config.engine, prefix_cache=True)
+    return replace(config, engine=engine, pd=replace(config.pd, placement=how))
 
 
 def _int(text: str, name: str) -> int:

@@ -57,8 +57,8 @@ def test_pick_never_exceeds_the_bound_and_prefers_hits(
     idx = list(range(len(loads)))
     chosen = pick(idx, lambda i: loads[i], lambda i: hits[i], balance)
     least = min(loads)
-    assert loads[chosen] <= balance * least + 1
-    eligible = [i for i in idx if loads[i] <= balance * least + 1]
+    assert loads[chosen] <= balance * (least + 1)
+    eligible = [i for i in idx if loads[i] <= balance * (least + 1)]
     assert hits[chosen] == max(hits[i] for i in eligible)
 
 
@@ -81,8 +81,9 @@ def test_a_prefix_follows_the_worker_that_holds_it_until_load_wins() -> None:
     assert (again.decode.name, again.prefill, again.hit_blocks) == (holder, None, 24)
     other = pool.place("m", 448, 128, _keys(2), BLOCK)
     assert other.decode.name != holder  # a new prefix goes to the less loaded worker
-    holder_entry.decoding = 5  # past 2 x (least load 1) + 1: load wins over the hit
-    assert pool.place("m", 448, 128, _keys(1), BLOCK).decode.name != holder
+    holder_entry.prefilling = 3  # past 2 x (least load 0 + 1): load wins over the hit
+    moved = pool.place("m", 448, 128, _keys(1), BLOCK)
+    assert moved.prefill is None and moved.decode.name != holder and moved.hit_blocks == 0
 
 
 def test_disaggregation_counts_uncached_tokens() -> None:
