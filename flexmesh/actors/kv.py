@@ -155,6 +155,17 @@ class BufferPool:
         buf.copy_(host)
         return buf
 
+    def tail(self, kv: torch.Tensor, skip_blocks: int) -> torch.Tensor:
+        """`kv` less its first `skip_blocks` blocks, copied into a buffer of this pool (`give`
+        it back after use): a collective sends contiguous memory, and a checksum reads it."""
+        num_blocks = kv.shape[2]
+        if not 0 < skip_blocks < num_blocks:
+            raise ValueError(f"cannot skip {skip_blocks} of {num_blocks} blocks")
+        part = kv[:, :, skip_blocks:]  # [layers, 2, blocks - skip, block, kv_heads, dim]
+        buf = self.take(tuple(part.shape), part.dtype)
+        buf.copy_(part)
+        return buf
+
     def give(self, tensor: torch.Tensor) -> None:
         """Return a tensor from `take`; its buffer is kept while the cache has room."""
         base = tensor._base if tensor._base is not None else tensor

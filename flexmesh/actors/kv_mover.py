@@ -4,17 +4,20 @@ engine (the planning half is the engine's: docs/pd.md).
 Prefill side: at the end of the step that sampled a handed-off request's first token, the
 engine copies its KV into a staging buffer from this mover and frees its blocks (the planned
 export); the mover checksums the copy in the background and holds it until the decode worker
-asks for it (`send`), or `pd.hold_timeout_ms` passes.
+asks for it (`send`), or `pd.hold_timeout_ms` passes. A decode worker that holds the
+request's leading blocks already (its prefix cache) asks for the rest only: those are copied
+out of the staged KV and checksummed when sent.
 
 Decode side (`take`): the decode worker pulls. It knows the shape (its own blocks for the
-state's KV tokens) and, from the hand-off state, the prefill worker's group and node, so one
-call moves the bytes: it posts its receive and asks the prefill worker to send (over the
-model's collective group, one transfer per worker pair at a time), or to put the copy in the
-object store; then it checks the checksum and imports at a step boundary. Staging and receive
-buffers live on the worker's device, so gather, send/recv and scatter never leave it; only the
-object store crosses the host (device → host on P, host → device on D, named in the route).
-Nothing blocks the engine thread or the event loop. A failure raises `KVTransferError`; the
-gateway's route decides what follows (recompute on this worker, or fail: `pd.fallback`).
+state's KV tokens, less those it holds already) and, from the hand-off state, the prefill
+worker's group and node, so one call moves the bytes: it posts its receive and asks the
+prefill worker to send (over the model's collective group, one transfer per worker pair at a
+time), or to put the copy in the object store; then it checks the checksum and imports at a
+step boundary. Staging and receive buffers live on the worker's device, so gather, send/recv
+and scatter never leave it; only the object store crosses the host (device → host on P, host
+→ device on D, named in the route). Nothing blocks the engine thread or the event loop. A
+failure raises `KVTransferError`; the gateway's route decides what follows (recompute on this
+worker, or fail: `pd.fallback`).
 """
 
 from __future__ import annotations
@@ -91,10 +94,13 @@ class KVMover:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def send(self, request_id: str, dst_rank: int) -> tuple[bytes, list[Any] | None]:
-        """Send the staged KV of `request_id` to rank `dst_rank` of the group (its receive is
-        posted), or put it in the object store (`dst_rank` < 0); return its meta (msgpack) and,
-        for the object store, `[its ObjectRef]`. The staged copy is freed either way."""
+    async def send(
+        self, request_id: str, dst_rank: int, skip_blocks: int = 0
+    ) -> tuple[bytes, list[Any] | None]:
+        """Send the staged KV of `request_id`, less its first `skip_blocks` blocks (the
+        receiver holds them), to rank `dst_rank` of the group (its receive is posted), or put
+        it in the object store (`dst_rank` < 0); return its meta (msgpack) and, for the object
+        store, `[its ObjectRef]`. The staged copy is freed either way."""
         if self._faults.get("kv_error", 0) > 0:
             self._faults["kv_error"] -= 1
             raise RuntimeError("injected KV transfer failure")
@@ -109,7 +115,12 @@ class KVMover:
             raise RuntimeError(
                 f"{self.name} holds no KV of {request_id} (expired or aborted)"
             ) from None
+        part = None
         try:
+            if skip_blocks:
+                part = await asyncio.to_thread(self.buffers.tail, kv, skip_blocks)
+                meta = await asyncio.to_thread(describe, part, request_id, self.model)
+                kv = part
             if dst_rank < 0:
                 return meta.pack(), [await asyncio.to_thread(ray.put, to_numpy(kv))]
             if self.group is None:
@@ -117,6 +128,8 @@ class KVMover:
             await asyncio.to_thread(self.group.send, kv, dst_rank)
             return meta.pack(), None
         finally:
+            if part is not None:
+                self.buffers.give(part)
             self._drop(request_id)
 
     def _future(self, request_id: str) -> asyncio.Future[tuple[torch.Tensor, KVMeta]]:
@@ -146,11 +159,17 @@ class KVMover:
     # -- decode side -----------------------------------------------------------------------
 
     async def take(
-        self, state: RequestState, src: str, src_rank: int, num_blocks: int, deadline: float
+        self,
+        state: RequestState,
+        src: str,
+        src_rank: int,
+        blocks: tuple[int, int],
+        deadline: float,
     ) -> dict[str, Any]:
-        """Pull the request's KV (`num_blocks` blocks reserved here) from `src` and import it;
-        raise `KVTransferError` when it does not arrive. Returns how it went, for the route:
-        transport, bytes, milliseconds."""
+        """Pull the request's KV from `src` and import it; `blocks` is (leading blocks held
+        here already, which `src` skips; blocks reserved here for the rest), as `Engine.resume`
+        returns it. Raise `KVTransferError` when it does not arrive. Returns how it went, for
+        the route: transport, bytes moved, milliseconds."""
         rid, t0 = state.request_id, time.monotonic()
         local = state.kv_node == self.node_id
         how = self._transport(state.kv_group, local)
@@ -159,7 +178,7 @@ class KVMover:
         try:
             peer = await self._peer(src)
             kv, meta = await asyncio.wait_for(
-                self._pull(peer, rid, src, src_rank, how, num_blocks), deadline - time.monotonic()
+                self._pull(peer, rid, src, src_rank, how, blocks), deadline - time.monotonic()
             )
             phases["move_ms"] = (time.monotonic() - t0) * 1000.0
             t1 = time.monotonic()
@@ -195,11 +214,13 @@ class KVMover:
         return {"kv_transport": transport, "kv_bytes": meta.nbytes, "kv_transfer_ms": ms}
 
     async def _pull(
-        self, peer: Any, rid: str, src: str, src_rank: int, how: str, num_blocks: int
+        self, peer: Any, rid: str, src: str, src_rank: int, how: str, blocks: tuple[int, int]
     ) -> tuple[torch.Tensor, KVMeta]:
-        """The KV, received and checked against the meta its sender announces."""
+        """The KV, received and checked against the meta its sender announces (its block count
+        against the reservation: here for the collective's buffer, at the import otherwise)."""
+        skip, num_blocks = blocks
         if how == "object_store":
-            packed, (ref,) = await peer.send_kv.remote(rid, -1)
+            packed, (ref,) = await peer.send_kv.remote(rid, -1, skip)
             meta = KVMeta.unpack(packed)
             host = from_numpy(await ref, meta)
             # Checked on the host, where the bytes are, then copied host → device.
@@ -210,7 +231,7 @@ class KVMover:
         kv = self.buffers.take(engine.kv_shape(num_blocks), engine.dtype)
         # Shielded: a cancelled or timed-out request must not release the pair's lock while
         # its recv is still posted, or the next transfer's recv could meet this one's send.
-        task = asyncio.ensure_future(self._transfer(kv, peer, src, src_rank, rid))
+        task = asyncio.ensure_future(self._transfer(kv, peer, src, src_rank, rid, skip))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         meta = await asyncio.shield(task)
@@ -218,7 +239,7 @@ class KVMover:
         return kv, meta
 
     async def _transfer(
-        self, kv: torch.Tensor, peer: Any, src: str, src_rank: int, request_id: str
+        self, kv: torch.Tensor, peer: Any, src: str, src_rank: int, request_id: str, skip: int
     ) -> KVMeta:
         """recv here and send there, one transfer per worker pair at a time, in order."""
         group = self.group
@@ -226,7 +247,7 @@ class KVMover:
         async with self._pair_locks.setdefault(src, asyncio.Lock()):
             received = asyncio.ensure_future(asyncio.to_thread(group.recv, kv, src_rank))
             try:
-                packed, _ = await peer.send_kv.remote(request_id, group.rank)
+                packed, _ = await peer.send_kv.remote(request_id, group.rank, skip)
             except BaseException as exc:
                 # The sender gave up (or died): this recv stays posted until the group's
                 # timeout, so nothing else may use the group (it would meet the wrong bytes).

@@ -120,8 +120,8 @@ class Worker:
         )
         transfer: dict[str, Any] = {}
         try:
-            if blocks:
-                transfer = await self.mover.take(state, src, src_rank, len(blocks), deadline)
+            if blocks[1]:  # (held here already, reserved for the rest)
+                transfer = await self.mover.take(state, src, src_rank, blocks, deadline)
         except BaseException:
             await self.aengine.abort(rid)
             raise
@@ -173,9 +173,12 @@ class Worker:
 
     # -- KV hand-off: the mover's actor methods --------------------------------------------
 
-    async def send_kv(self, request_id: str, dst_rank: int) -> tuple[bytes, list[Any] | None]:
-        """A decode worker pulls a handed-off request's KV (`KVMover.send`)."""
-        return await self.mover.send(request_id, dst_rank)
+    async def send_kv(
+        self, request_id: str, dst_rank: int, skip_blocks: int = 0
+    ) -> tuple[bytes, list[Any] | None]:
+        """A decode worker pulls a handed-off request's KV, less the leading blocks it holds
+        (`KVMover.send`)."""
+        return await self.mover.send(request_id, dst_rank, skip_blocks)
 
     async def join_kv_group(self, group: str, world_size: int, rank: int) -> str:
         """Join the model's KV collective group (every member at the same time)."""

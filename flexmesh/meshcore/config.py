@@ -301,7 +301,8 @@ class PDConfig:
     cache_balance_ratio: float = 2.0
     """Cache-aware placement: a worker stays eligible for its cached prefix while its load
     (requests before their first token) is within this many times (the least loaded worker's
-    + 1); past it, load wins. The controller's balance lever lowers it while prefill piles up on one worker."""
+    + 1); past it, load wins. The controller's balance lever lowers it while prefill piles up
+    on one worker."""
 
     def __post_init__(self) -> None:
         check(self.min_prompt_tokens >= 0, "pd.min_prompt_tokens", self.min_prompt_tokens, ">= 0")

@@ -106,18 +106,25 @@ class PrefixCache:
 
     # -- queries -------------------------------------------------------------------------
 
-    def match(self, hashes: Sequence[BlockHash]) -> list[int]:
-        """Block ids of the longest cached prefix of `hashes` (not held: call `hold`)."""
+    def match(self, hashes: Sequence[BlockHash], count: bool = True) -> list[int]:
+        """Block ids of the longest cached prefix of `hashes` (not held: call `hold`). With
+        `count=False` the caller counts the lookup itself (`count_lookup`) once it uses it: a
+        waiting request may look up every step before it is admitted once."""
         ids: list[int] = []
         for h in hashes:
             block = self._by_hash.get(h)
             if block is None:
                 break
             ids.append(block)
-        self._lookups += 1
-        self._queried += len(hashes)
-        self._hits += len(ids)
+        if count:
+            self.count_lookup(len(hashes), len(ids))
         return ids
+
+    def count_lookup(self, queried_blocks: int, hit_blocks: int) -> None:
+        """Count one lookup of `queried_blocks` blocks that found `hit_blocks` in `stats`."""
+        self._lookups += 1
+        self._queried += queried_blocks
+        self._hits += hit_blocks
 
     def is_cached(self, block_id: int) -> bool:
         return block_id in self._hash_of

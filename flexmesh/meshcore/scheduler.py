@@ -26,8 +26,9 @@ so the runner never reads live request state, and only the scheduler mutates req
 
 With `engine.prefix_cache`, blocks come and go through a `PrefixCache` over the pool: a request
 starting from scratch is computed up to its longest cached prompt prefix before its first
-chunk (like imported KV), its prompt blocks enter the cache as they are computed, and releasing
-a request leaves cached blocks for the next one until the pool needs them back.
+chunk (like imported KV), a request reserved for imported KV holds that prefix and waits only
+for the rest, its prompt blocks enter the cache as they are computed or imported, and
+releasing a request leaves cached blocks for the next one until the pool needs them back.
 """
 
 from __future__ import annotations
@@ -114,16 +115,25 @@ class Scheduler:
     def reserve_for_kv(self, request: Request, num_kv_tokens: int, deadline: float) -> bool:
         """Park `request` with blocks for `num_kv_tokens` imported tokens until `deadline`.
 
+        With the prefix cache, the longest cached prefix of its prompt (whole blocks before the
+        last KV token, so at least one block still travels) is held rather than reserved: those
+        leading `num_cached_blocks` blocks are skipped by the transfer, which fills the rest.
         False (nothing reserved, nothing queued) when the blocks are not free now; the caller
         then adds it for recomputation instead. `kv_arrived` or `kv_failed` ends the wait.
         """
         self._check(request)
         if not 0 < num_kv_tokens < request.num_tokens:
             raise ValueError(f"num_kv_tokens {num_kv_tokens} outside (0, {request.num_tokens})")
-        need = blocks_needed(num_kv_tokens, self.config.block_size_tokens)
+        size = self.config.block_size_tokens
+        queried = (num_kv_tokens - 1) // size
+        held = self._hold_prefix(request, queried)
+        need = blocks_needed(num_kv_tokens, size) - held
         if not self._can_allocate(need):
+            self._release(request)  # the hits go back to the cache
             return False
-        request.block_ids = self._allocate(need)
+        if self.cache is not None:
+            self.cache.count_lookup(min(queried, len(request.block_hashes)), held)
+        request.block_ids += self._allocate(need)
         request.num_computed_tokens = 0
         self.requests[request.request_id] = request
         self._park(request, RequestStatus.WAITING_FOR_KV, deadline)
@@ -135,11 +145,13 @@ class Scheduler:
         return req if req is not None and req.status == status else None
 
     def kv_arrived(self, request_id: str, num_kv_tokens: int) -> None:
-        """The reserved blocks hold the KV of the first `num_kv_tokens` tokens: queue it."""
+        """The reserved blocks hold the KV of the first `num_kv_tokens` tokens: queue it. Its
+        imported prompt blocks enter the prefix cache like computed ones."""
         req = self.get(request_id, RequestStatus.WAITING_FOR_KV)
         if req is None:
             raise KeyError(f"{request_id} is not waiting for KV")
         req.num_computed_tokens = num_kv_tokens
+        self._cache_computed(req)
         self._requeue(req)  # it is mid-stream: its client already has a token
 
     def kv_failed(self, request_id: str) -> None:
@@ -251,7 +263,7 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             req = self.waiting[0]
-            self._reuse_prefix(req)
+            looked_up = self._reuse_prefix(req)
             remaining = req.num_tokens - req.num_computed_tokens
             n = self._room(remaining, budget)
             extra = blocks_needed(req.num_computed_tokens + n, self.config.block_size_tokens)
@@ -263,6 +275,8 @@ class Scheduler:
                 self._forget_prefix(req)
                 break
             self.waiting.popleft()
+            if looked_up and self.cache is not None:  # counted once, when admitted
+                self.cache.count_lookup(len(req.block_hashes), req.num_cached_blocks)
             req.block_ids += self._allocate(extra)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_time is None:
@@ -326,19 +340,29 @@ class Scheduler:
     def _allocate(self, n: int) -> list[int]:
         return self.cache.allocate(n) if self.cache is not None else self.pool.allocate(n)
 
-    def _reuse_prefix(self, req: Request) -> None:
+    def _reuse_prefix(self, req: Request) -> bool:
         """A request starting from scratch takes the longest cached prefix of its prompt and
-        computes from there (at least its last prompt token is computed: it gives the logits)."""
+        computes from there (at least its last prompt token is computed: it gives the logits).
+        True when it looked the cache up (the lookup is counted if the request is admitted)."""
         if self.cache is None or req.num_computed_tokens or req.block_ids:
-            return
-        size = self.config.block_size_tokens
+            return False
+        req.num_computed_tokens = self._hold_prefix(req) * self.config.block_size_tokens
+        return True
+
+    def _hold_prefix(self, req: Request, max_blocks: int | None = None) -> int:
+        """Hold the longest cached prefix of `req`'s prompt (at most `max_blocks` blocks) as the
+        start of its empty block table; return its length in blocks (0 without a cache). The
+        prompt's block names are made once, here: `_cache_computed` inserts under them."""
+        if self.cache is None:
+            return 0
         if not req.block_hashes:
+            size = self.config.block_size_tokens
             req.block_hashes = chain_hashes(req.prompt_token_ids[:-1], size, "")
-        hit = self.cache.match(req.block_hashes)
+        hit = self.cache.match(req.block_hashes[:max_blocks], count=False)
         self.cache.hold(hit)
         req.block_ids = list(hit)
         req.num_cached_blocks = len(hit)
-        req.num_computed_tokens = len(hit) * size
+        return len(hit)
 
     def _forget_prefix(self, req: Request) -> None:
         """Undo `_reuse_prefix` for a request that stays waiting (its hits stay cached)."""

@@ -8,7 +8,8 @@ the step, `Scheduler.update_from_output`, the hand-off's export at the step's en
 
 - a step's forward pass: `StepCost.ms` of the plan's chunks (the step's virtual duration);
 - a hand-off's KV: exported on the prefill worker's engine after its step, carried over the
-  profile's transport between the two workers, imported on the decode worker's engine;
+  profile's transport between the two workers (less the prompt prefix the decode worker's
+  cache holds already), imported on the decode worker's engine;
 - hops: opening a stream (`request_ms`), each streamed message (`chunk_ms`), control calls
   (`control_ms`).
 
@@ -130,7 +131,8 @@ class SimWorker:
         queue = self._open(rid, state.sent_tokens, (state.queue_ms, state.prefill_ms))
         if reserved:
             assert source is not None
-            self._loop.create_task(self._pull(source, rid, state.num_kv_tokens))
+            held = request.num_cached_blocks * self.scheduler.config.block_size_tokens
+            self._loop.create_task(self._pull(source, rid, state.num_kv_tokens, held))
         async for out in self._relay(rid, queue):
             yield out
 
@@ -259,8 +261,9 @@ class SimWorker:
 
     # -- hand-off ------------------------------------------------------------------------------
 
-    async def _pull(self, source: SimWorker, rid: str, tokens: int) -> None:
-        """Take `rid`'s KV from `source` once it is exported there, over the pair's link."""
+    async def _pull(self, source: SimWorker, rid: str, tokens: int, held: int) -> None:
+        """Take `rid`'s KV from `source` once it is exported there, over the pair's link: all
+        but its first `held` tokens, which this worker's prefix cache holds already."""
         deadline = self._loop.time() + self.transfer_s
         nbytes = source._staged.pop(rid, None)
         while nbytes is None:  # exported at the end of the step that handed it off
@@ -270,6 +273,7 @@ class SimWorker:
                 return
             await source.exported.wait()
             nbytes = source._staged.pop(rid, None)
+        nbytes -= held * self.shape.kv_bytes_per_token
         _, link = self.transport(source, self)
         await asyncio.sleep(link.transfer.ms(nbytes) / 1000.0)
         self._imports.append((rid, tokens, nbytes))

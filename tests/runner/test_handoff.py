@@ -5,8 +5,10 @@ one, else the `meta` device, recorded op by op with a TorchDispatchMode)."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cache
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +24,7 @@ from flexmesh.actors.kv_mover import KVMover
 from flexmesh.actors.runner.engine import Engine
 from flexmesh.actors.runner.runner import ModelRunner, pick_device
 from flexmesh.meshcore.config import EngineConfig, PDConfig
+from flexmesh.meshcore.errors import KVTransferError
 from flexmesh.meshcore.messages import RequestOutput, RequestState
 from flexmesh.meshcore.request import RequestStatus
 from flexmesh.meshcore.sampling import SamplingParams
@@ -39,6 +42,8 @@ class Pair:
         self.p = Engine(model_path, cfg)
         self.d = Engine(model_path, cfg)
         self.outputs: dict[str, list[RequestOutput]] = {}
+        self.moved_blocks = 0
+        """KV blocks handed over so far (those the decode side held already stay)."""
 
     def run(
         self,
@@ -80,13 +85,14 @@ class Pair:
     def _hand_over(self, out: RequestOutput, kv: torch.Tensor, lose_kv: bool) -> None:
         state = out.handoff
         assert state is not None
-        blocks = self.d.resume(state, kv_deadline=time.monotonic() + 60)
+        held, blocks = self.d.resume(state, kv_deadline=time.monotonic() + 60)
         assert blocks, "blocks are free: the decode side must reserve them"
         if lose_kv:  # as the worker and the gateway's route do: abort, resume without KV
             self.d.abort(state.request_id)
-            assert self.d.resume(state, kv_deadline=None) == []
-        else:
-            self.d.import_kv(state.request_id, kv, state.num_kv_tokens)
+            assert self.d.resume(state, kv_deadline=None) == (0, 0)
+        else:  # only the blocks the decode side does not hold travel, as the mover sends them
+            self.moved_blocks += blocks
+            self.d.import_kv(state.request_id, kv[:, :, held:], state.num_kv_tokens)
 
     def all_free(self) -> bool:
         return all(
@@ -158,7 +164,7 @@ def test_seeded_sampling_continues_with_the_same_tokens_after_a_migration(
     for cut in (1, NEW_TOKENS // 2):
         state = RequestState(f"moved-{strategy}-{cut}", tuple(ids), tuple(whole[:cut]), sp,
                              sent_tokens=cut)  # fmt: skip
-        assert pair.d.resume(state, kv_deadline=None) == []  # recomputes, as a migration does
+        assert pair.d.resume(state, kv_deadline=None) == (0, 0)  # recomputes, as a migration does
         rest: list[int] = []
         while pair.d.has_unfinished():
             rest += [t for out in pair.d.step() for t in out.token_ids]
@@ -317,8 +323,8 @@ async def test_the_object_store_fallback_copies_through_the_host_and_says_so(
     kv = p.gather_kv([1, 3, 5])
     array, meta = to_numpy(kv), describe(kv, "r1", "m")
 
-    async def send_kv(rid: str, dst_rank: int) -> tuple[bytes, list[Any]]:
-        assert dst_rank < 0  # the object store
+    async def send_kv(rid: str, dst_rank: int, skip_blocks: int) -> tuple[bytes, list[Any]]:
+        assert dst_rank < 0 and skip_blocks == 0  # the object store, every block
         ref = asyncio.get_running_loop().create_future()
         ref.set_result(array)
         return meta.pack(), [ref]
@@ -326,9 +332,71 @@ async def test_the_object_store_fallback_copies_through_the_host_and_says_so(
     receiver._peers["p"] = SimpleNamespace(send_kv=SimpleNamespace(remote=send_kv))
     state = RequestState("r1", (1,) * 12, (2,), SamplingParams(), num_kv_tokens=12,
                          kv_node="node-1")  # fmt: skip
-    route = await receiver.take(state, "p", -1, 3, time.monotonic() + 30)
+    route = await receiver.take(state, "p", -1, (0, 3), time.monotonic() + 30)
     hops = "→".join(t for t in (p.device.type, "host", d.device.type) if t != "cpu")
     assert route["kv_transport"] == f"object_store ({hops})"
     assert imported == [d.kv_cache.device]
     if device != "meta":
         assert torch.equal(d.kv_cache[:, :, [0, 2, 4]], p.kv_cache[:, :, [1, 3, 5]])
+
+
+class Wire:
+    """Both ends' collective group in process, with gloo's rules: a send meets the posted recv
+    of the same dtype and size, and both take contiguous memory."""
+
+    name, backend, rank, broken = "kv-m", "gloo", 1, ""
+
+    def __init__(self) -> None:
+        self.sent: queue.Queue[torch.Tensor] = queue.Queue()
+
+    def send(self, kv: torch.Tensor, dst_rank: int) -> None:
+        assert kv.is_contiguous(), "gloo sends contiguous memory"
+        self.sent.put(kv.clone())
+
+    def recv(self, buffer: torch.Tensor, src_rank: int) -> None:
+        kv = self.sent.get(timeout=10)
+        assert buffer.is_contiguous() and buffer.dtype == kv.dtype
+        if buffer.numel() != kv.numel():
+            raise RuntimeError(f"gloo: {kv.numel()} elements sent, {buffer.numel()} posted")
+        buffer.view(-1).copy_(kv.view(-1))
+
+
+class Ref:
+    """An object store's reference in process: awaiting it gives the value."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        yield from ()
+        return self.value
+
+
+@pytest.mark.parametrize("transport", ["object_store", "gloo"])
+async def test_only_the_blocks_the_decode_side_lacks_travel(
+    transport: str, on_one_node: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode side holds the first 2 of a request's 5 blocks (its prefix cache): the sender
+    sends the other 3 (copied out of its staged KV, contiguous, checksummed), the receiver
+    checks them against its reservation and imports them, and the route counts the bytes
+    moved. A reservation that does not match what is sent fails the transfer."""
+    p, d = _runner("cpu"), _runner("cpu")
+    sender, receiver = _mover(p, [], []), _mover(d, [0, 2, 4], [])
+    wire = Wire()
+    sender.group = receiver.group = wire  # type: ignore[assignment]
+    monkeypatch.setattr(ray, "put", lambda array: Ref(array.copy()))  # the store copies
+    receiver._peers["p"] = SimpleNamespace(send_kv=SimpleNamespace(remote=sender.send))
+    assert sender.aengine.exports is not None
+    stage, _ = sender.aengine.exports
+    group = wire.name if transport == "gloo" else ""
+    for rid in ("r1", "r2"):  # the planned exports on P, all 5 blocks each
+        sender._stage(rid, p.gather_kv([1, 3, 5, 6, 7], stage(p.kv_shape(5))))
+    state = RequestState("r1", (1,) * 20, (2,), SamplingParams(), num_kv_tokens=20,
+                         kv_group=group, kv_node="node-1")  # fmt: skip
+    route = await receiver.take(state, "p", 0, (2, 3), time.monotonic() + 30)
+    assert route["kv_transport"] == transport
+    assert route["kv_bytes"] == 3 * p.kv_cache[:, :, :1].nbytes
+    assert torch.equal(d.kv_cache[:, :, [0, 2, 4]], p.kv_cache[:, :, [5, 6, 7]])
+    assert "r1" not in sender._staged, "sent: the staged copy is freed"
+    with pytest.raises(KVTransferError):  # 4 blocks sent (1 skipped), room for 3 here
+        await receiver.take(replace(state, request_id="r2"), "p", 0, (1, 3), time.monotonic() + 30)

@@ -107,8 +107,9 @@ def test_eviction_under_pressure_and_preemption_keep_tokens(small_path: str) -> 
 
 
 def test_disaggregated_with_a_prefix_cache_matches_hf(model_path: str) -> None:
-    """The prefill worker starts after its cached prefix, hands the whole KV over, and the
-    decode side continues: the same tokens as Hugging Face."""
+    """The prefill worker starts after its cached prefix, hands the KV over (less what the
+    decode side caches already), and the decode side continues: the same tokens as Hugging
+    Face."""
     from tests.runner.test_handoff import CFG, Pair
 
     pair = Pair(model_path, replace(CFG, prefix_cache=True))
@@ -119,5 +120,28 @@ def test_disaggregated_with_a_prefix_cache_matches_hf(model_path: str) -> None:
     for ids, out in zip(prompts, got, strict=True):
         assert out == hf_greedy(model_path, tuple(ids), NEW_TOKENS)
     assert pair.p.scheduler.cache.stats().hit_tokens > 0  # type: ignore[union-attr]
+    _assert_blocks_settled(pair.p)
+    _assert_blocks_settled(pair.d)
+
+
+def test_the_decode_side_imports_only_the_blocks_it_does_not_hold(model_path: str) -> None:
+    """A second request sharing two blocks of prompt with the first: the decode worker cached
+    them when the first one's KV arrived, so only the rest travels, and the tokens are still
+    Hugging Face's."""
+    from tests.runner.test_handoff import CFG, Pair
+
+    pair = Pair(model_path, replace(CFG, prefix_cache=True))
+    block = CFG.block_size_tokens
+    system = pair.p.tokenizer.encode(SYSTEM, add_special_tokens=False)
+    question = pair.p.tokenizer.encode(" Name a colour.", add_special_tokens=False)
+    first, second = system[: 2 * block + 5], system[: 2 * block + 1] + question
+    sp = SamplingParams(max_tokens=NEW_TOKENS)
+    got = pair.run([first], [sp]) + pair.run([second], [sp])
+    for ids, out in zip([first, second], got, strict=True):
+        assert out == hf_greedy(model_path, tuple(ids), NEW_TOKENS)
+    whole = sum(-(-len(ids) // block) for ids in (first, second))
+    assert pair.moved_blocks == whole - 2, (pair.moved_blocks, whole)
+    stats = pair.d.scheduler.cache.stats()  # type: ignore[union-attr]
+    assert stats.hit_blocks == 2 and stats.cached_blocks >= 2, stats
     _assert_blocks_settled(pair.p)
     _assert_blocks_settled(pair.d)

@@ -271,3 +271,48 @@ def test_plan_finds_the_fewest_devices_that_meet_the_slos(tmp_path: Path) -> Non
     assert all(s["slo_attainment"] < 0.9 or s["failed"] for s in tried[d - 1].values())
     chosen = load_mesh_config(report["config_file"])
     assert sum(m.num_workers for m in chosen.models) == d
+
+
+def _shared_prefix_requests(groups: int, per_group: int, gap_s: float) -> list[ReplayRequest]:
+    """Groups of prompts sharing a 384-token system prompt (text: 4 characters a token), each
+    with a 64-token question of its own; the groups interleave."""
+    reqs = []
+    for i in range(groups * per_group):
+        system = f"system prompt of group {i % groups}: ".ljust(384 * 4, "s")
+        question = f"question {i}?".ljust(64 * 4, "q")
+        reqs.append(ReplayRequest(i, i * gap_s, system + question, 448, 8, "chat"))
+    return reqs
+
+
+def test_the_simulator_runs_the_prefix_cache_and_cache_aware_placement() -> None:
+    """The engines' caches and the gateway's index run inside the simulation: with the cache,
+    prompts compute less; with each worker's KV too small for every group, placing by cache
+    computes less than placing by load, and as evenly; every block ends free or cached, unheld."""
+    work = _shared_prefix_requests(groups=8, per_group=6, gap_s=0.05)
+    two = {"name": "m", "num_workers": 2, "roles": ["mixed", "mixed"]}
+    computed = {}
+    for name, prefix_cache, placement in (
+        ("off", False, "least_loaded"),
+        ("least_loaded", True, "least_loaded"),
+        ("cache_aware", True, "cache_aware"),
+    ):
+        config = _config(
+            models=[two],
+            engine={"prefix_cache": prefix_cache, "num_kv_blocks": 160},
+            pd={"placement": placement},
+        )
+        records, mesh = _simulate(config, _profile(FIXED), work)
+        assert all(r.status == "OK" for r in records) and len(records) == len(work)
+        per_worker = [w.stats.prompt_tokens for w in mesh.workers.values()]
+        computed[name] = sum(per_worker)
+        if placement == "cache_aware":  # the groups split between the workers: balanced
+            assert max(per_worker) <= 1.3 * min(per_worker)
+        for w in mesh.workers.values():
+            s = w.scheduler
+            if s.cache is None:
+                assert s.pool.num_free == s.pool.num_blocks
+                continue
+            assert s.pool.num_used == s.cache.num_evictable  # nothing held after the run
+            s.cache.clear()
+            assert s.pool.num_free == s.pool.num_blocks
+    assert computed["cache_aware"] < computed["least_loaded"] < computed["off"]

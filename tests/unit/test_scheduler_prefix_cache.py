@@ -1,12 +1,15 @@
 """The scheduler with `engine.prefix_cache` on, no model: hits start a request after its cached
-prefix, and after any mix of steps, finishes, aborts, preemptions, migrations (a request added
-again with its tokens) and failed hand-offs, every block is free or cached with no owner."""
+prefix (computed here or imported), a decode side's reservation holds its cached prefix and
+reserves the rest, and after any mix of steps, finishes, aborts, preemptions, migrations (a
+request added again with its tokens) and hand-offs (reserved, arrived, failed, expired), every
+block is free or cached with no owner."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flexmesh.meshcore.block_pool import blocks_needed
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.request import Request, RequestStatus
 from flexmesh.meshcore.sampling import SamplingParams
@@ -38,6 +41,17 @@ def _settled(s: Scheduler) -> None:
             held[b] = held.get(b, 0) + 1
     for b in range(s.pool.num_blocks):
         assert s.pool.ref_count(b) == held.get(b, 0) + cache.is_cached(b), b
+    for r in s.requests.values():
+        if r.status == RequestStatus.WAITING_FOR_KV:  # its held prefix is cached, in order
+            assert (
+                cache.match(r.block_hashes[: r.num_cached_blocks])
+                == r.block_ids[: r.num_cached_blocks]
+            )
+
+
+def _handed(rid: str, prompt: list[int]) -> Request:
+    """A request as a decode worker resumes it: its prompt and first token."""
+    return Request(rid, prompt, SamplingParams(max_tokens=4), output_token_ids=[7])
 
 
 def test_a_second_request_starts_after_the_cached_prefix() -> None:
@@ -53,6 +67,36 @@ def test_a_second_request_starts_after_the_cached_prefix() -> None:
     assert s.cache.stats().hit_tokens == 3 * BLOCK
 
 
+def test_a_request_that_waits_is_counted_once_when_admitted() -> None:
+    cfg = EngineConfig(block_size_tokens=BLOCK, max_batched_tokens=32, prefix_cache=True)
+    s = Scheduler(cfg, 8, max_model_len_tokens=256)
+    prompt = list(range(1, 14))
+    s.add(Request("a", prompt, SamplingParams(max_tokens=2)))
+    while s.has_unfinished():
+        _step(s)
+    assert s.cache is not None
+    before = s.cache.stats()
+    s.add(Request("hog", list(range(50, 70)), SamplingParams(max_tokens=8, ignore_eos=True)))
+    b = Request("b", [*prompt, 99], SamplingParams(max_tokens=2))
+    s.add(b)
+    for _ in range(3):  # the hog's blocks leave "b" waiting: it looks up every step
+        _step(s)
+        assert b.status == RequestStatus.WAITING
+    start = None
+    while start is None:
+        plan = s.schedule(0.0)
+        start = next((c.start for c in plan.chunks if c.request_id == "b"), None)
+        s.update_from_output(plan, {c.request_id: [7] for c in plan.chunks if c.samples}, 0.0)
+    after = s.cache.stats()
+    assert after.lookups - before.lookups == 2  # the hog's and b's, once each
+    assert after.hit_tokens - before.hit_tokens == start  # b's hit, where it started
+
+
+RESERVE = st.tuples(
+    st.just("reserve"), st.integers(0, 2), st.integers(1, 10), st.integers(0, 4), st.integers(1, 3)
+)
+"""A decode side's reservation: prefix, prompt tokens after it, KV tokens short of the
+prompt, deadline."""
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.integers(0, 2), st.integers(1, 14), st.integers(1, 6)),
@@ -60,6 +104,10 @@ OPS = st.lists(
         st.tuples(st.just("abort"), st.integers(0, 7)),
         st.tuples(st.just("migrate"), st.integers(0, 7)),
         st.tuples(st.just("hand_off_fails"), st.integers(0, 2), st.integers(2, 10)),
+        RESERVE,
+        st.tuples(st.just("arrive"), st.integers(0, 7)),
+        st.tuples(st.just("kv_fails"), st.integers(0, 7)),
+        st.tuples(st.just("expire"), st.integers(0, 3)),
     ),
     max_size=40,
 )
@@ -70,8 +118,10 @@ OPS = st.lists(
 def test_blocks_are_always_free_cached_or_owned(ops: list[tuple], blocks: int) -> None:
     s = _sched(blocks)
     n = 0
+    kv_tokens: dict[str, int] = {}
     for op in ops:
         ids = sorted(s.requests)
+        parked = [r for r in ids if s.requests[r].status == RequestStatus.WAITING_FOR_KV]
         if op[0] == "add":
             _, prefix, extra, max_tokens = op
             prompt = PREFIXES[prefix] + list(range(1, extra + 1))
@@ -91,11 +141,72 @@ def test_blocks_are_always_free_cached_or_owned(ops: list[tuple], blocks: int) -
             n += 1
             if s.reserve_for_kv(req, extra, deadline=1.0):
                 s.kv_failed(req.request_id)  # recomputed here, from its prefix if cached
+        elif op[0] == "reserve":
+            _, prefix, extra, cut, deadline = op
+            req = _handed(f"r{n}", PREFIXES[prefix] + list(range(1, extra + 1)))
+            n += 1
+            kv = max(1, req.num_prompt_tokens - cut)  # the whole prompt, or less of it
+            if s.reserve_for_kv(req, kv, deadline=float(deadline)):
+                kv_tokens[req.request_id] = kv
+                assert len(req.block_ids) == blocks_needed(kv, BLOCK)
+                assert req.num_cached_blocks * BLOCK < kv  # at least one block travels
+            else:
+                assert not req.block_ids and req.request_id not in s.requests
+        elif op[0] == "arrive" and parked:
+            rid = parked[op[1] % len(parked)]
+            _arrive(s, rid, kv_tokens[rid])
+        elif op[0] == "kv_fails" and parked:
+            s.kv_failed(parked[op[1] % len(parked)])  # recomputed here, from its prefix if cached
+        elif op[0] == "expire":
+            s.expire(float(op[1]))
         _settled(s)
-        assert all(r.status != RequestStatus.WAITING_FOR_KV for r in s.requests.values())
+    for rid in [r for r, req in s.requests.items() if req.status == RequestStatus.WAITING_FOR_KV]:
+        _arrive(s, rid, kv_tokens[rid])
     while s.has_unfinished():
         _step(s)
         _settled(s)
     assert s.cache is not None and not s.requests
     s.cache.clear()
     assert s.pool.num_free == s.pool.num_blocks
+
+
+def _arrive(s: Scheduler, rid: str, kv: int) -> None:
+    """The KV of `rid` arrives: its whole imported prompt blocks are cached from then on."""
+    s.kv_arrived(rid, kv)
+    req = s.requests[rid]
+    assert s.cache is not None and req.num_computed_tokens == kv
+    whole = min(min(kv, req.num_prompt_tokens) // BLOCK, len(req.block_hashes))
+    assert len(s.cache.match(req.block_hashes[:whole])) == whole
+
+
+def test_a_reservation_holds_the_cached_prefix_and_reserves_the_rest() -> None:
+    s = _sched(8)
+    prompt = list(range(1, 14))  # 13 tokens: 3 full blocks before the last token
+    s.add(Request("a", prompt, SamplingParams(max_tokens=2)))
+    while s.has_unfinished():
+        _step(s)
+    assert s.cache is not None and s.cache.num_evictable == 3
+    # 17 KV tokens, 5 blocks: the 3 cached ones are held, 2 are reserved for what travels.
+    b = _handed("b", [*prompt, 99, 98, 97, 96])
+    assert s.reserve_for_kv(b, 17, deadline=1.0)
+    assert b.num_cached_blocks == 3 and len(b.block_ids) == 5 and s.cache.num_evictable == 0
+    assert s.pool.num_free == 8 - 5
+    _settled(s)
+    s.kv_arrived("b", 17)
+    (chunk,) = s.schedule(0.0).chunks
+    assert chunk.start == 17  # computed up to its KV, the held prefix included
+    # Not enough blocks for the rest: nothing stays held, the hits go back to the cache.
+    c = _handed("c", [*prompt, 98, *range(200, 215)])  # 8 blocks, 3 of them cached
+    assert not s.reserve_for_kv(c, c.num_prompt_tokens, deadline=1.0)
+    assert not c.block_ids and c.num_cached_blocks == 0
+    _settled(s)
+    s.abort("b")
+    assert s.cache.num_evictable == 4  # b's imported full prompt block joined the cache
+    _settled(s)
+    # KV ending on a cached block's end: that block travels (a transfer is never empty).
+    d = _handed("d", prompt)
+    assert s.reserve_for_kv(d, 12, deadline=1.0)
+    assert d.num_cached_blocks == 2 and len(d.block_ids) == 3
+    s.kv_failed("d")
+    assert not d.block_ids and s.cache.num_evictable == 4
+    _settled(s)

@@ -6,8 +6,9 @@ worker runs it in a background thread (`AsyncEngine`); tests and benchmarks call
 Hand-off seams (called between steps, on the thread that steps): a request added with
 `hand_off` stops after its first token, whose output carries its `RequestState`; at the end of
 that step `export_handed_off` copies its KV out and frees its blocks (the planned export: the
-worker's KV mover sends the copy); a decode engine `resume`s that state
-with blocks reserved, then `import_kv` lets it continue (a lost KV is aborted here, and the
+worker's KV mover sends the copy, less the leading blocks the decode side holds already); a
+decode engine `resume`s that state with blocks reserved (its cached prompt prefix held
+instead), then `import_kv` lets it continue (a lost KV is aborted here, and the
 gateway's route resumes the request without KV: recomputed). Each seam
 checks the request's status (`KV_IN_FLIGHT`, `WAITING_FOR_KV`), the scheduler's one truth.
 
@@ -141,12 +142,15 @@ class Engine:
         if bad:
             raise InvalidRequestError(field, f"ids out of the vocabulary of {vocab}: {bad[:5]}")
 
-    def resume(self, state: RequestState, kv_deadline: float | None) -> list[int]:
-        """Continue a request another worker started; return the block ids its KV goes into.
+    def resume(self, state: RequestState, kv_deadline: float | None) -> tuple[int, int]:
+        """Continue a request another worker started; return (leading blocks of its KV this
+        engine holds already, blocks the rest goes into): the transfer skips the first and
+        fills the second.
 
         With `kv_deadline`, blocks for the state's KV are reserved (the request waits for
-        `import_kv` or an abort until then); with none, or when the blocks are not free,
-        the request recomputes its tokens here and the list is empty.
+        `import_kv` or an abort until then), the cached prefix of its prompt held instead
+        (`engine.prefix_cache`); with none, or when the blocks are not free, the request
+        recomputes its tokens here and both are 0.
         """
         if self.scheduler.get(state.request_id, RequestStatus.KV_IN_FLIGHT) is not None:
             # Prefilled here for a hand-off not exported yet: it continues here now.
@@ -174,7 +178,9 @@ class Engine:
         self._tracked[state.request_id] = Tracked(
             request, detok, state.sent_tokens, (state.queue_ms, state.prefill_ms)
         )
-        return list(request.block_ids) if reserved else []
+        if not reserved:
+            return 0, 0
+        return request.num_cached_blocks, len(request.block_ids) - request.num_cached_blocks
 
     def export_handed_off(
         self, stage: Callable[[tuple[int, ...]], torch.Tensor] | None = None
@@ -198,11 +204,12 @@ class Engine:
         return self.runner.kv_shape(num_blocks)
 
     def import_kv(self, request_id: str, kv: torch.Tensor, num_kv_tokens: int) -> None:
-        """Write received KV into the request's reserved blocks; it then decodes from there."""
+        """Write received KV into the request's reserved blocks (after the prefix it held here
+        already: `resume`); it then decodes from there."""
         req = self.scheduler.get(request_id, RequestStatus.WAITING_FOR_KV)
         if req is None:
             raise KeyError(f"{request_id} is not waiting for KV (expired or aborted)")
-        self.runner.scatter_kv(req.block_ids, kv)
+        self.runner.scatter_kv(req.block_ids[req.num_cached_blocks :], kv)
         self.scheduler.kv_arrived(request_id, num_kv_tokens)
 
     def expire(self) -> list[str]:
