@@ -33,11 +33,11 @@ class EngineConfig:
     static co-location split. The controller (or an operator) changes it while serving."""
     chunked_prefill: bool = True
     """Split prompts longer than the step budget across steps."""
-    prefix_cache: bool = False
+    prefix_cache: bool = True
     """Keep the KV of computed prompt blocks after their request and start a new request after
     its longest cached prefix (`meshcore/prefix_cache.py`); the gateway then places prompts
-    by cache too (`pd.placement`). Off until the no-reuse benchmark of issue 26 has measured
-    its cost."""
+    by cache too (`pd.placement`). On by default: with nothing to reuse it cost 2% of output
+    throughput (`flexmesh bench prefix`, no-reuse rows; the bound was 5%)."""
     dtype: str = "auto"
     """Weight dtype: auto (fp32 on CPU, bf16 on NPU/CUDA), float32, float16 or bfloat16."""
     device: str = "auto"

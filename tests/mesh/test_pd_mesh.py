@@ -39,6 +39,10 @@ def pd_mesh(mesh: Mesh, models_dir: Path) -> Iterator[Mesh]:
                 {"name": MODEL, "num_workers": 2, "num_cpus": 0.01, "roles": ["prefill", "decode"]}
             ],
             "gateway": {"port": 0},
+            # Every prompt hands off from scratch: with the prefix cache, one whose prefix the
+            # decode worker holds would run there alone (the cache with hand-offs is tested in
+            # tests/runner/test_prefix_cache_engine.py and tests/runner/test_handoff.py).
+            "engine": {"prefix_cache": False},
             "pd": {"min_prompt_tokens": 16, "transfer_timeout_ms": 2000, "hold_timeout_ms": 4000},
             "models_dir": str(models_dir),
             "namespace": "flexmesh-pd-test",

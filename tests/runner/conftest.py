@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from flexmesh.meshcore.scheduler import Scheduler
+
 PROMPTS = (
     "def add(a, b):\n    return",
     "The quick brown fox jumps over the lazy dog. " * 6,
@@ -39,3 +41,11 @@ def hf_greedy(model_path: str, prompt_ids: tuple[int, ...], new_tokens: int) -> 
         torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False, use_cache=True
     )
     return out[0, len(prompt_ids) :].tolist()
+
+
+def holds_nothing(scheduler: Scheduler) -> bool:
+    """No request holds a block: every block is free or cached with no owner, and emptying
+    the prefix cache (when there is one) leaves the whole pool free."""
+    if scheduler.cache is not None:
+        scheduler.cache.clear()
+    return scheduler.pool.num_free == scheduler.pool.num_blocks

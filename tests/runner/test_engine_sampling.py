@@ -10,7 +10,7 @@ from flexmesh.actors.runner.engine import Engine
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.errors import InvalidRequestError
 from flexmesh.meshcore.sampling import SamplingParams
-from tests.runner.conftest import PROMPTS, hf_greedy
+from tests.runner.conftest import PROMPTS, hf_greedy, holds_nothing
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_abort_frees_every_block(engine: Engine) -> None:
     for r in rids:
         assert engine.abort(r)
     assert not engine.has_unfinished()
-    assert engine.scheduler.pool.num_free == engine.scheduler.pool.num_blocks
+    assert holds_nothing(engine.scheduler)
     assert not engine.abort(rids[0])
 
 

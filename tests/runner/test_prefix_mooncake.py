@@ -57,6 +57,8 @@ def test_a_mooncake_window_gives_the_same_tokens_with_and_without_the_cache(
     ideal = prefix_references(workload.requests, workload.block_tokens, None)["ideal_hit_rate"]
     assert ideal > 0 and stats.hit_tokens > 0
     assert stats.hit_tokens <= ideal * sum(map(len, prompts)) + config.block_size_tokens
-    off = Engine(small_path, EngineConfig(block_size_tokens=16, num_kv_blocks=512))
+    off = Engine(
+        small_path, EngineConfig(block_size_tokens=16, num_kv_blocks=512, prefix_cache=False)
+    )
     assert with_cache == _replay(off, prompts)
     assert all(len(out) == NEW_TOKENS for out in with_cache)

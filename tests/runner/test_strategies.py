@@ -9,7 +9,7 @@ import pytest
 from flexmesh.actors.runner.engine import Engine
 from flexmesh.meshcore.config import EngineConfig
 from flexmesh.meshcore.sampling import SamplingParams
-from tests.runner.conftest import PROMPTS, hf_greedy
+from tests.runner.conftest import PROMPTS, hf_greedy, holds_nothing
 
 NEW_TOKENS = 32
 
@@ -54,7 +54,7 @@ def test_pld_and_spec_match_plain_greedy(model_path: str, models_dir: Path, draf
         assert 0 <= accepted <= proposed
         if expected != "none":
             assert proposed > 0, f"{strategy} proposed no drafts"
-    assert engine.scheduler.pool.num_free == engine.scheduler.pool.num_blocks
+    assert holds_nothing(engine.scheduler)
     if engine.draft is not None:
         assert (
             engine.draft.pool.num_free == engine.draft.pool.num_blocks and not engine.draft.shadows

@@ -106,7 +106,8 @@ def test_a_hand_off_costs_the_transport_and_the_route_follows_the_decode_worker(
     assert r.ttft_s == pytest.approx(0.020, abs=1e-9)
     # after the first token: export 1 ms on P, transfer 2 ms, import 1 ms on D, two decodes
     assert r.e2e_s == pytest.approx(0.020 + 0.001 + 0.002 + 0.001 + 2 * 0.0101, abs=1e-9)
-    assert all(w.scheduler.pool.num_used == 0 for w in mesh.workers.values())
+    for s in (w.scheduler for w in mesh.workers.values()):  # held by nobody, cached at most
+        assert s.pool.num_used == (s.cache.num_evictable if s.cache is not None else 0)
 
 
 def _burst(n: int = 24) -> list[ReplayRequest]:

@@ -138,9 +138,11 @@ def test_reference_counts_hold_under_any_operation_sequence(ops: list[tuple[str,
             hashes = ["".join(arg[: i + 1]) for i in range(len(arg))]
             hit = cache.match(hashes)
             need = len(hashes) - len(hit)
-            if cache.can_allocate(need):  # else refused, as the scheduler refuses it today
-                cache.hold(hit)
+            cache.hold(hit)  # first: held hits are no longer evictable room (as the scheduler)
+            if cache.can_allocate(need):
                 live.append(_Req(hashes, hit + cache.allocate(need), len(hit)))
+            else:  # refused, as the scheduler refuses it today
+                cache.release(hit)
         elif live and op in ("compute", "finish", "abort"):
             assert isinstance(arg, int)
             r = live[arg % len(live)]

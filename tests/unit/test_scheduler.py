@@ -14,8 +14,14 @@ from flexmesh.meshcore.scheduler import Scheduler
 
 
 def _sched(blocks: int = 64, budget: int = 64, seqs: int = 8, chunked: bool = True) -> Scheduler:
+    # Batching alone: these prompts share tokens, which the prefix cache (on by default, and
+    # tested in test_scheduler_prefix_cache.py) would reuse.
     cfg = EngineConfig(
-        block_size_tokens=4, max_batched_tokens=budget, max_num_seqs=seqs, chunked_prefill=chunked
+        block_size_tokens=4,
+        max_batched_tokens=budget,
+        max_num_seqs=seqs,
+        chunked_prefill=chunked,
+        prefix_cache=False,
     )
     return Scheduler(cfg, blocks, max_model_len_tokens=1000)
 
