@@ -108,6 +108,13 @@ def add_mesh_commands(sub: Any) -> None:
     q.add_argument(
         "--route", action="append", default=[], help="intent=model[@variant][:strategy][:spill]"
     )
+    q.add_argument(
+        "--balance",
+        action="append",
+        default=[],
+        metavar="MODEL=RATIO",
+        help="a model's cache-aware placement bound (pins placement_balance.MODEL)",
+    )
     q.add_argument("--expected-version", type=int, default=0, help="reject unless at this version")
 
 
@@ -282,6 +289,15 @@ def _parse_route(spec: str) -> pb.IntentRoute:
     )
 
 
+def parse_balance(spec: str) -> tuple[str, float]:
+    """`MODEL=RATIO`, e.g. `demo-large=1.5`."""
+    model, _, ratio = spec.rpartition("=")
+    try:
+        return model, float(ratio)
+    except ValueError:
+        raise ValueError(f"--balance {spec!r}: expected MODEL=RATIO") from None
+
+
 async def policy_cli(args: argparse.Namespace) -> int:
     async with open_channel(args.target) as channel:
         stub = pb_grpc.AdminStub(channel)
@@ -300,6 +316,7 @@ async def policy_cli(args: argparse.Namespace) -> int:
                     value = getattr(args, name)
                     if value is not None:
                         setattr(req, name, value)
+                req.placement_balance.update(parse_balance(b) for b in args.balance)
                 policy = await stub.SetPolicy(req, timeout=10)
         except grpc.aio.AioRpcError as err:
             print(f"flexmesh: {err.code().name}: {err.details()}", file=sys.stderr)

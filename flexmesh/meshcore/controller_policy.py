@@ -41,7 +41,8 @@ the round that sees it, before the moving averages show it. A signal is *at risk
 (`affinity.pick`): affinity sends a prefix's prompts to the worker holding it, which can pile
 prefill onto one worker while another idles. While one prefill-capable worker's first-token wait
 is at risk and another's is safe, the bound halves (down to 1: load nearly alone decides);
-once every one is safe it doubles back toward `pd.cache_balance_ratio`.
+once every one is safe it doubles back toward `pd.cache_balance_ratio`. An operator's bound is
+a pin (`placement_balance.<model>`) it leaves alone.
 
 **No flapping.** A knob may move again at once the way it last moved (a growing burst), but
 turns back only after its dwell (`min_dwell_ms` for roles, thresholds and drafting;
@@ -63,6 +64,9 @@ from flexmesh.meshcore.pool import DECODE_ROLES, PREFILL_ROLES
 from flexmesh.meshcore.routing import RouteTable, RoutingConfig, is_pinned
 from flexmesh.meshcore.traffic import Traffic
 
+BALANCE_PIN = "placement_balance"
+"""The policy pin of a model's placement bound: `placement_balance.<model>` (the operator's
+`SetPolicy` sets it; the balance lever leaves a pinned one alone)."""
 MIN_SLO_SAMPLES = 3
 """Requests a model must have ended in the window before its SLO attainment counts."""
 
@@ -406,8 +410,8 @@ def _balance_action(
         new, reason, way = min(base, old * 2), "prefill_balanced", 1
     else:
         return None
-    key = f"{model}.balance"
-    if new == old or not knobs.free(key, way, cfg.min_dwell_ms):
+    key = f"{BALANCE_PIN}.{model}"
+    if new == old or is_pinned(key, snap.policy_pins) or not knobs.free(key, way, cfg.min_dwell_ms):
         return None
     knobs.moved(key, way)
     inputs = {"ttft_max_ms": hi, "ttft_min_ms": lo}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -111,7 +111,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         )
 
 
-def policy_to_proto(p: RoutingConfig, pinned: Iterable[str] = ()) -> pb.Policy:
+def policy_to_proto(
+    p: RoutingConfig, pinned: Iterable[str] = (), balance: Mapping[str, float] | None = None
+) -> pb.Policy:
+    """The routing policy, its pins and the placement balance per model (`balance`)."""
     routes = [
         pb.IntentRoute(
             intent=f.name,
@@ -135,6 +138,7 @@ def policy_to_proto(p: RoutingConfig, pinned: Iterable[str] = ()) -> pb.Policy:
         large_model=p.large_model,
         small_model=p.small_model,
         pinned=sorted(pinned),
+        placement_balance=dict(balance or {}),
     )
 
 
@@ -186,31 +190,34 @@ class AdminServicer(pb_grpc.AdminServicer):
             in_flight=self.frontend.in_flight,
             max_queue_len=self.frontend.config.gateway.max_queue_len,
             policy_version=self.frontend.router.policy.version,
-            policy=(
-                policy_to_proto(self.frontend.router.policy, self.frontend.ops.policy_pins)
-                if self.frontend.probe is not None
-                else None
-            ),
+            policy=self._policy() if self.frontend.probe is not None else None,
         )
 
     async def GetPolicy(
         self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
-        return policy_to_proto(self.frontend.router.policy, self.frontend.ops.policy_pins)
+        return self._policy()
 
     async def SetPolicy(
         self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
-        policy = self.frontend.router.policy
-        changes = changes_from_request(request, policy, self.frontend.workers)
-        policy = self.frontend.ops.set_policy(changes, request.expected_version)
-        return policy_to_proto(policy, self.frontend.ops.policy_pins)
+        ops = self.frontend.ops
+        changes = changes_from_request(request, self.frontend.router.policy, self.frontend.workers)
+        for model, ratio in request.placement_balance.items():
+            ops.set_balance(model, ratio)
+        if changes or not request.placement_balance:
+            ops.set_policy(changes, request.expected_version)
+        return self._policy()
 
     async def UnpinPolicy(
         self, request: pb.UnpinPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Policy:
-        pinned = self.frontend.ops.unpin_policy(list(request.fields))
-        return policy_to_proto(self.frontend.router.policy, pinned)
+        self.frontend.ops.unpin_policy(list(request.fields))
+        return self._policy()
+
+    def _policy(self) -> pb.Policy:
+        f = self.frontend
+        return policy_to_proto(f.router.policy, f.ops.policy_pins, f.pool.balance)
 
     async def SetWorkerRole(
         self, request: pb.SetWorkerRoleRequest, context: grpc.aio.ServicerContext

@@ -314,7 +314,14 @@ class IntentRoute(_message.Message):
     def __init__(self, intent: _Optional[str] = ..., model: _Optional[str] = ..., strategy: _Optional[str] = ..., spillable: _Optional[bool] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "routes", "confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "large_model", "small_model", "pinned", "small_spill_queue_ms", "small_return_queue_ms")
+    __slots__ = ("version", "routes", "confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "large_model", "small_model", "pinned", "small_spill_queue_ms", "small_return_queue_ms", "placement_balance")
+    class PlacementBalanceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -326,6 +333,7 @@ class Policy(_message.Message):
     PINNED_FIELD_NUMBER: _ClassVar[int]
     SMALL_SPILL_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     SMALL_RETURN_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_BALANCE_FIELD_NUMBER: _ClassVar[int]
     version: int
     routes: _containers.RepeatedCompositeFieldContainer[IntentRoute]
     confidence_threshold: float
@@ -337,10 +345,18 @@ class Policy(_message.Message):
     pinned: _containers.RepeatedScalarFieldContainer[str]
     small_spill_queue_ms: float
     small_return_queue_ms: float
-    def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., large_model: _Optional[str] = ..., small_model: _Optional[str] = ..., pinned: _Optional[_Iterable[str]] = ..., small_spill_queue_ms: _Optional[float] = ..., small_return_queue_ms: _Optional[float] = ...) -> None: ...
+    placement_balance: _containers.ScalarMap[str, float]
+    def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., large_model: _Optional[str] = ..., small_model: _Optional[str] = ..., pinned: _Optional[_Iterable[str]] = ..., small_spill_queue_ms: _Optional[float] = ..., small_return_queue_ms: _Optional[float] = ..., placement_balance: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SetPolicyRequest(_message.Message):
-    __slots__ = ("confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "routes", "expected_version", "small_spill_queue_ms", "small_return_queue_ms")
+    __slots__ = ("confidence_threshold", "spill_queue_ms", "return_queue_ms", "long_context_tokens", "routes", "expected_version", "small_spill_queue_ms", "small_return_queue_ms", "placement_balance")
+    class PlacementBalanceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     CONFIDENCE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SPILL_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     RETURN_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -349,6 +365,7 @@ class SetPolicyRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     SMALL_SPILL_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     SMALL_RETURN_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_BALANCE_FIELD_NUMBER: _ClassVar[int]
     confidence_threshold: float
     spill_queue_ms: float
     return_queue_ms: float
@@ -357,7 +374,8 @@ class SetPolicyRequest(_message.Message):
     expected_version: int
     small_spill_queue_ms: float
     small_return_queue_ms: float
-    def __init__(self, confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., expected_version: _Optional[int] = ..., small_spill_queue_ms: _Optional[float] = ..., small_return_queue_ms: _Optional[float] = ...) -> None: ...
+    placement_balance: _containers.ScalarMap[str, float]
+    def __init__(self, confidence_threshold: _Optional[float] = ..., spill_queue_ms: _Optional[float] = ..., return_queue_ms: _Optional[float] = ..., long_context_tokens: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[IntentRoute, _Mapping]]] = ..., expected_version: _Optional[int] = ..., small_spill_queue_ms: _Optional[float] = ..., small_return_queue_ms: _Optional[float] = ..., placement_balance: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SetWorkerRoleRequest(_message.Message):
     __slots__ = ("worker", "role")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from flexmesh.cli.mesh_commands import parse_balance
 from tests.mesh.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -80,3 +81,9 @@ def test_serve_then_generate_and_status(models_dir: Path) -> None:
             assert serve.wait(timeout=60) == 0
         finally:
             serve.kill()
+
+
+def test_policy_set_balance_takes_model_and_ratio() -> None:
+    assert parse_balance("Qwen2.5-7B-Instruct=1.5") == ("Qwen2.5-7B-Instruct", 1.5)
+    with pytest.raises(ValueError, match="MODEL=RATIO"):
+        parse_balance("demo-large=lots")

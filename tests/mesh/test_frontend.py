@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from flexmesh.meshcore.config import ControllerConfig, GatewayConfig, MeshConfig, ModelSpec
+from flexmesh.meshcore.controller_policy import Action
 from flexmesh.meshcore.errors import (
     PreconditionError,
     QueueFullError,
@@ -242,6 +243,37 @@ async def test_policy_pins_the_operator_set_hold_against_the_controller_until_un
                 "policy", "routes.code.strategy", "none", "pld", "controller", "small_batch",
             )  # fmt: skip
             assert (await admin.UnpinPolicy(pb.UnpinPolicyRequest())).pinned == []
+    finally:
+        await server.stop(None)
+        frontend.stop()
+
+
+async def test_an_operators_placement_balance_is_a_pin_the_controller_leaves_alone() -> None:
+    cfg = MeshConfig(models=(ModelSpec(name="m", num_workers=2),), gateway=GatewayConfig(port=0))
+    frontend = Frontend(cfg, {"m": [FakeWorker("A", "m"), FakeWorker("B", "m")]})
+    assert frontend.pool.balance == {"m": cfg.pd.cache_balance_ratio}  # the cache is on
+    lower = Action("balance", "m", 1.5, 1.0, "prefill_imbalance", {}, "m")
+    server, port = await serve_frontend(frontend, "127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            admin = pb_grpc.AdminStub(ch)
+            policy = await admin.SetPolicy(pb.SetPolicyRequest(placement_balance={"m": 1.5}))
+            assert dict(policy.placement_balance) == {"m": 1.5}
+            assert list(policy.pinned) == ["placement_balance.m"]
+            (error,) = await frontend.ops.apply([lower], policy.version)
+            assert "pinned" in error and frontend.pool.balance["m"] == 1.5
+            refused = (({"m": 0.5}, "INVALID_ARGUMENT"), ({"x": 2.0}, "FAILED_PRECONDITION"))
+            for bad, code in refused:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await admin.SetPolicy(pb.SetPolicyRequest(placement_balance=bad))
+                assert err.value.code().name == code
+            await admin.UnpinPolicy(pb.UnpinPolicyRequest(fields=["placement_balance"]))
+            assert await frontend.ops.apply([lower], policy.version) == []
+            st = await admin.GetStatus(pb.GetStatusRequest(cached=True))
+            last = st.decisions[-1]
+            got = (last.kind, last.target, last.new, last.by)
+            assert got == ("balance", "m", "1.0", "controller")
+            assert frontend.ops.state()["balance"] == {"m": 1.0}  # kept across a restart
     finally:
         await server.stop(None)
         frontend.stop()

@@ -141,5 +141,8 @@ def test_the_balance_lever_halves_under_imbalance_and_returns_when_safe() -> Non
     assert [(a.old, a.new, a.reason) for a in back] == [(2.0, 4.0, "prefill_balanced")]
     off = ControllerConfig(enabled=True, ttft_slo_ms=1000.0, levers=("budget", "role"))
     assert not [a for a in decide(snap, ControllerState(), off)[0] if a.kind == "balance"]
+    pins = frozenset({"placement_balance.m"})  # the operator's bound
+    pinned = Snapshot(1.0, skewed, balance={"m": 4.0}, policy_pins=pins)
+    assert not [a for a in decide(pinned, ControllerState(), cfg)[0] if a.kind == "balance"]
     no_index = Snapshot(1.0, skewed)  # least-loaded placement: no bound to turn
     assert not [a for a in decide(no_index, ControllerState(), cfg)[0] if a.kind == "balance"]

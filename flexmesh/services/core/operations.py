@@ -3,10 +3,10 @@
 Two writers change roles and the routing policy: the operator (Admin `SetWorkerRole`,
 `SetPolicy`; `flexmesh workers role`, `flexmesh policy set`) and the controller actor, which
 also sets mixed workers' prefill budgets and, with cache-aware placement, each model's placement
-balance. An operator's change **pins** the worker or the policy
-fields it set: the controller never changes them until the operator unpins them. Every change is
-a log event and a `Decision` kept for `Admin/GetStatus`. Status reads are bounded per
-worker, so one slow or dead worker cannot stall a snapshot.
+balance (the operator through `SetPolicy`'s `placement_balance`). An operator's change **pins**
+the worker or the policy fields it set: the controller never changes them until the operator
+unpins them. Every change is a log event and a `Decision` kept for `Admin/GetStatus`. Status
+reads are bounded per worker, so one slow or dead worker cannot stall a snapshot.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from flexmesh.actors.client import WorkerClientProtocol
-from flexmesh.meshcore.controller_policy import Action, policy_changes
+from flexmesh.meshcore.controller_policy import BALANCE_PIN, Action, policy_changes
 from flexmesh.meshcore.errors import FlexMeshError, PreconditionError, WorkerUnavailableError
 from flexmesh.meshcore.messages import Decision, WorkerStatus
 from flexmesh.meshcore.pool import WorkerPool
@@ -61,6 +61,7 @@ class Operations:
         entries = self.pool.entries
         return {
             "policy": self.router.policy.to_dict(),
+            "balance": dict(self.pool.balance),
             "policy_pins": sorted(self.policy_pins),
             "pins": sorted(self.pins),
             "roles": {name: e.role for name, e in entries.items()},
@@ -71,6 +72,9 @@ class Operations:
         """Take back a `state()` (workers this gateway does not know are ignored)."""
         self.router.policy = RoutingConfig.from_dict(state["policy"])
         self.policy_pins, self.pins = set(state["policy_pins"]), set(state["pins"])
+        for model, ratio in state.get("balance", {}).items():
+            if model in self.pool.balance:
+                self.pool.balance[model] = ratio
         for name, entry in self.pool.entries.items():
             entry.role = state["roles"].get(name, entry.role)
             entry.draining = name in state["draining"]
@@ -116,6 +120,28 @@ class Operations:
         self._check_unpinned(worker)
         await self.clients[worker].set_prefill_budget(tokens)
         self.record("prefill_budget", worker, old, tokens, "controller", reason, inputs)
+
+    def set_balance(
+        self,
+        model: str,
+        ratio: float,
+        by: str = "operator",
+        reason: str = "",
+        inputs: Mapping[str, float] | None = None,
+    ) -> float:
+        """Change a model's cache-aware placement bound (`affinity.pick`). The operator's change
+        pins `placement_balance.<model>` (a policy pin: `unpin_policy` hands it back); the
+        controller's is refused while it is pinned."""
+        key = f"{BALANCE_PIN}.{model}"
+        if by != "operator" and is_pinned(key, self.policy_pins):
+            raise PreconditionError(f"{key} is pinned by the operator (flexmesh policy unpin)")
+        old = self.pool.balance.get(model)
+        self.pool.set_balance(model, ratio)
+        if by == "operator":
+            self.policy_pins.add(key)
+        self.record("balance", model, old, ratio, by, reason, inputs)
+        self._changed()
+        return ratio
 
     def _check_unpinned(self, worker: str) -> None:
         if worker in self.pins:
@@ -194,8 +220,7 @@ class Operations:
                         a.target, int(a.old), int(a.new), a.reason, a.inputs
                     )
                 elif a.kind == "balance":
-                    self.pool.set_balance(a.target, float(a.new))
-                    self.record("balance", a.target, a.old, a.new, "controller", a.reason, a.inputs)
+                    self.set_balance(a.target, float(a.new), "controller", a.reason, a.inputs)
             except FlexMeshError as exc:
                 errors.append(f"{a.kind} {a.target}: {exc}")
         policy = [a for a in actions if a.kind == "policy"]
