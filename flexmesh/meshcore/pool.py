@@ -153,7 +153,8 @@ class WorkerPool:
         if hits:
             prefill = pick(prefillers, lambda e: e.prefilling, lambda e: hits[e.name], balance)
             if uncached(prefill) < min_prompt_tokens:
-                # Little is left to compute: one worker does it, the one holding most of it.
+                # Little is left to compute: one worker does it, the one holding most of it
+                # (its load counts its decodes too: it will decode this one as well).
                 decode = pick(decoders, lambda e: e.load, lambda e: hits[e.name], balance)
         else:
             prefill = min(prefillers, key=lambda e: (e.prefilling, e.decoding))
@@ -162,8 +163,8 @@ class WorkerPool:
         else:
             placement = Placement(decode, prefill, hits.get(prefill.name, 0))
         if index is not None:  # after a hand-off the decode worker caches the imported blocks too
-            for entry in {placement.decode.name, (placement.prefill or placement.decode).name}:
-                index.add(entry, keys)
+            for name in {placement.decode.name, (placement.prefill or placement.decode).name}:
+                index.add(name, keys)
         return placement
 
     def rescue(self, model: str, exclude: Iterable[str]) -> PoolEntry:
