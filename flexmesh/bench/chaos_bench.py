@@ -29,8 +29,7 @@ from typing import Any
 import ray
 
 from flexmesh.bench.actors import actor_pids, kv_blocks_used
-from flexmesh.bench.serving import each_mesh, progress
-from flexmesh.bench.soak_bench import DATA
+from flexmesh.bench.serving import SHARED_DATA, each_mesh, progress
 from flexmesh.channel import open_channel
 from flexmesh.loadgen.records import ReplayRequest, RequestRecord
 from flexmesh.loadgen.replay import replay
@@ -53,8 +52,8 @@ TAIL_S = 5.0
 def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="demo-full", help="deploy/configs name or YAML path")
     p.add_argument("--models-dir", default=None)
-    p.add_argument("--trace", default=str(DATA / "traces" / "azure_llm_2023_conv.csv"))
-    p.add_argument("--prompts-dir", default=str(DATA / "prompts"))
+    p.add_argument("--trace", default=str(SHARED_DATA / "traces" / "azure_llm_2023_conv.csv"))
+    p.add_argument("--prompts-dir", default=str(SHARED_DATA / "prompts"))
     p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated, in order")
     p.add_argument("--kills", type=int, default=20, help="kills of each kind")
     p.add_argument("--interval-s", type=float, default=8.0, help="mean time between kills")

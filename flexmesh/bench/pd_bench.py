@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from flexmesh.bench.rounds import Rows, over_ref, rounds_report
-from flexmesh.bench.serving import add_rounds_argument, progress, run_rounds, write_report
+from flexmesh.bench.serving import (
+    SHARED_DATA,
+    add_rounds_argument,
+    progress,
+    run_rounds,
+    write_report,
+)
 from flexmesh.channel import open_channel
 from flexmesh.loadgen.run import add_replay_arguments, run_replay
 
@@ -45,10 +51,9 @@ TRACE:START:DURATION:RATE_SCALE."""
 
 def add_phased_arguments(p: argparse.ArgumentParser, preset: tuple[str, ...], out: str) -> None:
     """Options shared by the benchmarks that replay a phased workload against configs."""
-    data = Path(__file__).resolve().parents[3] / "shared" / "data"
     p.add_argument("--configs", default=",".join(preset), help="first = baseline")
     p.add_argument("--models-dir", default=None)
-    p.add_argument("--prompts-dir", default=str(data / "prompts"))
+    p.add_argument("--prompts-dir", default=str(SHARED_DATA / "prompts"))
     p.add_argument(
         "--phase",
         action="append",

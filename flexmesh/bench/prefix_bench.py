@@ -38,6 +38,7 @@ from flexmesh.bench.prefix_goals import computed_imbalance, goal_report
 from flexmesh.bench.rounds import Rows, pick, rounds_report
 from flexmesh.bench.serving import (
     add_rounds_argument,
+    data_dir,
     load_named_config,
     progress,
     run_rounds,
@@ -126,10 +127,6 @@ def mooncake_max_input_tokens(trace: Path, start_s: float, duration_s: float, bl
         raise ValueError(f"mooncake_window: no request in {start_s}+{duration_s} s of {trace}")
     longest = max(r.input_tokens for r in window.requests)
     return max(block, round(longest * block / MOONCAKE_BLOCK_TOKENS))
-
-
-def data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data) if args.data else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def replay_argv(

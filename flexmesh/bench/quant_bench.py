@@ -35,12 +35,12 @@ from flexmesh.bench.engine_bench import (
     read_bandwidth_gbs,
 )
 from flexmesh.bench.rounds import cell, pick, rounds_report
+from flexmesh.bench.serving import SHARED_DATA
 from flexmesh.meshcore.config import EngineConfig
 
 QUALITY_SOURCES = tuple(f for f in DEV_SOURCES if not f.startswith("leval"))
 """Development prompt files the quality half reads (never shared/data/holdout): all but the
 long-context one, whose documents the prompt cut would reduce to their first lines."""
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 QUALITY_PROMPT_TOKENS = 120
 """Prompts are cut to this, below `quant.DEQUANT_ROWS`: every position then goes through the int8
 kernel decode uses (longer prompt chunks run a dequantised weight through fp32 GEMM)."""
@@ -121,7 +121,7 @@ def run_quant_bench(args: argparse.Namespace) -> dict[str, Any]:
     plain.pack_weights()
     bf16 = Engine(path, replace(small_kv, dtype="bfloat16")).model
     tok = engines["fp32"].tokenizer
-    data = Path(args.data_dir or DATA) / "prompts"
+    data = Path(args.data_dir or SHARED_DATA) / "prompts"
     tasks = frozenset(t for t in getattr(args, "tasks", "").split(",") if t)
     prompts = quality_prompts(tok, data, args.per_source, QUALITY_PROMPT_TOKENS, tasks)
     models = {"fp32": engines["fp32"].model, "int8": engines["int8"].model}

@@ -69,10 +69,19 @@ def _config_path(name: str) -> Path:
     return path if path.suffix in (".yaml", ".yml") else CONFIGS / f"{name}.yaml"
 
 
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+"""The project's shared data (traces, prompts) beside the checkout, as CI places it."""
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    """`--data`, else `SHARED_DATA`."""
+    return Path(args.data) if args.data else SHARED_DATA
+
+
 def _replay_args(
     args: argparse.Namespace, target: str, tokenizer: str, out: Path
 ) -> argparse.Namespace:
-    data = Path(args.data) if args.data else Path(__file__).resolve().parents[3] / "shared" / "data"
+    data = data_dir(args)
     argv = [
         "--format", "poisson", "--rate-rps", str(args.rate_rps or 1000.0),
         "--max-requests", str(args.requests), "--duration", "100000",
@@ -168,10 +177,10 @@ def run_rounds(
     rounds: int,
     out: Path,
     run_one: RunOne,
-    load: LoadConfig | None = None,
+    load: LoadConfig = load_named_config,
 ) -> list[dict[str, Any]]:
     """Run every configuration once per round, rounds interleaved (A, B, C, A, B, C, ...), each
-    on a fresh mesh (`load` turns a name into its config; default `load_named_config`), into
+    on a fresh mesh (`load` turns a name into its config), into
     `out/<config>/round-<r>/`; returns each round's `{config: summary}`."""
     from tqdm import tqdm
 
@@ -183,12 +192,7 @@ def run_rounds(
         for r in range(1, rounds + 1):
             bar.set_description(f"round {r}/{rounds}")
             run: dict[str, Any] = {}
-            meshes = (
-                each_mesh(configs, models_dir)
-                if load is None
-                else each_mesh(configs, models_dir, load=load)
-            )
-            for name, cfg, paths, mesh in meshes:
+            for name, cfg, paths, mesh in each_mesh(configs, models_dir, load=load):
                 run[name] = summary = run_one(name, cfg, paths, mesh, out / name / f"round-{r}")
                 report_line(f"{name} round {r}/{rounds}", summary)
                 bar.update()

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from flexmesh.bench.actors import actor_pids, actor_rss_mb, kv_blocks_used
-from flexmesh.bench.serving import each_mesh, progress
+from flexmesh.bench.serving import SHARED_DATA, each_mesh, progress
 from flexmesh.loadgen.run import add_replay_arguments, run_replay
 from flexmesh.loadgen.traces import TraceRequest, read_azure
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 CAPACITY_OFFERED_RPS = 32.0
 RSS_EVERY_S = 10.0
 WARM_UP_S = 60.0
@@ -40,8 +39,8 @@ RssSamples = list[tuple[float, dict[str, float | None]]]
 def add_soak_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="demo", help="deploy/configs name or YAML path")
     p.add_argument("--models-dir", default=None)
-    p.add_argument("--trace", default=str(DATA / "traces" / "azure_llm_2023_conv.csv"))
-    p.add_argument("--prompts-dir", default=str(DATA / "prompts"))
+    p.add_argument("--trace", default=str(SHARED_DATA / "traces" / "azure_llm_2023_conv.csv"))
+    p.add_argument("--prompts-dir", default=str(SHARED_DATA / "prompts"))
     p.add_argument("--minutes", type=float, default=5.0, help="length of the soak")
     p.add_argument("--factor", type=float, default=2.0, help="offered load / capacity")
     p.add_argument("--capacity-s", type=float, default=60.0, help="capacity measurement")

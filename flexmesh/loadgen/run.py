@@ -283,7 +283,7 @@ async def run_replay(
         temperature=args.temperature,
         progress=not args.no_progress,
         status_interval_s=args.status_interval_s,
-        keep_token_ids=getattr(args, "keep_token_ids", False),
+        keep_token_ids=args.keep_token_ids,
     )
     if bookends:
         result = with_bookends(result, first, await fresh_status_sample(args.target))

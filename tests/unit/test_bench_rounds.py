@@ -106,7 +106,7 @@ def test_rounds_run_interleaved_on_fresh_meshes_into_their_own_folders(
 
     started: list[str] = []
 
-    def each_mesh(configs: str, models_dir: str | None) -> Any:
+    def each_mesh(configs: str, models_dir: str | None, load: Any = None) -> Any:
         for name in configs.split(","):
             started.append(name)
             yield name, None, {}, f"mesh {len(started)}"
